@@ -1,0 +1,201 @@
+//! The step context: everything a label may touch during its one step.
+//!
+//! A label gets its typed frame (`cx.frame`), the step's transaction
+//! (`cx.tx()`, for the prog's own rows: they commit or roll back with the
+//! step), the semaphores as they were when the step began, and the verbs that
+//! act on other strands: `bud`, `reap`, `incr`. Nothing here reaches the
+//! strand table directly; the runner writes the strand row at the end.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use skein_models::strand::{self, Exited, NewStrand};
+use skein_models::{semaphore, Ubid, UbidType};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use crate::prog::{hop, nap, Label, Prog, Step};
+use crate::stack::SUBJECT_ID;
+
+/// Shared resources a runner hands to every step (an SSH pool, a secrets
+/// key...), looked up by type with `cx.resource::<T>()`.
+#[derive(Default, Clone)]
+pub struct Resources(HashMap<TypeId, Arc<dyn Any + Send + Sync>>);
+
+impl Resources {
+    pub fn with<T: Any + Send + Sync>(mut self, value: T) -> Self {
+        self.0.insert(TypeId::of::<T>(), Arc::new(value));
+        self
+    }
+
+    pub fn get<T: Any + Send + Sync>(&self) -> Option<&T> {
+        self.0.get(&TypeId::of::<T>())?.downcast_ref()
+    }
+}
+
+/// A deadline change a label asked for, applied to its frame when the step ends.
+#[derive(Clone, Debug)]
+pub(crate) enum DeadlineChange {
+    Register { target: &'static str, within: Duration },
+    Unregister,
+}
+
+/// The untyped state of one step, owned by the runner.
+pub(crate) struct StepState {
+    pub id: Uuid,
+    pub subject_id: Uuid,
+    pub retval: Option<Value>,
+    pub sems: Vec<(Uuid, String)>,
+    pub decrs: Vec<String>,
+    pub deadline: Option<DeadlineChange>,
+    pub budded: Vec<Uuid>,
+    pub ends_at: Instant,
+    pub children_nap: f64,
+    pub resources: Arc<Resources>,
+}
+
+/// What a label sees. `P` is the prog running, so `cx.frame` is its frame type.
+pub struct Ctx<'a, P: Prog> {
+    /// This prog's data in the top stack frame; written back when the step succeeds.
+    pub frame: P::Frame,
+    /// The step's transaction, for the prog's own rows: `.execute(&mut *cx.tx)`.
+    /// It commits with the step, or rolls back if the label fails.
+    pub tx: &'a mut PgConnection,
+    st: &'a mut StepState,
+    _prog: PhantomData<fn() -> P>,
+}
+
+impl<'a, P: Prog> Ctx<'a, P> {
+    pub(crate) fn new(frame: P::Frame, tx: &'a mut PgConnection, st: &'a mut StepState) -> Self {
+        Ctx { frame, tx, st, _prog: PhantomData }
+    }
+
+    /// This strand's id.
+    pub fn id(&self) -> Ubid {
+        Ubid::from_uuid(self.st.id)
+    }
+
+    /// The resource this strand drives: the strand's own id for a top-level
+    /// strand, or the `subject_id` its frame carries (children inherit it).
+    pub fn subject_id(&self) -> Ubid {
+        Ubid::from_uuid(self.st.subject_id)
+    }
+
+    /// The value the last popped sub-prog returned, until the next hop.
+    pub fn retval(&self) -> Option<&Value> {
+        self.st.retval.as_ref()
+    }
+
+    /// Time left before this step is abandoned. Bound every remote call by it.
+    pub fn time_left(&self) -> Duration {
+        self.st.ends_at.saturating_duration_since(Instant::now())
+    }
+
+    /// A shared resource the runner was started with.
+    pub fn resource<T: Any + Send + Sync>(&self) -> anyhow::Result<&T> {
+        self.st
+            .resources
+            .get::<T>()
+            .ok_or_else(|| anyhow::anyhow!("this runner has no {} resource", std::any::type_name::<T>()))
+    }
+
+    /// Whether `name` was incremented when this step began.
+    pub fn is_set(&self, name: &str) -> bool {
+        self.st.sems.iter().any(|(_, n)| n == name)
+    }
+
+    /// Forget `name`: the increments this step saw are deleted when it commits;
+    /// one that arrives meanwhile survives for the next step.
+    pub fn decr(&mut self, name: &str) {
+        if !self.st.decrs.iter().any(|d| d == name) {
+            self.st.decrs.push(name.to_string());
+        }
+    }
+
+    /// `is_set` and `decr` in one: true if `name` was set, and it is now consumed.
+    pub fn take(&mut self, name: &str) -> bool {
+        let set = self.is_set(name);
+        if set {
+            self.decr(name);
+        }
+        set
+    }
+
+    /// Increment `name` on another strand and wake it, when this step commits.
+    /// False if that strand is gone.
+    pub async fn incr(&mut self, strand: Ubid, name: &str) -> anyhow::Result<bool> {
+        Ok(semaphore::incr(self.tx, strand.uuid(), name).await?)
+    }
+
+    /// Start a child strand running the prog that owns `label`, runnable as
+    /// soon as this step commits. It drives the same subject as this strand.
+    pub async fn bud<L: Label>(&mut self, frame: <L::Prog as Prog>::Frame, label: L) -> anyhow::Result<Ubid> {
+        let id = Ubid::generate(UbidType::Strand);
+        let mut data = serde_json::to_value(frame)?;
+        match &mut data {
+            Value::Object(m) => {
+                m.insert(SUBJECT_ID.into(), Value::String(self.subject_id().uuid().to_string()));
+            }
+            Value::Null => data = serde_json::json!({ SUBJECT_ID: self.subject_id().uuid().to_string() }),
+            _ => anyhow::bail!("the frame of {} must serialize to a json object", <L::Prog as Prog>::NAME),
+        }
+        let stack = Value::Array(vec![data]);
+        strand::insert(
+            self.tx,
+            &NewStrand {
+                id: id.uuid(),
+                parent_id: Some(self.st.id),
+                prog: <L::Prog as Prog>::NAME,
+                label: label.name(),
+                stack: &stack,
+            },
+        )
+        .await?;
+        self.st.budded.push(id.uuid());
+        Ok(id)
+    }
+
+    /// Collect exited children: each one's exit value, with the child deleted
+    /// (and its semaphores). Children still running, or still holding a
+    /// lease, are left alone and counted in `running`.
+    pub async fn reap(&mut self) -> anyhow::Result<Reaped> {
+        let (exited, running) = strand::reap(self.tx, self.st.id).await?;
+        Ok(Reaped { exited, running, children_nap: self.st.children_nap })
+    }
+
+    /// Raise a page if this frame has not reached `target` within `within`.
+    /// Reaching the label, popping the frame, or `unregister_deadline` clears it.
+    pub fn register_deadline(&mut self, target: P::Label, within: Duration) {
+        self.st.deadline = Some(DeadlineChange::Register { target: target.name(), within });
+    }
+
+    pub fn unregister_deadline(&mut self) {
+        self.st.deadline = Some(DeadlineChange::Unregister);
+    }
+}
+
+/// What `cx.reap()` found.
+#[derive(Debug)]
+pub struct Reaped {
+    /// Children that exited, now deleted, with their exit values.
+    pub exited: Vec<Exited>,
+    /// Children still running.
+    pub running: i64,
+    children_nap: f64,
+}
+
+impl Reaped {
+    /// Hop to `next` once no child is left; until then sleep. The last child to
+    /// exit wakes this strand, so the nap is only a fallback and can be long.
+    pub fn hop_when_done<P: Prog>(&self, next: P::Label) -> Step<P> {
+        if self.running == 0 {
+            hop(next)
+        } else {
+            nap(self.children_nap)
+        }
+    }
+}

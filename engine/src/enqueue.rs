@@ -1,0 +1,43 @@
+//! Starting strands and signalling them from outside a step: the API, the
+//! console and tests use these. Each takes a connection, so a caller can make
+//! its own rows and the strand that drives them in one transaction.
+
+use serde_json::Value;
+use skein_models::strand::{self, NewStrand};
+use skein_models::{semaphore, Ubid, UbidType};
+use sqlx::PgConnection;
+
+use crate::prog::{Label, Prog};
+
+/// Start a top-level strand at `label` with a fresh strand id.
+pub async fn start<L: Label>(conn: &mut PgConnection, frame: <L::Prog as Prog>::Frame, label: L) -> anyhow::Result<Ubid> {
+    let id = Ubid::generate(UbidType::Strand);
+    start_for(conn, id, frame, label).await?;
+    Ok(id)
+}
+
+/// Start the strand that drives `subject`: it takes the subject's id, so
+/// `vm.id` finds its strand and the strand finds its VM in one lookup.
+pub async fn start_for<L: Label>(
+    conn: &mut PgConnection,
+    subject: Ubid,
+    frame: <L::Prog as Prog>::Frame,
+    label: L,
+) -> anyhow::Result<()> {
+    let stack = match serde_json::to_value(frame)? {
+        Value::Null => serde_json::json!([{}]),
+        v @ Value::Object(_) => Value::Array(vec![v]),
+        _ => anyhow::bail!("the frame of {} must serialize to a json object", <L::Prog as Prog>::NAME),
+    };
+    strand::insert(
+        conn,
+        &NewStrand { id: subject.uuid(), parent_id: None, prog: <L::Prog as Prog>::NAME, label: label.name(), stack: &stack },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Increment semaphore `name` on `strand` and wake it. False if the strand is gone.
+pub async fn incr(conn: &mut PgConnection, strand: Ubid, name: &str) -> anyhow::Result<bool> {
+    Ok(semaphore::incr(conn, strand.uuid(), name).await?)
+}

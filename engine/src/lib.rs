@@ -1,0 +1,36 @@
+//! skein-engine: the prog API and the step runner.
+//!
+//! - [`prog`]: what a prog author writes: `Prog`, `labels!`, `hop`/`nap`/`push`/`pop`.
+//! - [`ctx`]: what a label sees during its step: frame, transaction, semaphores, `bud`, `reap`.
+//! - [`runner`]: leases strands and runs their steps exactly as `strand-engine.md` says.
+//! - [`registry`]: stored prog names back to Rust types.
+//! - [`stack`]: the jsonb stack and the engine's keys in it.
+//! - [`enqueue`]: starting and signalling strands from outside.
+//! - [`testing`]: a fresh database per test and one-line step assertions.
+
+pub mod ctx;
+pub mod enqueue;
+pub mod error;
+pub mod prog;
+pub mod registry;
+pub mod runner;
+pub mod stack;
+pub mod testing;
+
+pub use ctx::{Ctx, Reaped, Resources};
+pub use error::StepError;
+pub use prog::{hop, nap, pop, push, Flow, Label, NoFrame, Popped, Prog, Step};
+pub use registry::Registry;
+pub use runner::{Claim, Config, Outcome, Runner, StepReport};
+pub use skein_models::{Ubid, UbidType};
+
+/// Everything a prog file needs: `use skein_engine::prelude::*;`
+pub mod prelude {
+    pub use crate::ctx::{Ctx, Reaped};
+    pub use crate::labels;
+    pub use crate::prog::{hop, nap, pop, push, Label, NoFrame, Prog, Step};
+    pub use serde::{Deserialize, Serialize};
+    pub use async_trait::async_trait;
+    pub use serde_json::{json, Value};
+    pub use skein_models::Ubid;
+}

@@ -1,0 +1,115 @@
+//! The prog registry: from the name stored in `strand.prog` back to the Rust
+//! type that runs it. Erasing the type here is what lets one worker serve
+//! every prog while each prog's own code stays fully typed.
+
+use std::collections::BTreeMap;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use serde_json::Value;
+use sqlx::PgConnection;
+
+use crate::ctx::{Ctx, StepState};
+use crate::error::StepError;
+use crate::prog::{Flow, Label, Prog, Pushed};
+use crate::stack::Frame;
+
+/// A flow with the prog's types erased, as the runner applies it.
+#[derive(Debug)]
+pub(crate) enum RawFlow {
+    Hop(&'static str),
+    Nap(f64),
+    Push(Pushed),
+    Pop(Value),
+}
+
+#[async_trait::async_trait]
+pub(crate) trait AnyProg: Send + Sync {
+    fn labels(&self) -> Vec<&'static str>;
+    fn has_label(&self, label: &str) -> bool;
+    fn destroy_label(&self) -> Option<&'static str>;
+    /// Run `label` with the prog's data read from `frame`; returns the flow and
+    /// the frame data to write back.
+    async fn run(&self, tx: &mut PgConnection, st: &mut StepState, label: &str, frame: &Frame)
+        -> Result<(RawFlow, Value), StepError>;
+}
+
+struct Typed<P>(PhantomData<fn() -> P>);
+
+#[async_trait::async_trait]
+impl<P: Prog> AnyProg for Typed<P> {
+    fn labels(&self) -> Vec<&'static str> {
+        P::Label::ALL.iter().map(|l| l.name()).collect()
+    }
+
+    fn has_label(&self, label: &str) -> bool {
+        P::Label::parse(label).is_some()
+    }
+
+    fn destroy_label(&self) -> Option<&'static str> {
+        P::DESTROY.map(Label::name)
+    }
+
+    async fn run(&self, tx: &mut PgConnection, st: &mut StepState, label: &str, frame: &Frame)
+        -> Result<(RawFlow, Value), StepError> {
+        let label = P::Label::parse(label).ok_or_else(|| StepError::UnknownLabel {
+            prog: P::NAME.to_string(),
+            label: label.to_string(),
+            known: self.labels().join(", "),
+        })?;
+        let data: P::Frame = serde_json::from_value(Value::Object(frame.clone()))
+            .map_err(|e| StepError::BadFrame { prog: P::NAME.to_string(), error: e.to_string() })?;
+        let mut cx = Ctx::<P>::new(data, tx, st);
+        let flow = P::run(&mut cx, label).await.map_err(StepError::Label)?;
+        let data = serde_json::to_value(&cx.frame)
+            .map_err(|e| StepError::BadFrame { prog: P::NAME.to_string(), error: e.to_string() })?;
+        let flow = match flow {
+            Flow::Hop(l) => RawFlow::Hop(l.name()),
+            Flow::Nap(s) => RawFlow::Nap(s),
+            Flow::Push(p) => RawFlow::Push(p),
+            Flow::Pop(v) => RawFlow::Pop(v),
+        };
+        Ok((flow, data))
+    }
+}
+
+/// Every prog a runner can run, by stored name.
+#[derive(Clone, Default)]
+pub struct Registry {
+    progs: BTreeMap<&'static str, Arc<dyn AnyProg>>,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Registry::default()
+    }
+
+    /// Register `P` under `P::NAME`.
+    pub fn with<P: Prog>(mut self) -> Self {
+        self.progs.insert(P::NAME, Arc::new(Typed::<P>(PhantomData)));
+        self
+    }
+
+    /// Everything in `other` too.
+    pub fn merge(mut self, other: &Registry) -> Self {
+        self.progs.extend(other.progs.iter().map(|(k, v)| (*k, v.clone())));
+        self
+    }
+
+    pub(crate) fn get(&self, name: &str) -> Result<&Arc<dyn AnyProg>, StepError> {
+        self.progs.get(name).ok_or_else(|| StepError::UnknownProg {
+            prog: name.to_string(),
+            known: self.names().collect::<Vec<_>>().join(", "),
+        })
+    }
+
+    /// Registered prog names, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.progs.keys().copied()
+    }
+
+    /// The labels of a registered prog (for completion and validation).
+    pub fn labels(&self, prog: &str) -> Option<Vec<&'static str>> {
+        self.progs.get(prog).map(|p| p.labels())
+    }
+}

@@ -1,0 +1,507 @@
+//! The step runner: lease a strand, run its labels, write the result.
+//!
+//! One step is one transaction: the label's own writes, the semaphores it
+//! consumed, the children it budded and the strand's new label/stack/schedule
+//! commit together or not at all. The final write is fenced on the lease, so
+//! a worker that lost its lease commits nothing. Under one lease the runner
+//! keeps stepping while labels hop (or `nap(0)`), within a time budget.
+//!
+//! This is the whole engine in one place, on purpose: read it top to bottom.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::{json, Value};
+use skein_models::strand::{self, LeaseTerms, Leased, StepWrite};
+use skein_models::{page, semaphore, Ubid};
+use sqlx::{PgPool, Postgres, Transaction};
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::ctx::{DeadlineChange, Resources, StepState};
+use crate::error::StepError;
+use crate::registry::{RawFlow, Registry};
+use crate::stack::{self, Deadline, Stack, DESTROYING, LINK, SUBJECT_ID};
+
+/// Timings and thresholds. The defaults suit production; tests shrink them.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// How long a lease lasts. A crashed worker's strands wait this long.
+    pub lease: Duration,
+    /// The most one step may take; it is also cut short to end a quarter of a
+    /// lease before the lease expires (apoptosis, well before a takeover).
+    pub step_budget: Duration,
+    /// How long a worker keeps stepping one strand that hops under one lease.
+    pub continue_budget: Duration,
+    /// Backoff after the n-th consecutive failure: `random() * min(2^n, cap)`.
+    pub backoff_cap: Duration,
+    /// Raise a page once a strand has failed this many times in a row.
+    pub page_after_failures: i32,
+    /// The fallback nap of a parent waiting on children (the last child wakes it).
+    pub children_nap: Duration,
+    /// Who holds the leases this runner takes (shown to operators).
+    pub holder: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            lease: Duration::from_secs(120),
+            step_budget: Duration::from_secs(60),
+            continue_budget: Duration::from_secs(10),
+            backoff_cap: Duration::from_secs(600),
+            page_after_failures: 5,
+            children_nap: Duration::from_secs(3600),
+            holder: format!("{}:{}", hostname(), std::process::id()),
+        }
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+}
+
+/// A strand this runner holds the lease of.
+#[derive(Debug)]
+pub struct Claim {
+    pub leased: Leased,
+    /// When the lease runs out, by this process's clock (conservatively early).
+    pub lease_ends: Instant,
+}
+
+/// What one step did, for logs, tests and the console.
+#[derive(Clone, Debug, Serialize)]
+pub struct StepReport {
+    pub strand: Ubid,
+    pub prog: String,
+    pub label: String,
+    pub outcome: Outcome,
+    pub budded: Vec<Ubid>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "flow", rename_all = "snake_case")]
+pub enum Outcome {
+    Hop { to: String },
+    Nap { secs: f64 },
+    Push { prog: String, label: String },
+    Pop { to_prog: String, to_label: String, retval: Value },
+    Exit { exitval: Value },
+    Failed { error: String, tries: i32 },
+    LeaseLost,
+}
+
+/// The strand as the runner carries it from one step to the next under one lease.
+struct Current {
+    id: Uuid,
+    parent_id: Option<Uuid>,
+    prog: String,
+    label: String,
+    stack: Value,
+    retval: Option<Value>,
+    lease: DateTime<Utc>,
+    leased_schedule: DateTime<Utc>,
+    sems: Vec<(Uuid, String)>,
+    /// Failures before this step (non-zero only for the first step of a lease).
+    prior_failures: i32,
+    /// Whether the lease's try + 1 already counts this step as a failure.
+    first: bool,
+}
+
+#[derive(Clone)]
+pub struct Runner {
+    pool: PgPool,
+    registry: Arc<Registry>,
+    config: Arc<Config>,
+    resources: Arc<Resources>,
+}
+
+impl Runner {
+    pub fn new(pool: PgPool, registry: Registry) -> Self {
+        Runner { pool, registry: Arc::new(registry), config: Arc::new(Config::default()), resources: Default::default() }
+    }
+
+    pub fn with_config(mut self, config: Config) -> Self {
+        self.config = Arc::new(config);
+        self
+    }
+
+    pub fn with_resources(mut self, resources: Resources) -> Self {
+        self.resources = Arc::new(resources);
+        self
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn terms(&self) -> LeaseTerms {
+        LeaseTerms { lease_secs: self.config.lease.as_secs_f64(), backoff_cap_secs: self.config.backoff_cap.as_secs_f64() }
+    }
+
+    /// Lease up to `limit` due strands in one round trip, skipping `exclude`.
+    pub async fn claim(&self, limit: i64, exclude: &[Uuid]) -> Result<Vec<Claim>, sqlx::Error> {
+        let asked = Instant::now();
+        let mut conn = self.pool.acquire().await?;
+        let leased = strand::claim_due(&mut conn, limit, self.terms(), &self.config.holder, exclude).await?;
+        Ok(leased.into_iter().map(|leased| Claim { leased, lease_ends: asked + self.config.lease }).collect())
+    }
+
+    /// Lease one strand by id: only when due, or (`due_only = false`) whenever it is free.
+    pub async fn claim_id(&self, id: Uuid, due_only: bool) -> Result<Option<Claim>, sqlx::Error> {
+        let asked = Instant::now();
+        let mut conn = self.pool.acquire().await?;
+        let leased = strand::claim_one(&mut conn, id, self.terms(), &self.config.holder, due_only).await?;
+        Ok(leased.map(|leased| Claim { leased, lease_ends: asked + self.config.lease }))
+    }
+
+    /// Run one step of `id` now, whatever its schedule (an operator's "step").
+    /// None if the strand is gone, exited, or leased by someone else.
+    pub async fn step_now(&self, id: Uuid) -> Result<Option<StepReport>, sqlx::Error> {
+        Ok(match self.claim_id(id, false).await? {
+            Some(claim) => self.run(claim, 1).await.pop(),
+            None => None,
+        })
+    }
+
+    /// Lease every due strand, in rounds, and run each until it naps or exits,
+    /// until nothing is due. For tests and single-process tools; `respirate`
+    /// runs strands concurrently instead.
+    pub async fn drain(&self) -> Result<Vec<StepReport>, sqlx::Error> {
+        let mut reports = Vec::new();
+        loop {
+            let claims = self.claim(64, &[]).await?;
+            if claims.is_empty() {
+                return Ok(reports);
+            }
+            for claim in claims {
+                reports.extend(self.run(claim, usize::MAX).await);
+            }
+        }
+    }
+
+    /// Run a claimed strand: step after step while it hops, at most `max_steps`,
+    /// then release the lease (folded into the last step's write).
+    pub async fn run(&self, claim: Claim, max_steps: usize) -> Vec<StepReport> {
+        let leased = claim.leased;
+        let mut cur = Current {
+            id: leased.strand.id,
+            parent_id: leased.strand.parent_id,
+            prog: leased.strand.prog,
+            label: leased.strand.label,
+            stack: leased.strand.stack,
+            retval: leased.strand.retval,
+            lease: leased.strand.lease,
+            leased_schedule: leased.strand.schedule,
+            sems: leased.sems,
+            prior_failures: leased.strand.try_ - 1,
+            first: true,
+        };
+        let started = Instant::now();
+        let lease_margin = self.config.lease / 4;
+        let mut reports = Vec::new();
+        loop {
+            let ends_at = (Instant::now() + self.config.step_budget).min(claim.lease_ends - lease_margin);
+            let budget = ends_at.saturating_duration_since(Instant::now());
+            let keep_going = reports.len() + 1 < max_steps && started.elapsed() < self.config.continue_budget;
+            let span = tracing::info_span!("step", strand = %Ubid::from_uuid(cur.id), prog = %cur.prog, label = %cur.label);
+            let result = tokio::time::timeout(budget, self.step(&mut cur, ends_at, keep_going))
+                .instrument(span.clone())
+                .await
+                .unwrap_or(Err(StepError::Overran(budget)));
+            let _enter = span.enter();
+            match result {
+                Ok((report, again)) => {
+                    tracing::debug!(outcome = ?report.outcome, "step done");
+                    reports.push(report);
+                    if !again {
+                        return reports;
+                    }
+                }
+                Err(StepError::LeaseLost) => {
+                    tracing::warn!("lease lost mid-step; rolled back");
+                    reports.push(self.report(&cur, Outcome::LeaseLost, vec![]));
+                    return reports;
+                }
+                Err(error) => {
+                    let outcome = self.fail(&cur, &error).await;
+                    reports.push(self.report(&cur, outcome, vec![]));
+                    return reports;
+                }
+            }
+        }
+    }
+
+    fn report(&self, cur: &Current, outcome: Outcome, budded: Vec<Uuid>) -> StepReport {
+        StepReport {
+            strand: Ubid::from_uuid(cur.id),
+            prog: cur.prog.clone(),
+            label: cur.label.clone(),
+            outcome,
+            budded: budded.into_iter().map(Ubid::from_uuid).collect(),
+        }
+    }
+
+    /// One step in one transaction. On success `cur` becomes the strand as
+    /// written; on any error nothing was committed and `cur` is untouched.
+    async fn step(&self, cur: &mut Current, ends_at: Instant, keep_going: bool) -> Result<(StepReport, bool), StepError> {
+        let mut stack = Stack::parse(&cur.stack).map_err(StepError::CorruptStack)?;
+        let mut tx = self.pool.begin().await?;
+        let mut prog = cur.prog.clone();
+        let mut label = cur.label.clone();
+        let ubid = Ubid::from_uuid(cur.id);
+
+        // Destroy: unwind to the bottom frame once, then run its prog's destroy
+        // label, or just exit if it has none.
+        let mut forced: Option<RawFlow> = None;
+        if cur.sems.iter().any(|(_, n)| n == "destroy") && !stack.bottom().contains_key(DESTROYING) {
+            if stack.frames.len() > 1 {
+                prog = stack::link(&stack.frames[stack.frames.len() - 2]).expect("checked by Stack::parse").0;
+            }
+            while stack.frames.len() > 1 {
+                let popped = stack.frames.remove(0);
+                resolve_deadline_page(&mut tx, ubid, &popped).await?;
+            }
+            stack.bottom_mut().insert(DESTROYING.into(), Value::Bool(true));
+            match self.registry.get(&prog)?.destroy_label() {
+                Some(l) => label = l.to_string(),
+                None => forced = Some(RawFlow::Pop(json!({"msg": "destroyed"}))),
+            }
+        }
+
+        // A passed deadline pages once, and the frame remembers it did.
+        if let Some(mut d) = Deadline::read(stack.top()) {
+            if !d.notified && d.at <= Utc::now() {
+                let summary = format!("strand {ubid} ({prog}) did not reach {} by {}", d.target, d.at.to_rfc3339());
+                let details = json!({"strand": ubid, "prog": prog, "label": label, "target": d.target});
+                page::raise(&mut tx, &deadline_tag(ubid, &d.target), &summary, "warning", &details).await?;
+                d.notified = true;
+                d.write(stack.top_mut());
+            }
+        }
+
+        let subject_id = stack
+            .top()
+            .get(SUBJECT_ID)
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(cur.id);
+        let runs = self.registry.get(&prog)?.clone();
+        let (flow, budded, decrs, deadline_change) = match forced {
+            Some(flow) => (flow, vec![], vec![], None),
+            None => {
+                let mut st = StepState {
+                    id: cur.id,
+                    subject_id,
+                    retval: cur.retval.clone(),
+                    sems: cur.sems.clone(),
+                    decrs: vec![],
+                    deadline: None,
+                    budded: vec![],
+                    ends_at,
+                    children_nap: self.config.children_nap.as_secs_f64(),
+                    resources: self.resources.clone(),
+                };
+                let (flow, data) = runs.run(&mut tx, &mut st, &label, stack.top()).await?;
+                stack::replace_prog_data(stack.top_mut(), data)
+                    .map_err(|error| StepError::BadFrame { prog: prog.clone(), error })?;
+                (flow, st.budded, st.decrs, st.deadline)
+            }
+        };
+
+        match deadline_change {
+            Some(DeadlineChange::Register { target, within }) => {
+                resolve_deadline_page(&mut tx, ubid, stack.top()).await?;
+                let at = Utc::now() + chrono::Duration::from_std(within).unwrap_or(chrono::Duration::MAX);
+                Deadline { target: target.to_string(), at, notified: false }.write(stack.top_mut());
+            }
+            Some(DeadlineChange::Unregister) => {
+                resolve_deadline_page(&mut tx, ubid, stack.top()).await?;
+                Deadline::clear(stack.top_mut());
+            }
+            None => {}
+        }
+
+        // Apply the flow to prog, label, stack and retval.
+        let mut retval = cur.retval.clone();
+        let mut nap_secs = 0.0;
+        let mut exitval = None;
+        let outcome = match flow {
+            RawFlow::Hop(to) => {
+                label = to.to_string();
+                retval = None;
+                Outcome::Hop { to: label.clone() }
+            }
+            RawFlow::Nap(secs) => {
+                nap_secs = secs;
+                Outcome::Nap { secs }
+            }
+            RawFlow::Push(p) => {
+                let callee = self.registry.get(p.prog)?;
+                if !callee.has_label(p.label) {
+                    return Err(StepError::UnknownLabel {
+                        prog: p.prog.into(),
+                        label: p.label.into(),
+                        known: callee.labels().join(", "),
+                    });
+                }
+                let mut frame = stack::Frame::new();
+                stack::replace_prog_data(&mut frame, p.frame)
+                    .map_err(|error| StepError::BadFrame { prog: p.prog.into(), error })?;
+                frame.insert(LINK.into(), json!([prog, label]));
+                if let Some(s) = stack.top().get(SUBJECT_ID) {
+                    frame.insert(SUBJECT_ID.into(), s.clone());
+                }
+                stack.frames.insert(0, frame);
+                prog = p.prog.to_string();
+                label = p.label.to_string();
+                retval = None;
+                Outcome::Push { prog: prog.clone(), label: label.clone() }
+            }
+            RawFlow::Pop(value) => match stack::link(stack.top()) {
+                Some((to_prog, to_label)) => {
+                    let popped = stack.frames.remove(0);
+                    resolve_deadline_page(&mut tx, ubid, &popped).await?;
+                    prog = to_prog;
+                    label = to_label;
+                    retval = Some(value.clone());
+                    Outcome::Pop { to_prog: prog.clone(), to_label: label.clone(), retval: value }
+                }
+                None => {
+                    exitval = Some(value.clone());
+                    Outcome::Exit { exitval: value }
+                }
+            },
+        };
+
+        // Reaching the deadline's target label resolves it.
+        if let Some(d) = Deadline::read(stack.top()) {
+            if d.target == label && exitval.is_none() {
+                resolve_deadline_page(&mut tx, ubid, stack.top()).await?;
+                Deadline::clear(stack.top_mut());
+            } else if !d.notified && nap_secs > 0.0 {
+                // Wake in time to notice the deadline passing.
+                let until = (d.at - Utc::now()).num_milliseconds().max(0) as f64 / 1000.0;
+                nap_secs = nap_secs.min(until);
+            }
+        }
+
+        let consumed: Vec<Uuid> =
+            cur.sems.iter().filter(|(_, n)| decrs.iter().any(|d| d == n)).map(|(id, _)| *id).collect();
+        semaphore::delete(&mut tx, &consumed).await?;
+
+        if cur.first && cur.prior_failures >= self.config.page_after_failures {
+            page::resolve(&mut tx, &failing_tag(ubid)).await?;
+        }
+
+        let stack_value = stack.to_value();
+        let again;
+        let mut next = None;
+        if let Some(exitval) = &exitval {
+            let written = match cur.parent_id {
+                Some(_) => strand::exit_child(&mut tx, cur.id, cur.lease, &label, &stack_value, exitval).await?,
+                None => strand::exit_top_level(&mut tx, cur.id, cur.lease, &label, &stack_value, exitval).await?,
+            };
+            if !written {
+                return Err(StepError::LeaseLost);
+            }
+            if let Some(parent) = cur.parent_id {
+                strand::wake_parent_if_last(&mut tx, parent, cur.id).await?;
+            }
+            again = false;
+        } else {
+            again = keep_going && nap_secs == 0.0;
+            let write = StepWrite {
+                id: cur.id,
+                lease: cur.lease,
+                prog: &prog,
+                label: &label,
+                stack: &stack_value,
+                retval: retval.as_ref(),
+                leased_schedule: cur.leased_schedule,
+                release_after: if again { None } else { Some(nap_secs) },
+            };
+            next = Some(strand::write_step(&mut tx, &write).await?.ok_or(StepError::LeaseLost)?);
+        }
+        commit(tx).await?;
+
+        let report = StepReport {
+            strand: ubid,
+            prog: cur.prog.clone(),
+            label: cur.label.clone(),
+            outcome,
+            budded: budded.into_iter().map(Ubid::from_uuid).collect(),
+        };
+        if let Some(next) = next {
+            cur.prog = prog;
+            cur.label = label;
+            cur.stack = stack_value;
+            cur.retval = retval;
+            cur.leased_schedule = next.schedule;
+            cur.sems = next.sem_ids.into_iter().zip(next.sem_names).collect();
+            cur.prior_failures = 0;
+            cur.first = false;
+        }
+        Ok((report, again))
+    }
+
+    /// Record a failed step on the row (releasing the lease, backing off) and
+    /// page once the strand has failed `page_after_failures` times in a row.
+    async fn fail(&self, cur: &Current, error: &StepError) -> Outcome {
+        let ubid = Ubid::from_uuid(cur.id);
+        let message = error.to_string();
+        tracing::warn!(error = %message, "step failed");
+        let recorded = async {
+            let mut tx = self.pool.begin().await?;
+            let cap = self.config.backoff_cap.as_secs_f64();
+            let tries = strand::record_failure(&mut tx, cur.id, cur.lease, !cur.first, &message, cap).await?;
+            if let Some(tries) = tries.filter(|t| *t >= self.config.page_after_failures) {
+                let summary = format!("strand {ubid} ({}) failed {tries} times in a row at {}", cur.prog, cur.label);
+                let details = json!({"strand": ubid, "prog": cur.prog, "label": cur.label, "error": message});
+                page::raise(&mut tx, &failing_tag(ubid), &summary, "error", &details).await?;
+            }
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(tries)
+        }
+        .await;
+        match recorded {
+            Ok(Some(tries)) => Outcome::Failed { error: message, tries },
+            Ok(None) => Outcome::LeaseLost,
+            Err(db) => {
+                // The lease will expire and the strand be retried; nothing to undo.
+                tracing::error!(error = %db, "could not record the failure");
+                Outcome::Failed { error: message, tries: -1 }
+            }
+        }
+    }
+}
+
+async fn commit(tx: Transaction<'static, Postgres>) -> Result<(), StepError> {
+    tx.commit().await.map_err(StepError::from)
+}
+
+fn failing_tag(strand: Ubid) -> String {
+    format!("strand-failing:{strand}")
+}
+
+fn deadline_tag(strand: Ubid, target: &str) -> String {
+    format!("deadline:{strand}:{target}")
+}
+
+/// Resolve the page of a deadline this frame had raised, if any.
+async fn resolve_deadline_page(tx: &mut Transaction<'static, Postgres>, strand: Ubid, frame: &stack::Frame) -> Result<(), StepError> {
+    if let Some(d) = Deadline::read(frame).filter(|d| d.notified) {
+        page::resolve(tx, &deadline_tag(strand, &d.target)).await?;
+    }
+    Ok(())
+}

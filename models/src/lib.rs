@@ -1,0 +1,15 @@
+//! skein-models: the rows and the queries on them.
+//!
+//! This is the only crate that writes SQL for the engine's tables. The engine
+//! calls these functions to lease and step strands; progs never do (they use
+//! the engine's API), but they own their own tables, defined here too as the
+//! control plane grows.
+
+pub mod archive;
+pub mod db;
+pub mod page;
+pub mod semaphore;
+pub mod strand;
+pub mod ubid;
+
+pub use ubid::{Ubid, UbidError, UbidType};

@@ -1,0 +1,27 @@
+//! `Demo::Doubler`: a sub-prog that returns twice its input to its caller.
+
+use skein_engine::prelude::*;
+
+pub struct Doubler;
+
+labels! {
+    pub enum Label for Doubler { Start }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Frame {
+    pub n: u64,
+}
+
+#[async_trait]
+impl Prog for Doubler {
+    const NAME: &'static str = "Demo::Doubler";
+    type Label = Label;
+    type Frame = Frame;
+
+    async fn run(cx: &mut Ctx<'_, Self>, label: Label) -> Step<Self> {
+        match label {
+            Label::Start => pop(json!({ "value": cx.frame.n * 2 })),
+        }
+    }
+}

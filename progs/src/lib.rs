@@ -1,0 +1,13 @@
+//! skein-progs: the state machines the control plane runs.
+//!
+//! A new prog goes in its own file under the module of its family (`demo/`,
+//! later `vm/`, `host/`), and into [`registry`] so workers can run it.
+
+pub mod demo;
+
+use skein_engine::Registry;
+
+/// Every prog in this crate.
+pub fn registry() -> Registry {
+    Registry::new().merge(&demo::registry())
+}

@@ -1,0 +1,604 @@
+//! The engine contract (`../shared/design/strand-engine.md`), rule by rule,
+//! against a real Postgres. Each test name starts with the rule's id.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde_json::json;
+use skein_engine::testing::{test_config, Harness};
+use skein_engine::{Config, Outcome, Resources, Runner, Ubid, UbidType};
+use skein_models::{archive, page, strand};
+use skein_progs::demo::{census, counter, doubler};
+use skein_spec::rule_progs::*;
+use skein_spec::{create_spec_tables, notes, registry, SideDoor};
+
+async fn harness() -> Harness {
+    harness_with(test_config()).await
+}
+
+async fn harness_with(config: Config) -> Harness {
+    let mut h = Harness::with_config(registry(), config).await;
+    create_spec_tables(h.pool()).await;
+    let door = SideDoor { pool: h.pool().clone(), runner: h.runner.clone() };
+    h.runner = h.runner.clone().with_resources(Resources::default().with(door));
+    h
+}
+
+async fn count(h: &Harness, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(h.pool()).await.unwrap()
+}
+
+async fn seconds_until_schedule(h: &Harness, id: Ubid) -> f64 {
+    sqlx::query_scalar("SELECT extract(epoch FROM schedule - now())::float8 FROM strand WHERE id = $1")
+        .bind(id.uuid())
+        .fetch_one(h.pool())
+        .await
+        .unwrap()
+}
+
+async fn lease_is_free(h: &Harness, id: Ubid) -> bool {
+    sqlx::query_scalar("SELECT lease < now() FROM strand WHERE id = $1").bind(id.uuid()).fetch_one(h.pool()).await.unwrap()
+}
+
+fn waiting_census(districts: Vec<u32>) -> census::Frame {
+    census::Frame { districts, ..Default::default() }
+}
+
+// R01 ---------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn r01_concurrent_claimers_lease_disjoint_strands() {
+    let h = harness().await;
+    let mut ids = HashSet::new();
+    for _ in 0..300 {
+        ids.insert(h.start(NapperFrame { naps: vec![] }, NapperLabel::Next).await.uuid());
+    }
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let mut config = test_config();
+        config.holder = format!("claimer-{w}");
+        let runner = Runner::new(h.pool().clone(), registry()).with_config(config);
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let claims = runner.claim(7, &[]).await.unwrap();
+                if claims.is_empty() {
+                    return mine;
+                }
+                mine.extend(claims.into_iter().map(|c| c.leased.strand.id));
+            }
+        }));
+    }
+    let mut claimed = Vec::new();
+    for t in tasks {
+        claimed.extend(t.await.unwrap());
+    }
+    let distinct: HashSet<_> = claimed.iter().copied().collect();
+    assert_eq!(claimed.len(), distinct.len(), "a strand was leased twice");
+    assert_eq!(distinct, ids, "every due strand was leased exactly once");
+}
+
+#[tokio::test]
+async fn r01_leased_strand_is_not_leased_again_until_expired_or_released() {
+    let mut config = test_config();
+    config.lease = Duration::from_secs(1);
+    let h = harness_with(config).await;
+    let id = h.start(NapperFrame { naps: vec![] }, NapperLabel::Next).await;
+
+    let first = h.runner.claim_id(id.uuid(), false).await.unwrap().expect("free strand is leased");
+    assert!(h.runner.claim_id(id.uuid(), false).await.unwrap().is_none(), "held lease is not taken again");
+    assert!(h.runner.claim(10, &[]).await.unwrap().is_empty(), "held lease is not claimed as due");
+
+    let mut conn = h.pool().acquire().await.unwrap();
+    assert!(strand::release(&mut conn, id.uuid(), first.leased.strand.lease).await.unwrap());
+    let second = h.runner.claim_id(id.uuid(), false).await.unwrap().expect("released strand is leased again");
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let third = h.runner.claim_id(id.uuid(), false).await.unwrap().expect("expired lease is taken over");
+    assert_ne!(second.leased.strand.lease, third.leased.strand.lease);
+}
+
+#[tokio::test]
+async fn r01_claim_excludes_ids_the_worker_already_holds() {
+    let h = harness().await;
+    let a = h.start(NapperFrame { naps: vec![] }, NapperLabel::Next).await;
+    let b = h.start(NapperFrame { naps: vec![] }, NapperLabel::Next).await;
+    let got = h.runner.claim(10, &[a.uuid()]).await.unwrap();
+    let got: Vec<_> = got.iter().map(|c| c.leased.strand.id).collect();
+    assert_eq!(got, vec![b.uuid()]);
+}
+
+// R02 ---------------------------------------------------------------------
+
+#[tokio::test]
+async fn r02_leasing_assumes_failure_and_success_resets_try() {
+    let h = harness().await;
+    let id = h.start(NapperFrame { naps: vec![60.0] }, NapperLabel::Next).await;
+    sqlx::query("UPDATE strand SET try = 3 WHERE id = $1").bind(id.uuid()).execute(h.pool()).await.unwrap();
+
+    let claim = h.runner.claim_id(id.uuid(), true).await.unwrap().unwrap();
+    let row = h.strand(id).await;
+    assert_eq!(row.try_, 4, "the lease counts the step as failed in advance");
+    let ahead = seconds_until_schedule(&h, id).await;
+    let cap = test_config().backoff_cap.as_secs_f64();
+    assert!((0.0..=cap.min(16.0)).contains(&ahead), "schedule pushed out by a capped backoff, got {ahead}");
+
+    h.runner.run(claim, 1).await[0].assert_nap(60.0);
+    let row = h.strand(id).await;
+    assert_eq!(row.try_, 0, "a successful step resets try");
+    assert!(row.last_error.is_none());
+}
+
+// R03 ---------------------------------------------------------------------
+
+#[tokio::test]
+async fn r03_step_whose_lease_was_lost_commits_nothing() {
+    let h = harness().await;
+    let id = h.start(MeddlerFrame { mode: "take_lease".into(), pokes_seen: 0 }, MeddlerLabel::Act).await;
+    let report = h.step(id).await;
+    assert_eq!(report.outcome, Outcome::LeaseLost);
+    assert_eq!(notes(h.pool()).await, vec!["take_lease ran"], "the label did run");
+    assert_eq!(count(&h, "SELECT count(*) FROM spec_write").await, 0, "its write was rolled back");
+    let row = h.strand(id).await;
+    assert_eq!(row.label, "Act", "the hop was not committed");
+    assert!(row.lease > chrono::Utc::now() + chrono::Duration::minutes(30), "the new holder's lease stands");
+}
+
+// R04 ---------------------------------------------------------------------
+
+#[tokio::test]
+async fn r04_hop_changes_label_clears_retval_and_continues_under_same_lease() {
+    let h = harness().await;
+    let id = h.start(counter::Frame { upto: 3, at: 0 }, counter::Label::Count).await;
+    let claim = h.runner.claim_id(id.uuid(), true).await.unwrap().unwrap();
+    let reports = h.runner.run(claim, usize::MAX).await;
+    let flows: Vec<_> = reports.iter().map(|r| r.outcome.clone()).collect();
+    assert_eq!(
+        flows,
+        vec![
+            Outcome::Hop { to: "Count".into() },
+            Outcome::Hop { to: "Count".into() },
+            Outcome::Hop { to: "Count".into() },
+            Outcome::Exit { exitval: json!({"count": 3}) },
+        ],
+        "four steps under one lease"
+    );
+
+    // A pop leaves retval for the caller; the caller's next hop clears it.
+    let id = h.start(waiting_census(vec![]), census::Label::Double).await;
+    h.step(id).await.assert_push(doubler::Label::Start);
+    h.step(id).await.assert_pop(json!({"value": 0}));
+    assert_eq!(h.strand(id).await.retval, Some(json!({"value": 0})));
+    h.step(id).await.assert_hop(census::Label::Wait);
+    let row = h.strand(id).await;
+    assert_eq!(row.label, "Wait");
+    assert_eq!(row.retval, None, "hop clears retval");
+}
+
+// R05 ---------------------------------------------------------------------
+
+#[tokio::test]
+async fn r05_nap_reschedules_and_nap_zero_continues_at_once() {
+    let h = harness().await;
+    let id = h.start(NapperFrame { naps: vec![0.0, 0.0, 30.0] }, NapperLabel::Next).await;
+    let reports = h.run(id).await;
+    let flows: Vec<_> = reports.iter().map(|r| r.outcome.clone()).collect();
+    assert_eq!(flows, vec![Outcome::Nap { secs: 0.0 }, Outcome::Nap { secs: 0.0 }, Outcome::Nap { secs: 30.0 }]);
+    let ahead = seconds_until_schedule(&h, id).await;
+    assert!((29.0..=30.5).contains(&ahead), "due again in 30 s, got {ahead}");
+    assert!(lease_is_free(&h, id).await, "a real nap releases the lease");
+    assert!(h.runner.claim(10, &[]).await.unwrap().is_empty(), "a napping strand is not due");
+}
+
+// R06 ---------------------------------------------------------------------
+
+#[tokio::test]
+async fn r06_nap_keeps_wakeup_that_arrived_during_step() {
+    let h = harness().await;
+    let id = h.start(MeddlerFrame { mode: "poke".into(), pokes_seen: 0 }, MeddlerLabel::Act).await;
+    h.step(id).await.assert_nap(3600);
+    assert!(seconds_until_schedule(&h, id).await <= 0.0, "the increment's wake-up survived the nap");
+    assert_eq!(h.sems(id).await, vec!["poke"]);
+    let next = h.runner.claim(10, &[]).await.unwrap();
+    assert_eq!(next.len(), 1, "the strand is due at once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r06_child_exit_during_parents_step_survives_its_nap() {
+    let h = harness().await;
+    let id = h.start(RacerFrame { children: 1, reaped: 0 }, RacerLabel::Start).await;
+    h.step(id).await.assert_hop(RacerLabel::Reap);
+    // Reap sees the child running and the parent naps; the child exits meanwhile.
+    let report = h.step(id).await;
+    assert_eq!(report.outcome, Outcome::Nap { secs: test_config().children_nap.as_secs_f64() });
+    assert!(seconds_until_schedule(&h, id).await <= 0.0, "the child's wake-up survived the nap");
+    h.drain().await;
+    assert!(h.try_strand(id).await.is_none(), "the parent reaped and exited");
+}
+
+// R07 ---------------------------------------------------------------------
+
+#[tokio::test]
+async fn r07_push_pop_returns_to_callers_label_with_retval() {
+    let h = harness().await;
+    let id = h.start(census::Frame { total: 21, ..Default::default() }, census::Label::Double).await;
+    h.step(id).await.assert_push(doubler::Label::Start);
+    let row = h.strand(id).await;
+    assert_eq!((row.prog.as_str(), row.label.as_str()), ("Demo::Doubler", "Start"));
+    assert_eq!(row.stack[0], json!({"n": 21, "link": ["Demo::Census", "Double"]}));
+    assert_eq!(row.stack.as_array().unwrap().len(), 2);
+
+    h.step(id).await.assert_pop(json!({"value": 42}));
+    let row = h.strand(id).await;
+    assert_eq!((row.prog.as_str(), row.label.as_str()), ("Demo::Census", "Double"));
+    assert_eq!(row.retval, Some(json!({"value": 42})));
+    assert_eq!(row.stack.as_array().unwrap().len(), 1);
+
+    h.step(id).await.assert_hop(census::Label::Wait);
+    assert_eq!(h.frame::<census::Census>(id).await.doubled, Some(42));
+}
+
+#[tokio::test]
+async fn r07_pop_on_last_frame_exits_and_strings_become_msg() {
+    let h = harness().await;
+    let id = h.start(counter::Frame { upto: 0, at: 0 }, counter::Label::Count).await;
+    h.step(id).await.assert_exit(json!({"count": 0}));
+
+    let mut conn = h.pool().acquire().await.unwrap();
+    let id = h.start(waiting_census(vec![]), census::Label::Cancel).await;
+    h.step(id).await.assert_exit("census cancelled");
+    let archived = archive::get(&mut conn, id.uuid()).await.unwrap().unwrap();
+    assert_eq!(archived.exitval, json!({"msg": "census cancelled"}));
+}
+
+// R08 ---------------------------------------------------------------------
+
+#[tokio::test]
+async fn r08_bud_creates_runnable_child_with_parent_id() {
+    let h = harness().await;
+    let id = h.start(waiting_census(vec![2, 3, 4]), census::Label::Start).await;
+    let report = h.step(id).await;
+    report.assert_hop(census::Label::Tally).assert_buds(3);
+
+    let mut conn = h.pool().acquire().await.unwrap();
+    let kids = strand::children(&mut conn, id.uuid()).await.unwrap();
+    assert_eq!(kids.len(), 3);
+    for kid in &kids {
+        assert_eq!(kid.parent_id, Some(id.uuid()));
+        assert_eq!((kid.prog.as_str(), kid.label.as_str()), ("Demo::Counter", "Count"));
+        assert_eq!(kid.stack[0]["subject_id"], json!(id.uuid().to_string()), "children drive the parent's subject");
+        assert_eq!(Ubid::from_uuid(kid.id).kind(), Some(UbidType::Strand));
+    }
+    let due: HashSet<_> = h.runner.claim(10, &[id.uuid()]).await.unwrap().iter().map(|c| c.leased.strand.id).collect();
+    assert_eq!(due, kids.iter().map(|k| k.id).collect(), "children are runnable at once");
+}
+
+// R09 ---------------------------------------------------------------------
+
+#[tokio::test]
+async fn r09_reap_passes_exitvals_deletes_children_and_their_semaphores() {
+    let h = harness().await;
+    let id = h.start(waiting_census(vec![2, 3]), census::Label::Start).await;
+    let report = h.step(id).await;
+    for kid in &report.budded {
+        h.incr(*kid, "noise").await;
+        h.run(*kid).await.last().unwrap().exitval().expect("child exits");
+    }
+    assert_eq!(count(&h, "SELECT count(*) FROM semaphore").await, 2, "exited children keep rows until reaped");
+
+    h.step(id).await.assert_hop(census::Label::Double);
+    assert_eq!(h.frame::<census::Census>(id).await.total, 5, "each child's exitval reached the parent");
+    assert_eq!(count(&h, "SELECT count(*) FROM strand WHERE parent_id IS NOT NULL").await, 0);
+    assert_eq!(count(&h, "SELECT count(*) FROM semaphore").await, 0);
+}
+
+#[tokio::test]
+async fn r09_reap_never_deletes_a_child_that_holds_a_lease() {
+    let h = harness().await;
+    let id = h.start(waiting_census(vec![1]), census::Label::Start).await;
+    let kid = h.step(id).await.budded[0];
+    // An exited child whose lease is still held (its worker has not let go).
+    sqlx::query("UPDATE strand SET exitval = '{\"count\": 7}', lease = now() + interval '1 minute' WHERE id = $1")
+        .bind(kid.uuid())
+        .execute(h.pool())
+        .await
+        .unwrap();
+    h.step(id).await.assert_nap(test_config().children_nap.as_secs_f64());
+    assert!(h.try_strand(kid).await.is_some(), "a leased child is not deleted");
+    assert_eq!(h.frame::<census::Census>(id).await.total, 0);
+
+    sqlx::query("UPDATE strand SET lease = now() - interval '1 second' WHERE id = $1")
+        .bind(kid.uuid())
+        .execute(h.pool())
+        .await
+        .unwrap();
+    h.step(id).await.assert_hop(census::Label::Double);
+    assert_eq!(h.frame::<census::Census>(id).await.total, 7);
+}
+
+// R10 ---------------------------------------------------------------------
+
+#[tokio::test]
+async fn r10_last_child_wakes_parent_and_waiting_parent_runs_no_steps() {
+    let h = harness().await;
+    let id = h.start(waiting_census(vec![1, 1, 1, 1, 1]), census::Label::Start).await;
+    let kids = h.step(id).await.budded.clone();
+    h.step(id).await.assert_nap(test_config().children_nap.as_secs_f64());
+
+    for kid in &kids[..4] {
+        h.run(*kid).await;
+        // (The census's own deadline shortens its nap to 600 s.)
+        assert!(seconds_until_schedule(&h, id).await > 300.0, "a child with running siblings does not wake the parent");
+    }
+    h.run(kids[4]).await;
+    assert!(seconds_until_schedule(&h, id).await <= 0.0, "the last child wakes the parent");
+
+    let reports = h.drain().await;
+    let parent_steps: Vec<_> = reports.iter().filter(|r| r.strand == id).map(|r| r.label.as_str()).collect();
+    // One Tally (the wake-up), then Double pushes the doubler (its Start), gets
+    // the value back in Double, and waits.
+    assert_eq!(parent_steps, vec!["Tally", "Double", "Start", "Double", "Wait"], "woken once, then on to Wait");
+    assert_eq!(h.frame::<census::Census>(id).await.doubled, Some(10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn r10_last_siblings_exiting_together_still_wake_parent() {
+    let h = harness().await;
+    for round in 0..15 {
+        let id = h.start(waiting_census(vec![0, 0]), census::Label::Start).await;
+        h.step(id).await;
+        h.step(id).await.assert_nap(test_config().children_nap.as_secs_f64());
+        let claims = h.runner.claim(10, &[id.uuid()]).await.unwrap();
+        assert_eq!(claims.len(), 2);
+        let mut claims = claims.into_iter();
+        let (a, b) = (claims.next().unwrap(), claims.next().unwrap());
+        let (ra, rb) = (h.runner.clone(), h.runner.clone());
+        let (x, y) = tokio::join!(
+            tokio::spawn(async move { ra.run(a, 1).await }),
+            tokio::spawn(async move { rb.run(b, 1).await })
+        );
+        assert!(x.unwrap()[0].exitval().is_some() && y.unwrap()[0].exitval().is_some());
+        assert!(seconds_until_schedule(&h, id).await <= 0.0, "round {round}: parent not woken");
+        h.drain().await;
+    }
+}
+
+// R11 ---------------------------------------------------------------------
+
+#[tokio::test]
+async fn r11_incr_from_outside_wakes_the_strand() {
+    let h = harness().await;
+    let id = h.start(waiting_census(vec![]), census::Label::Wait).await;
+    h.step(id).await.assert_nap(3600);
+    assert!(seconds_until_schedule(&h, id).await > 3000.0);
+    assert!(h.incr(id, "finish").await);
+    assert!(seconds_until_schedule(&h, id).await <= 0.0, "the increment woke it");
+    let reports = h.drain().await;
+    reports.last().unwrap().assert_exit(json!({"total": 0, "doubled": null}));
+
+    assert!(!h.incr(id, "finish").await, "incr on a gone strand does nothing");
+    assert!(!h.incr(Ubid::generate(UbidType::Strand), "finish").await);
+}
+
+#[tokio::test]
+async fn r11_decr_deletes_only_the_snapshot_and_an_incr_during_the_step_survives() {
+    let h = harness().await;
+    let id = h.start(MeddlerFrame { mode: "poke".into(), pokes_seen: 0 }, MeddlerLabel::Act).await;
+    h.incr(id, "poke").await;
+    h.incr(id, "poke").await;
+    // The step sees two pokes and consumes them; it pokes once more meanwhile.
+    h.step(id).await.assert_nap(3600);
+    assert_eq!(h.frame::<Meddler>(id).await.pokes_seen, 1);
+    assert_eq!(h.sems(id).await, vec!["poke"], "only the snapshot's increments were deleted");
+}
+
+// R12 ---------------------------------------------------------------------
+
+#[tokio::test]
+async fn r12_destroy_pops_pushed_frames_and_runs_destroy_label_once() {
+    let h = harness().await;
+    let id = h.start(TeardownFrame::default(), TeardownLabel::Start).await;
+    h.step(id).await.assert_push(WaiterLabel::Wait);
+    h.step(id).await.assert_nap(3600);
+    assert_eq!(h.strand(id).await.prog, "Spec::Waiter");
+
+    h.incr(id, "destroy").await;
+    let reports = h.drain().await;
+    assert_eq!(reports[0].outcome, Outcome::Hop { to: "Gone".into() }, "Teardown ran first: {reports:?}");
+    let row = h.strand(id).await;
+    assert_eq!((row.prog.as_str(), row.label.as_str()), ("Spec::Teardown", "Gone"));
+    assert_eq!(row.stack.as_array().unwrap().len(), 1, "the pushed frame was popped");
+    assert_eq!(row.stack[0]["destroying"], json!(true));
+
+    // The semaphore is still set, but the protocol does not run again.
+    h.step(id).await.assert_nap(3600);
+    assert_eq!(h.frame::<Teardown>(id).await.teardowns, 1);
+    assert_eq!(h.strand(id).await.label, "Gone");
+}
+
+#[tokio::test]
+async fn r12_destroy_without_a_destroy_label_exits() {
+    let h = harness().await;
+    let id = h.start(WaiterFrame {}, WaiterLabel::Wait).await;
+    h.incr(id, "destroy").await;
+    h.step(id).await.assert_exit("destroyed");
+    assert!(h.try_strand(id).await.is_none());
+}
+
+// R13 ---------------------------------------------------------------------
+
+#[tokio::test]
+async fn r13_exited_top_level_strand_is_deleted_with_semaphores_and_archived() {
+    let h = harness().await;
+    let id = h.start(counter::Frame { upto: 1, at: 0 }, counter::Label::Count).await;
+    h.incr(id, "ignored").await;
+    h.run(id).await.last().unwrap().assert_exit(json!({"count": 1}));
+
+    assert!(h.try_strand(id).await.is_none(), "the hot table holds only live work");
+    assert_eq!(count(&h, "SELECT count(*) FROM semaphore").await, 0);
+    let mut conn = h.pool().acquire().await.unwrap();
+    let archived = archive::get(&mut conn, id.uuid()).await.unwrap().expect("archive record");
+    assert_eq!(archived.prog, "Demo::Counter");
+    assert_eq!(archived.exitval, json!({"count": 1}));
+    assert_eq!(archived.stack[0]["at"], json!(1));
+    assert!(archived.exited_at >= archived.created_at);
+}
+
+#[tokio::test]
+async fn r13_archive_partitions_are_maintained_and_old_ones_dropped() {
+    let h = harness().await;
+    let mut conn = h.pool().acquire().await.unwrap();
+    sqlx::query("CREATE TABLE strand_archive_200001 PARTITION OF strand_archive FOR VALUES FROM ('2000-01-01') TO ('2000-02-01')")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let dropped = archive::maintain(&mut conn, 3).await.unwrap();
+    assert_eq!(dropped, vec!["strand_archive_200001"]);
+    let this_month = chrono::Utc::now().format("strand_archive_%Y%m").to_string();
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL").bind(&this_month).fetch_one(&mut *conn).await.unwrap();
+    assert!(exists);
+}
+
+// R14 ---------------------------------------------------------------------
+
+#[tokio::test]
+async fn r14_failing_label_rolls_back_records_error_retries_with_backoff_and_pages() {
+    let h = harness().await;
+    let id = h.start(MeddlerFrame { mode: "fail_until_told".into(), pokes_seen: 0 }, MeddlerLabel::Act).await;
+    h.incr(id, "poke").await;
+    let tag = format!("strand-failing:{id}");
+    let mut conn = h.pool().acquire().await.unwrap();
+
+    for attempt in 1..=3 {
+        h.step(id).await.assert_failed("still broken");
+        let row = h.strand(id).await;
+        assert_eq!(row.try_, attempt);
+        assert!(row.last_error.as_deref().unwrap().contains("still broken"));
+        assert!(row.last_error_at.is_some());
+        assert!(row.lease < chrono::Utc::now(), "the lease is released");
+        let ahead = seconds_until_schedule(&h, id).await;
+        assert!(ahead > -0.5 && ahead <= 2.0, "retried after a capped backoff, got {ahead}");
+        let open = page::by_tag(&mut conn, &tag).await.unwrap();
+        assert_eq!(open.len(), usize::from(attempt >= 3), "paged after 3 failures, not before");
+    }
+    assert_eq!(count(&h, "SELECT count(*) FROM spec_write").await, 0, "each failure rolled back its write");
+    assert_eq!(h.sems(id).await, vec!["poke"], "the failed step's decr was rolled back too");
+
+    h.incr(id, "heal").await;
+    h.step(id).await.assert_nap(3600);
+    let row = h.strand(id).await;
+    assert_eq!((row.try_, row.last_error), (0, None));
+    assert_eq!(count(&h, "SELECT count(*) FROM spec_write").await, 1);
+    let pages = page::by_tag(&mut conn, &tag).await.unwrap();
+    assert!(pages.len() == 1 && pages[0].resolved_at.is_some(), "success resolves the page");
+}
+
+// R15 ---------------------------------------------------------------------
+
+#[tokio::test]
+async fn r15_passed_deadline_pages_once_and_reaching_target_resolves_it() {
+    let h = harness().await;
+    let id = h.start(LateFrame { within_ms: 1000 }, LateLabel::Start).await;
+    let reports = h.run(id).await;
+    assert_eq!(reports.len(), 2, "Start hops to Wait, which naps");
+    let ahead = seconds_until_schedule(&h, id).await;
+    assert!(ahead <= 1.0, "the 3600 s nap was shortened to wake for the deadline, got {ahead}");
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let tag = format!("deadline:{id}:Done");
+    let mut conn = h.pool().acquire().await.unwrap();
+    assert!(page::by_tag(&mut conn, &tag).await.unwrap().is_empty());
+    h.drain().await;
+    assert_eq!(page::by_tag(&mut conn, &tag).await.unwrap().len(), 1, "a passed deadline pages");
+    assert!(seconds_until_schedule(&h, id).await > 3000.0, "once notified, the nap is no longer shortened");
+
+    h.step(id).await.assert_nap(3600);
+    assert_eq!(page::by_tag(&mut conn, &tag).await.unwrap().len(), 1, "it pages only once");
+
+    h.incr(id, "go").await;
+    h.drain().await;
+    let pages = page::by_tag(&mut conn, &tag).await.unwrap();
+    assert!(pages[0].resolved_at.is_some(), "reaching the target resolves the page");
+    assert!(h.strand(id).await.stack[0].get("deadline_at").is_none(), "and clears the deadline");
+}
+
+// R16 ---------------------------------------------------------------------
+
+#[tokio::test]
+async fn r16_step_overrunning_its_budget_is_abandoned_before_the_lease_expires() {
+    let mut config = test_config();
+    config.lease = Duration::from_secs(8);
+    config.step_budget = Duration::from_millis(500);
+    let h = harness_with(config).await;
+    let id = h.start(MeddlerFrame { mode: "hang".into(), pokes_seen: 0 }, MeddlerLabel::Act).await;
+
+    let report = h.step(id).await;
+    report.assert_failed("time budget");
+    let row = h.strand(id).await;
+    assert_eq!(row.try_, 1);
+    assert!(row.lease < chrono::Utc::now(), "the failure was recorded under the still-valid lease, and released");
+    assert_eq!(count(&h, "SELECT count(*) FROM spec_write").await, 0, "the abandoned step committed nothing");
+
+    // Retried: this time it is told to finish.
+    h.incr(id, "done").await;
+    h.step(id).await.assert_hop(MeddlerLabel::Done);
+}
+
+// R17 ---------------------------------------------------------------------
+
+#[tokio::test]
+async fn r17_unknown_prog_unknown_label_and_corrupt_stack_fail_only_their_strand() {
+    let h = harness().await;
+    let insert = |prog: &'static str, label: &'static str, stack: serde_json::Value| {
+        let pool = h.pool().clone();
+        async move {
+            let id = Ubid::generate(UbidType::Strand);
+            sqlx::query("INSERT INTO strand (id, prog, label, stack) VALUES ($1, $2, $3, $4)")
+                .bind(id.uuid())
+                .bind(prog)
+                .bind(label)
+                .bind(stack)
+                .execute(&pool)
+                .await
+                .unwrap();
+            id
+        }
+    };
+    let no_prog = insert("Nope::Gone", "Start", json!([{}])).await;
+    let no_label = insert("Demo::Counter", "Sing", json!([{"upto": 1, "at": 0}])).await;
+    // (A stack that is not an array is refused by the table's CHECK constraint.)
+    let empty = insert("Demo::Counter", "Count", json!([])).await;
+    let not_object = insert("Demo::Counter", "Count", json!([7])).await;
+    let unlinked = insert("Demo::Counter", "Count", json!([{"upto": 1}, {}])).await;
+    let bad_frame = insert("Demo::Counter", "Count", json!([{"upto": "three"}])).await;
+    let good = h.start(counter::Frame { upto: 2, at: 0 }, counter::Label::Count).await;
+
+    let reports = h.drain().await;
+    assert!(reports.iter().any(|r| r.strand == good && r.exitval() == Some(&json!({"count": 2}))), "the good strand ran");
+    for (id, needle) in [
+        (no_prog, "unknown prog \"Nope::Gone\""),
+        (no_label, "unknown label \"Sing\" for prog Demo::Counter (its labels: Count)"),
+        (empty, "corrupt stack: stack is empty"),
+        (not_object, "corrupt stack: stack frame 0 must be a json object, got a number"),
+        (unlinked, "corrupt stack: stack frame 0 is above another frame"),
+        (bad_frame, "does not fit Demo::Counter's frame type"),
+    ] {
+        let row = h.strand(id).await;
+        let error = row.last_error.unwrap_or_default();
+        assert!(error.contains(needle), "{id}: {error:?} lacks {needle:?}");
+        assert_eq!(row.try_, 1);
+        assert!(row.lease < chrono::Utc::now());
+    }
+}
+
+// R18 ---------------------------------------------------------------------
+
+#[tokio::test]
+async fn r18_ubids_round_trip_through_the_database() {
+    let h = harness().await;
+    let id = h.start(NapperFrame { naps: vec![] }, NapperLabel::Next).await;
+    let stored: Ubid = sqlx::query_scalar("SELECT id FROM strand").fetch_one(h.pool()).await.unwrap();
+    assert_eq!(stored, id);
+    assert_eq!(stored.kind(), Some(UbidType::Strand));
+    assert!(stored.to_string().starts_with("st"));
+}
