@@ -1,1 +1,60 @@
-fn main() {}
+//! skein: the control plane's command line.
+//!
+//! `skein up` runs the control plane (and a demo) on its defaults;
+//! `skein db` manages the embedded Postgres cluster it uses.
+
+use clap::{Parser, Subcommand};
+use skein_bin::{embedded::Embedded, up, worker};
+
+#[derive(Parser, Debug)]
+#[command(name = "skein", version, about = "A Postgres-backed workflow engine and the VM control plane built on it")]
+struct Cli {
+    /// Log as JSON lines.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the control plane: a worker pool (and a demo) on the given or embedded database.
+    Up(up::UpArgs),
+    /// Manage the embedded Postgres cluster (used when no --database-url is given).
+    Db {
+        #[command(subcommand)]
+        action: DbAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DbAction {
+    /// Create (first time) and start the cluster, and print its URL.
+    Start,
+    /// Stop the cluster.
+    Stop,
+    /// Say whether it runs, and where.
+    Status,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    worker::init_logging(cli.log_json);
+    match cli.command {
+        Command::Up(args) => up::run(args).await,
+        Command::Db { action } => {
+            let db = Embedded::from_env()?;
+            tokio::task::spawn_blocking(move || match action {
+                DbAction::Start => db.ensure_running().map(|url| println!("{url}")),
+                DbAction::Stop => db.stop(),
+                DbAction::Status => {
+                    let state = if db.is_running() { "running" } else { "stopped" };
+                    println!("{state}: {} (data in {}, log {})", db.url(), db.home.display(), db.log_file().display());
+                    Ok(())
+                }
+            })
+            .await?
+        }
+    }
+}

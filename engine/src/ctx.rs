@@ -155,6 +155,9 @@ impl<'a, P: Prog> Ctx<'a, P> {
             },
         )
         .await?;
+        if self.st.budded.is_empty() {
+            strand::notify_due(self.tx).await?;
+        }
         self.st.budded.push(id.uuid());
         Ok(id)
     }

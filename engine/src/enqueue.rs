@@ -34,6 +34,7 @@ pub async fn start_for<L: Label>(
         &NewStrand { id: subject.uuid(), parent_id: None, prog: <L::Prog as Prog>::NAME, label: label.name(), stack: &stack },
     )
     .await?;
+    strand::notify_due(conn).await?;
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 //!
 //! - [`prog`]: what a prog author writes: `Prog`, `labels!`, `hop`/`nap`/`push`/`pop`.
 //! - [`ctx`]: what a label sees during its step: frame, transaction, semaphores, `bud`, `reap`.
+//! - [`dispatch`]: the claim loop of `respirate`: batches, wake-ups, shutdown.
 //! - [`runner`]: leases strands and runs their steps exactly as `strand-engine.md` says.
 //! - [`registry`]: stored prog names back to Rust types.
 //! - [`stack`]: the jsonb stack and the engine's keys in it.
@@ -9,6 +10,7 @@
 //! - [`testing`]: a fresh database per test and one-line step assertions.
 
 pub mod ctx;
+pub mod dispatch;
 pub mod enqueue;
 pub mod error;
 pub mod prog;
@@ -20,6 +22,7 @@ pub mod testing;
 pub use ctx::{Ctx, Reaped, Resources};
 pub use error::StepError;
 pub use prog::{hop, nap, pop, push, Flow, Label, NoFrame, Popped, Prog, Step};
+pub use dispatch::{DispatchConfig, Dispatcher};
 pub use registry::Registry;
 pub use runner::{Claim, Config, Outcome, Runner, StepReport};
 pub use skein_models::{Ubid, UbidType};

@@ -20,8 +20,11 @@ pub async fn incr(conn: &mut PgConnection, strand: Uuid, name: &str) -> Result<b
     .bind(strand)
     .bind(Ubid::generate(UbidType::Semaphore).uuid())
     .bind(name)
-    .fetch_optional(conn)
+    .fetch_optional(&mut *conn)
     .await?;
+    if row.is_some() {
+        crate::strand::notify_due(conn).await?;
+    }
     Ok(row.is_some())
 }
 

@@ -12,6 +12,17 @@ use uuid::Uuid;
 /// The far-past lease of a free strand (the column is never null).
 pub const FREE: &str = "1970-01-01 00:00:00+00";
 
+/// The channel dispatchers LISTEN on to hear that work is due.
+pub const DUE_CHANNEL: &str = "skein_due";
+
+/// Tell listening dispatchers that something became due, when the caller's
+/// transaction commits. Postgres folds repeats within one transaction into
+/// one notification, so calling this once per row is cheap.
+pub async fn notify_due(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_notify($1, '')").bind(DUE_CHANNEL).execute(conn).await?;
+    Ok(())
+}
+
 #[derive(Clone, Debug, FromRow, serde::Serialize)]
 pub struct Strand {
     pub id: Uuid,
@@ -40,6 +51,9 @@ const COLUMNS: &str = "id, parent_id, prog, label, stack, schedule, lease, lease
 pub struct Leased {
     pub strand: Strand,
     pub sems: Vec<(Uuid, String)>,
+    /// Set when the previous holder's lease expired without being released:
+    /// this lease is a takeover of a crashed or stuck worker's strand.
+    pub taken_over_from: Option<String>,
 }
 
 #[derive(FromRow)]
@@ -48,11 +62,12 @@ struct LeasedRow {
     strand: Strand,
     sem_ids: Vec<Uuid>,
     sem_names: Vec<String>,
+    prev_holder: Option<String>,
 }
 
 impl From<LeasedRow> for Leased {
     fn from(r: LeasedRow) -> Leased {
-        Leased { strand: r.strand, sems: r.sem_ids.into_iter().zip(r.sem_names).collect() }
+        Leased { strand: r.strand, sems: r.sem_ids.into_iter().zip(r.sem_names).collect(), taken_over_from: r.prev_holder }
     }
 }
 
@@ -71,7 +86,8 @@ const TAKE: &str = "lease = now() + make_interval(secs => $2), lease_holder = $3
 const RETURNING_LEASED: &str = "s.id, s.parent_id, s.prog, s.label, s.stack, s.schedule, s.lease, s.lease_holder, \
      s.try AS try_, s.exitval, s.retval, s.last_error, s.last_error_at, s.created_at, \
      ARRAY(SELECT m.id FROM semaphore m WHERE m.strand_id = s.id ORDER BY m.id) AS sem_ids, \
-     ARRAY(SELECT m.name FROM semaphore m WHERE m.strand_id = s.id ORDER BY m.id) AS sem_names";
+     ARRAY(SELECT m.name FROM semaphore m WHERE m.strand_id = s.id ORDER BY m.id) AS sem_names, \
+     due.lease_holder AS prev_holder";
 
 /// Lease up to `limit` due strands in one statement, oldest schedule first,
 /// skipping rows other claimers hold and the ids in `exclude`.
@@ -84,7 +100,7 @@ pub async fn claim_due(
 ) -> Result<Vec<Leased>, sqlx::Error> {
     let sql = format!(
         "UPDATE strand s SET {TAKE} FROM ( \
-             SELECT id FROM strand \
+             SELECT id, lease_holder FROM strand \
              WHERE exitval IS NULL AND lease < now() AND schedule <= now() AND id <> ALL($5) \
              ORDER BY schedule LIMIT $1 FOR UPDATE SKIP LOCKED) due \
          WHERE s.id = due.id RETURNING {RETURNING_LEASED}"
@@ -110,9 +126,11 @@ pub async fn claim_one(
     due_only: bool,
 ) -> Result<Option<Leased>, sqlx::Error> {
     let sql = format!(
-        "UPDATE strand s SET {TAKE} \
-         WHERE s.id = $1 AND s.exitval IS NULL AND s.lease < now() AND (NOT $5 OR s.schedule <= now()) \
-         RETURNING {RETURNING_LEASED}"
+        "UPDATE strand s SET {TAKE} FROM ( \
+             SELECT id, lease_holder FROM strand \
+             WHERE id = $1 AND exitval IS NULL AND lease < now() AND (NOT $5 OR schedule <= now()) \
+             FOR UPDATE) due \
+         WHERE s.id = due.id RETURNING {RETURNING_LEASED}"
     );
     let row: Option<LeasedRow> = sqlx::query_as(&sql)
         .bind(id)
@@ -245,8 +263,11 @@ pub async fn wake_parent_if_last(conn: &mut PgConnection, parent: Uuid, me: Uuid
     )
     .bind(parent)
     .bind(me)
-    .execute(conn)
+    .execute(&mut *conn)
     .await?;
+    if woke.rows_affected() == 1 {
+        notify_due(conn).await?;
+    }
     Ok(woke.rows_affected() == 1)
 }
 
@@ -347,4 +368,15 @@ pub async fn reap(conn: &mut PgConnection, parent: Uuid) -> Result<(Vec<Exited>,
         .fetch_one(conn)
         .await?;
     Ok((exited, remaining))
+}
+
+/// Seconds until the next free, live strand is due (negative if one is due
+/// now), or None if there is none. Walks the dispatcher's partial index.
+pub async fn next_due_in(conn: &mut PgConnection) -> Result<Option<f64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT extract(epoch FROM schedule - now())::float8 FROM strand \
+         WHERE exitval IS NULL AND lease < now() ORDER BY schedule LIMIT 1",
+    )
+    .fetch_optional(conn)
+    .await
 }

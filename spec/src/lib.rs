@@ -39,3 +39,13 @@ pub async fn create_spec_tables(pool: &PgPool) {
     .await
     .expect("spec tables");
 }
+
+/// A binary of this workspace (`skein`, `respirate`), built by `scripts/test`
+/// before the tests run.
+pub fn binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let path = exe.parent().and_then(|deps| deps.parent()).expect("target dir").join(name);
+    assert!(path.exists(), "{} is not built: run `cargo build --workspace --bins` (scripts/test does)", path.display());
+    path
+}

@@ -1,0 +1,125 @@
+//! `skein up`: the control plane on its defaults. It finds or makes a
+//! database, runs a worker pool in this process, and (unless told not to)
+//! runs a demo census whose every step is printed as it happens.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+use skein_engine::{enqueue, Outcome, StepReport, Ubid};
+use skein_progs::demo::census;
+use sqlx::PgPool;
+
+use crate::embedded::Embedded;
+use crate::worker::{self, WorkerArgs};
+
+#[derive(clap::Args, Debug)]
+pub struct UpArgs {
+    /// Postgres URL; without one, skein runs its own private cluster (see `skein db`).
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+    /// Do not run the demo.
+    #[arg(long)]
+    pub no_demo: bool,
+    /// Stop once the demo has finished (for scripts and CI); exit non-zero if it failed.
+    #[arg(long)]
+    pub exit_after_demo: bool,
+}
+
+/// The database URL given, or the embedded cluster's (started if need be).
+pub async fn database_url(given: Option<String>) -> anyhow::Result<String> {
+    if let Some(url) = given {
+        return Ok(url);
+    }
+    let embedded = Embedded::from_env()?;
+    let url = tokio::task::spawn_blocking(move || embedded.ensure_running()).await??;
+    println!("database: embedded Postgres at {url}");
+    Ok(url)
+}
+
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    let url = database_url(args.database_url.clone()).await?;
+    let pool = worker::connect(&url, args.worker.pool_size()).await?;
+    println!("control plane: {} concurrent steps; Ctrl-C stops it\n", args.worker.concurrency);
+
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<anyhow::Result<Value>>();
+    if !args.no_demo {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let _ = done_tx.send(demo(&pool).await);
+        });
+    }
+    let exit_after_demo = args.exit_after_demo && !args.no_demo;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let demo_watch = tokio::spawn(async move {
+        let result = done_rx.await.unwrap_or_else(|_| Ok(Value::Null));
+        match &result {
+            Ok(v) if !v.is_null() => println!("\ndemo: done, the census exited with {v}\n"),
+            Ok(_) => {}
+            Err(e) => eprintln!("\ndemo: failed: {e:#}\n"),
+        }
+        if exit_after_demo {
+            let _ = stop_tx.send(());
+        }
+        result
+    });
+
+    let shutdown = async move {
+        tokio::select! {
+            _ = worker::shutdown_signal() => {}
+            _ = stop_rx => {}
+        }
+    };
+    worker::run_dispatcher(pool, skein_progs::registry(), &args.worker, |d| d.on_step(print_step), shutdown).await?;
+    if exit_after_demo {
+        demo_watch.await?.context("the demo did not finish")?;
+    }
+    Ok(())
+}
+
+fn print_step(r: &StepReport) {
+    let what = match &r.outcome {
+        Outcome::Hop { to } => format!("hop -> {to}"),
+        Outcome::Nap { secs } => format!("nap {secs}s"),
+        Outcome::Push { prog, label } => format!("push {prog} at {label}"),
+        Outcome::Pop { to_prog, to_label, retval } => format!("pop {retval} -> {to_prog} at {to_label}"),
+        Outcome::Exit { exitval } => format!("exit {exitval}"),
+        Outcome::Failed { error, tries } => format!("FAILED (try {tries}): {error}"),
+        Outcome::LeaseLost => "lease lost, rolled back".into(),
+    };
+    let budded = if r.budded.is_empty() { String::new() } else { format!("  (budded {})", r.budded.len()) };
+    println!(
+        "{}  {}  {:<14} {:<7} {what}{budded}",
+        chrono::Local::now().format("%H:%M:%S%.3f"),
+        r.strand,
+        r.prog,
+        r.label
+    );
+}
+
+/// Start a census, let it count and double, tell it to finish, and return
+/// what it exited with.
+async fn demo(pool: &PgPool) -> anyhow::Result<Value> {
+    let frame = census::Frame { districts: vec![3, 5, 8], ..Default::default() };
+    let id = enqueue::start(&mut *pool.acquire().await?, frame, census::Label::Start).await?;
+    println!("demo: started census {id}: it buds 3 counters, reaps them, calls the doubler, then waits\n");
+    wait_for(pool, id, |label| label == Some("Wait")).await?;
+    println!("\ndemo: the census is waiting; incrementing its `finish` semaphore\n");
+    enqueue::incr(&mut *pool.acquire().await?, id, "finish").await?;
+    wait_for(pool, id, |label| label.is_none()).await?;
+    let archived = skein_models::archive::get(&mut *pool.acquire().await?, id.uuid()).await?;
+    Ok(archived.context("the census left no archive record")?.exitval)
+}
+
+async fn wait_for(pool: &PgPool, id: Ubid, done: impl Fn(Option<&str>) -> bool) -> anyhow::Result<()> {
+    for _ in 0..600 {
+        let row = skein_models::strand::get(&mut *pool.acquire().await?, id.uuid()).await?;
+        if done(row.as_ref().map(|r| r.label.as_str())) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("strand {id} did not get there within 60 s")
+}

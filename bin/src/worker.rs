@@ -1,0 +1,141 @@
+//! What every worker process needs around the engine's dispatcher: its
+//! flags, a database it can reach (waiting for one that is down), logs,
+//! metrics and a clean stop on SIGTERM or Ctrl-C.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use skein_engine::{Config, DispatchConfig, Dispatcher, Registry, Runner};
+use sqlx::PgPool;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct WorkerArgs {
+    /// Strands stepped at once by this process.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+    /// Database connections (default: concurrency + 4).
+    #[arg(long)]
+    pub pool_size: Option<u32>,
+    /// The most strands leased by one claim statement.
+    #[arg(long, default_value_t = 64)]
+    pub batch: i64,
+    /// Fallback poll interval in milliseconds (NOTIFY wakes workers at once).
+    #[arg(long, default_value_t = 2000)]
+    pub poll_ms: u64,
+    /// Lease length in seconds: how long a crashed worker's strands wait.
+    #[arg(long, default_value_t = 120)]
+    pub lease_secs: u64,
+    /// On SIGTERM, seconds running steps get to finish.
+    #[arg(long, default_value_t = 20)]
+    pub shutdown_grace_secs: u64,
+    /// Serve Prometheus metrics at this address (e.g. 127.0.0.1:9187).
+    #[arg(long)]
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+impl WorkerArgs {
+    pub fn pool_size(&self) -> u32 {
+        self.pool_size.unwrap_or(self.concurrency as u32 + 4)
+    }
+
+    pub fn engine_config(&self) -> Config {
+        let lease = Duration::from_secs(self.lease_secs.max(4));
+        Config { lease, step_budget: lease / 2, continue_budget: (lease / 12).max(Duration::from_secs(1)), ..Config::default() }
+    }
+
+    pub fn dispatch_config(&self) -> DispatchConfig {
+        DispatchConfig {
+            concurrency: self.concurrency.max(1),
+            batch: self.batch.max(1),
+            poll: Duration::from_millis(self.poll_ms.max(10)),
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+        }
+    }
+}
+
+/// Logs to stderr; `RUST_LOG` filters (default `info`), `json` for machines.
+pub fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().with_current_span(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Connect and migrate, waiting (with a message) while the database is down.
+pub async fn connect(url: &str, pool_size: u32) -> anyhow::Result<PgPool> {
+    let mut wait = Duration::from_millis(200);
+    loop {
+        match skein_models::db::connect(url, pool_size).await {
+            Ok(pool) => {
+                skein_models::db::migrate(&pool).await.context("applying migrations")?;
+                return Ok(pool);
+            }
+            Err(e @ sqlx::Error::Configuration(_)) => return Err(e).context("bad database URL"),
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?wait, "database not reachable yet");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+    }
+}
+
+/// Serve Prometheus metrics, and sample the database's view (due strands,
+/// the oldest one's lag, open pages) every few seconds.
+pub fn serve_metrics(addr: SocketAddr, pool: PgPool) -> anyhow::Result<()> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .install()
+        .with_context(|| format!("serving metrics on {addr}"))?;
+    tokio::spawn(async move {
+        loop {
+            let sampled: Result<(i64, f64, i64), sqlx::Error> = sqlx::query_as(
+                "SELECT (SELECT count(*) FROM strand WHERE exitval IS NULL AND lease < now() AND schedule <= now()), \
+                        coalesce((SELECT extract(epoch FROM now() - min(schedule))::float8 FROM strand \
+                                  WHERE exitval IS NULL AND lease < now() AND schedule <= now()), 0), \
+                        (SELECT count(*) FROM page WHERE resolved_at IS NULL)",
+            )
+            .fetch_one(&pool)
+            .await;
+            if let Ok((due, lag, pages)) = sampled {
+                metrics::gauge!("skein_due_strands").set(due as f64);
+                metrics::gauge!("skein_oldest_due_lag_seconds").set(lag);
+                metrics::gauge!("skein_open_pages").set(pages as f64);
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    });
+    Ok(())
+}
+
+/// Run a dispatcher over `pool` until `shutdown`, then stop cleanly.
+pub async fn run_dispatcher(
+    pool: PgPool,
+    registry: Registry,
+    args: &WorkerArgs,
+    configure: impl FnOnce(Dispatcher) -> Dispatcher,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    if let Some(addr) = args.metrics_addr {
+        serve_metrics(addr, pool.clone())?;
+    }
+    let runner = Runner::new(pool, registry).with_config(args.engine_config());
+    let dispatcher = configure(Dispatcher::new(runner, args.dispatch_config()));
+    let summary = dispatcher.run(shutdown).await;
+    tracing::info!(steps = summary.steps, failed = summary.failed, abandoned = summary.abandoned_on_shutdown, "stopped");
+    Ok(())
+}
