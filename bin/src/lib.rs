@@ -3,8 +3,10 @@
 //! - [`worker`]: the flags, database connection, logging, signals and metrics
 //!   of a worker process (`respirate`, and the one inside `skein up`).
 //! - [`embedded`]: the private Postgres cluster used when no URL is given.
+//! - [`bench`]: `skein bench`, the benchmark with its in-run Postgres baseline.
 //! - [`up`]: `skein up`, the control plane on its defaults, with a demo.
 
+pub mod bench;
 pub mod embedded;
 pub mod up;
 pub mod worker;

@@ -1,10 +1,10 @@
 //! skein: the control plane's command line.
 //!
 //! `skein up` runs the control plane (and a demo) on its defaults;
-//! `skein db` manages the embedded Postgres cluster it uses.
+//! `skein bench` measures the engine; `skein db` manages the embedded Postgres cluster it uses.
 
 use clap::{Parser, Subcommand};
-use skein_bin::{embedded::Embedded, up, worker};
+use skein_bin::{bench, embedded::Embedded, up, worker};
 
 #[derive(Parser, Debug)]
 #[command(name = "skein", version, about = "A Postgres-backed workflow engine and the VM control plane built on it")]
@@ -20,6 +20,8 @@ struct Cli {
 enum Command {
     /// Run the control plane: a worker pool (and a demo) on the given or embedded database.
     Up(up::UpArgs),
+    /// Measure the engine against a raw-Postgres baseline (one JSON line per run).
+    Bench(bench::BenchArgs),
     /// Manage the embedded Postgres cluster (used when no --database-url is given).
     Db {
         #[command(subcommand)]
@@ -43,6 +45,7 @@ async fn main() -> anyhow::Result<()> {
     worker::init_logging(cli.log_json);
     match cli.command {
         Command::Up(args) => up::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
         Command::Db { action } => {
             let db = Embedded::from_env()?;
             tokio::task::spawn_blocking(move || match action {

@@ -11,12 +11,16 @@ use sqlx::PgPool;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct WorkerArgs {
-    /// Strands stepped at once by this process.
-    #[arg(long, default_value_t = 16)]
+    /// Steps in flight in this process. Most hold no database connection
+    /// (their writes are group-committed), so this can exceed the pool size.
+    #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
-    /// Database connections (default: concurrency + 4).
-    #[arg(long)]
-    pub pool_size: Option<u32>,
+    /// Independent claim loops sharing those slots.
+    #[arg(long, default_value_t = 2)]
+    pub lanes: usize,
+    /// Database connections.
+    #[arg(long, default_value_t = 16)]
+    pub pool_size: u32,
     /// The most strands leased by one claim statement.
     #[arg(long, default_value_t = 64)]
     pub batch: i64,
@@ -36,7 +40,7 @@ pub struct WorkerArgs {
 
 impl WorkerArgs {
     pub fn pool_size(&self) -> u32 {
-        self.pool_size.unwrap_or(self.concurrency as u32 + 4)
+        self.pool_size.max(2)
     }
 
     pub fn engine_config(&self) -> Config {
@@ -50,6 +54,7 @@ impl WorkerArgs {
             batch: self.batch.max(1),
             poll: Duration::from_millis(self.poll_ms.max(10)),
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+            lanes: self.lanes.max(1),
         }
     }
 }

@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use skein_models::strand::{self, Exited, NewStrand};
+use skein_models::strand::{self, Exited};
 use skein_models::{semaphore, Ubid, UbidType};
-use sqlx::PgConnection;
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::prog::{hop, nap, Label, Prog, Step};
@@ -58,19 +58,49 @@ pub(crate) struct StepState {
     pub resources: Arc<Resources>,
 }
 
+/// The step's transaction, begun on first use. A label that never touches
+/// the database costs no transaction of its own: its strand write is
+/// group-committed with other steps'.
+pub struct Tx<'a> {
+    pool: &'a PgPool,
+    open: &'a mut Option<Transaction<'static, Postgres>>,
+}
+
+impl<'a> Tx<'a> {
+    pub(crate) fn new(pool: &'a PgPool, open: &'a mut Option<Transaction<'static, Postgres>>) -> Self {
+        Tx { pool, open }
+    }
+
+    /// The connection of the step's transaction: `.execute(cx.tx.conn().await?)`.
+    pub async fn conn(&mut self) -> Result<&mut PgConnection, sqlx::Error> {
+        begin(self.pool, self.open).await
+    }
+}
+
+/// The open transaction, begun if there is none yet.
+pub(crate) async fn begin<'t>(
+    pool: &PgPool,
+    open: &'t mut Option<Transaction<'static, Postgres>>,
+) -> Result<&'t mut PgConnection, sqlx::Error> {
+    if open.is_none() {
+        *open = Some(pool.begin().await?);
+    }
+    Ok(open.as_mut().expect("just begun"))
+}
+
 /// What a label sees. `P` is the prog running, so `cx.frame` is its frame type.
 pub struct Ctx<'a, P: Prog> {
     /// This prog's data in the top stack frame; written back when the step succeeds.
     pub frame: P::Frame,
-    /// The step's transaction, for the prog's own rows: `.execute(&mut *cx.tx)`.
+    /// The step's transaction, for the prog's own rows: `.execute(cx.tx.conn().await?)`.
     /// It commits with the step, or rolls back if the label fails.
-    pub tx: &'a mut PgConnection,
+    pub tx: Tx<'a>,
     st: &'a mut StepState,
     _prog: PhantomData<fn() -> P>,
 }
 
 impl<'a, P: Prog> Ctx<'a, P> {
-    pub(crate) fn new(frame: P::Frame, tx: &'a mut PgConnection, st: &'a mut StepState) -> Self {
+    pub(crate) fn new(frame: P::Frame, tx: Tx<'a>, st: &'a mut StepState) -> Self {
         Ctx { frame, tx, st, _prog: PhantomData }
     }
 
@@ -128,45 +158,44 @@ impl<'a, P: Prog> Ctx<'a, P> {
     /// Increment `name` on another strand and wake it, when this step commits.
     /// False if that strand is gone.
     pub async fn incr(&mut self, strand: Ubid, name: &str) -> anyhow::Result<bool> {
-        Ok(semaphore::incr(self.tx, strand.uuid(), name).await?)
+        Ok(semaphore::incr(self.tx.conn().await?, strand.uuid(), name).await?)
     }
 
     /// Start a child strand running the prog that owns `label`, runnable as
     /// soon as this step commits. It drives the same subject as this strand.
     pub async fn bud<L: Label>(&mut self, frame: <L::Prog as Prog>::Frame, label: L) -> anyhow::Result<Ubid> {
-        let id = Ubid::generate(UbidType::Strand);
-        let mut data = serde_json::to_value(frame)?;
-        match &mut data {
-            Value::Object(m) => {
-                m.insert(SUBJECT_ID.into(), Value::String(self.subject_id().uuid().to_string()));
-            }
-            Value::Null => data = serde_json::json!({ SUBJECT_ID: self.subject_id().uuid().to_string() }),
-            _ => anyhow::bail!("the frame of {} must serialize to a json object", <L::Prog as Prog>::NAME),
+        Ok(self.bud_many(std::iter::once(frame), label).await?[0])
+    }
+
+    /// Start many children at `label` in one statement (a fan-out of thousands).
+    pub async fn bud_many<L: Label>(
+        &mut self,
+        frames: impl IntoIterator<Item = <L::Prog as Prog>::Frame>,
+        label: L,
+    ) -> anyhow::Result<Vec<Ubid>> {
+        let subject = Value::String(self.subject_id().uuid().to_string());
+        let mut ids = Vec::new();
+        let mut stacks = Vec::new();
+        for frame in frames {
+            let mut data = crate::enqueue::frame_object::<L::Prog>(frame)?;
+            data.insert(SUBJECT_ID.into(), subject.clone());
+            ids.push(Ubid::generate(UbidType::Strand).uuid());
+            stacks.push(Value::Array(vec![Value::Object(data)]));
         }
-        let stack = Value::Array(vec![data]);
-        strand::insert(
-            self.tx,
-            &NewStrand {
-                id: id.uuid(),
-                parent_id: Some(self.st.id),
-                prog: <L::Prog as Prog>::NAME,
-                label: label.name(),
-                stack: &stack,
-            },
-        )
-        .await?;
-        if self.st.budded.is_empty() {
-            strand::notify_due(self.tx).await?;
+        let tx = self.tx.conn().await?;
+        strand::insert_many(&mut *tx, Some(self.st.id), <L::Prog as Prog>::NAME, label.name(), &ids, &stacks).await?;
+        if self.st.budded.is_empty() && !ids.is_empty() {
+            strand::notify_due(tx).await?;
         }
-        self.st.budded.push(id.uuid());
-        Ok(id)
+        self.st.budded.extend(&ids);
+        Ok(ids.into_iter().map(Ubid::from_uuid).collect())
     }
 
     /// Collect exited children: each one's exit value, with the child deleted
     /// (and its semaphores). Children still running, or still holding a
     /// lease, are left alone and counted in `running`.
     pub async fn reap(&mut self) -> anyhow::Result<Reaped> {
-        let (exited, running) = strand::reap(self.tx, self.st.id).await?;
+        let (exited, running) = strand::reap(self.tx.conn().await?, self.st.id).await?;
         Ok(Reaped { exited, running, children_nap: self.st.children_nap })
     }
 

@@ -1,6 +1,6 @@
 //! The dispatcher: the loop inside every `respirate` process.
 //!
-//! It claims due strands in batches (one statement leases many), runs each on
+//! It runs a few claim loops (lanes). Each claims due strands in batches (one statement leases many), runs each on
 //! its own task, at most `concurrency` at once, and sleeps only when nothing
 //! is due: until a NOTIFY says work arrived, a running strand finishes, the
 //! next known schedule comes, or the fallback poll. Any number of processes
@@ -15,7 +15,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use skein_models::strand;
 use sqlx::postgres::PgListener;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
@@ -31,13 +31,24 @@ pub struct DispatchConfig {
     pub poll: Duration,
     /// On shutdown, how long running steps get to finish before they are abandoned.
     pub shutdown_grace: Duration,
+    /// Independent claim loops sharing the slots, so claims overlap with steps.
+    pub lanes: usize,
 }
 
 impl Default for DispatchConfig {
     fn default() -> Self {
-        DispatchConfig { concurrency: 32, batch: 64, poll: Duration::from_secs(2), shutdown_grace: Duration::from_secs(20) }
+        DispatchConfig {
+            concurrency: 64,
+            batch: 64,
+            poll: Duration::from_secs(2),
+            shutdown_grace: Duration::from_secs(20),
+            lanes: 2,
+        }
     }
 }
+
+/// The strands this process holds leases on, with the lease values.
+type Held = Arc<Mutex<HashMap<Uuid, DateTime<Utc>>>>;
 
 /// What a dispatcher did, when it stopped.
 #[derive(Clone, Debug, Default)]
@@ -71,23 +82,61 @@ impl Dispatcher {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Summary {
         let wake = Arc::new(Notify::new());
         let listener = tokio::spawn(listen(self.runner.pool().clone(), wake.clone()));
-        let held: Arc<Mutex<HashMap<Uuid, DateTime<Utc>>>> = Default::default();
+        let held: Held = Default::default();
+        let (stop, stopping) = watch::channel(false);
+        let lanes = self.config.lanes.max(1);
+        let per_lane = self.config.concurrency.div_ceil(lanes).max(1);
+        let this = Arc::new(self);
+        let running: Vec<_> = (0..lanes)
+            .map(|_| tokio::spawn(this.clone().lane(per_lane, wake.clone(), held.clone(), stopping.clone())))
+            .collect();
+        shutdown.await;
+        let _ = stop.send(true);
+        let mut summary = Summary::default();
+        for lane in running {
+            if let Ok(s) = lane.await {
+                summary.steps += s.steps;
+                summary.failed += s.failed;
+                summary.abandoned_on_shutdown += s.abandoned_on_shutdown;
+            }
+        }
+        listener.abort();
+        // Abandoned steps rolled back when their tasks were dropped; free their strands now
+        // instead of making them wait out the lease.
+        let leftover: Vec<(Uuid, DateTime<Utc>)> = held.lock().unwrap().drain().collect();
+        if let Ok(mut conn) = this.runner.pool().acquire().await {
+            for (id, lease) in leftover {
+                let _ = strand::release(&mut conn, id, lease).await;
+            }
+        }
+        summary
+    }
+
+    /// One claim loop with `concurrency` slots. A process runs a few, so that
+    /// one lane's claim statement overlaps another's steps and writes.
+    async fn lane(self: Arc<Self>, concurrency: usize, wake: Arc<Notify>, held: Held, mut stopping: watch::Receiver<bool>) -> Summary {
         let mut tasks: JoinSet<Vec<StepReport>> = JoinSet::new();
         let mut summary = Summary::default();
         let mut db_backoff = Duration::from_millis(100);
-        tokio::pin!(shutdown);
+        let stopped = |rx: &watch::Receiver<bool>| *rx.borrow();
 
-        loop {
+        while !stopped(&stopping) {
             while let Some(done) = tasks.try_join_next() {
                 self.tally(&mut summary, done);
             }
-            let free = self.config.concurrency.saturating_sub(tasks.len());
+            let free = concurrency.saturating_sub(tasks.len());
             let mut more_due = false;
-            if free > 0 {
+            // While strands run, refill in batches (a quarter of the lane at a
+            // time) rather than one slot at a time: one claim statement per
+            // strand would cost more than the steps themselves.
+            let worth_claiming = tasks.is_empty() || free >= (concurrency / 4).max(1);
+            if free > 0 && worth_claiming {
                 let asked = (free as i64).min(self.config.batch);
                 let exclude: Vec<Uuid> = held.lock().unwrap().keys().copied().collect();
+                let claim_began = std::time::Instant::now();
                 match self.runner.claim(asked, &exclude).await {
                     Ok(claims) => {
+                        tracing::trace!(asked, got = claims.len(), micros = claim_began.elapsed().as_micros() as u64, "claim");
                         db_backoff = Duration::from_millis(100);
                         more_due = claims.len() as i64 == asked;
                         for claim in claims {
@@ -109,26 +158,26 @@ impl Dispatcher {
                         tracing::warn!(error = %e, retry_in = ?db_backoff, "could not claim strands; is the database up?");
                         tokio::select! {
                             _ = tokio::time::sleep(db_backoff) => {}
-                            _ = &mut shutdown => break,
+                            _ = stopping.changed() => {}
                         }
                         db_backoff = (db_backoff * 2).min(Duration::from_secs(5));
                         continue;
                     }
                 }
             }
-            if more_due && tasks.len() < self.config.concurrency {
+            if more_due && free > 0 && worth_claiming {
                 continue;
             }
-            let idle_for = if tasks.len() >= self.config.concurrency { self.config.poll } else { self.next_due_in().await };
+            let idle_for = if !worth_claiming || more_due { self.config.poll } else { self.next_due_in().await };
             tokio::select! {
                 _ = wake.notified() => {}
                 Some(done) = tasks.join_next(), if !tasks.is_empty() => self.tally(&mut summary, done),
                 _ = tokio::time::sleep(idle_for) => {}
-                _ = &mut shutdown => break,
+                _ = stopping.changed() => {}
             }
         }
 
-        tracing::info!(running = tasks.len(), "stopping: no new claims; letting running steps finish");
+        tracing::debug!(running = tasks.len(), "lane stopping: no new claims; letting running steps finish");
         let deadline = tokio::time::sleep(self.config.shutdown_grace);
         tokio::pin!(deadline);
         while !tasks.is_empty() {
@@ -139,15 +188,6 @@ impl Dispatcher {
         }
         summary.abandoned_on_shutdown = tasks.len();
         tasks.shutdown().await;
-        listener.abort();
-        // Abandoned steps rolled back when their tasks were dropped; free their strands now
-        // instead of making them wait out the lease.
-        let leftover: Vec<(Uuid, DateTime<Utc>)> = held.lock().unwrap().drain().collect();
-        if let Ok(mut conn) = self.runner.pool().acquire().await {
-            for (id, lease) in leftover {
-                let _ = strand::release(&mut conn, id, lease).await;
-            }
-        }
         summary
     }
 
@@ -201,13 +241,13 @@ async fn listen(pool: sqlx::PgPool, wake: Arc<Notify>) {
         match listened {
             Ok(mut listener) => {
                 backoff = Duration::from_millis(100);
-                wake.notify_one();
+                wake_all(&wake);
                 loop {
                     match listener.try_recv().await {
-                        Ok(Some(_)) => wake.notify_one(),
+                        Ok(Some(_)) => wake_all(&wake),
                         Ok(None) => {
                             tracing::warn!("LISTEN connection lost; reconnecting");
-                            wake.notify_one();
+                            wake_all(&wake);
                             break;
                         }
                         Err(e) => {
@@ -224,4 +264,10 @@ async fn listen(pool: sqlx::PgPool, wake: Arc<Notify>) {
             }
         }
     }
+}
+
+/// Wake every waiting lane, and leave a permit for one that is busy right now.
+fn wake_all(wake: &Notify) {
+    wake.notify_waiters();
+    wake.notify_one();
 }

@@ -24,18 +24,37 @@ pub async fn start_for<L: Label>(
     frame: <L::Prog as Prog>::Frame,
     label: L,
 ) -> anyhow::Result<()> {
-    let stack = match serde_json::to_value(frame)? {
-        Value::Null => serde_json::json!([{}]),
-        v @ Value::Object(_) => Value::Array(vec![v]),
-        _ => anyhow::bail!("the frame of {} must serialize to a json object", <L::Prog as Prog>::NAME),
-    };
-    strand::insert(
-        conn,
-        &NewStrand { id: subject.uuid(), parent_id: None, prog: <L::Prog as Prog>::NAME, label: label.name(), stack: &stack },
-    )
-    .await?;
+    let stack = Value::Array(vec![Value::Object(frame_object::<L::Prog>(frame)?)]);
+    let prog = <L::Prog as Prog>::NAME;
+    strand::insert(conn, &NewStrand { id: subject.uuid(), parent_id: None, prog, label: label.name(), stack: &stack }).await?;
     strand::notify_due(conn).await?;
     Ok(())
+}
+
+/// Start many top-level strands at `label` in one statement.
+pub async fn start_many<L: Label>(
+    conn: &mut PgConnection,
+    frames: impl IntoIterator<Item = <L::Prog as Prog>::Frame>,
+    label: L,
+) -> anyhow::Result<Vec<Ubid>> {
+    let mut ids = Vec::new();
+    let mut stacks = Vec::new();
+    for frame in frames {
+        ids.push(Ubid::generate(UbidType::Strand).uuid());
+        stacks.push(Value::Array(vec![Value::Object(frame_object::<L::Prog>(frame)?)]));
+    }
+    strand::insert_many(conn, None, <L::Prog as Prog>::NAME, label.name(), &ids, &stacks).await?;
+    strand::notify_due(conn).await?;
+    Ok(ids.into_iter().map(Ubid::from_uuid).collect())
+}
+
+/// A prog's frame as the json object stored in the stack.
+pub(crate) fn frame_object<P: Prog>(frame: P::Frame) -> anyhow::Result<serde_json::Map<String, Value>> {
+    match serde_json::to_value(frame)? {
+        Value::Null => Ok(Default::default()),
+        Value::Object(m) => Ok(m),
+        _ => anyhow::bail!("the frame of {} must serialize to a json object", P::NAME),
+    }
 }
 
 /// Increment semaphore `name` on `strand` and wake it. False if the strand is gone.

@@ -19,6 +19,8 @@ pub enum StepError {
     Overran(Duration),
     #[error("the lease was lost (it expired and another worker took the strand): nothing was committed")]
     LeaseLost,
+    #[error("database (group commit): {0}")]
+    GroupCommit(String),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
 }

@@ -9,6 +9,7 @@
 //! - [`enqueue`]: starting and signalling strands from outside.
 //! - [`testing`]: a fresh database per test and one-line step assertions.
 
+mod commit;
 pub mod ctx;
 pub mod dispatch;
 pub mod enqueue;

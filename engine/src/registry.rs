@@ -7,9 +7,8 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use serde_json::Value;
-use sqlx::PgConnection;
 
-use crate::ctx::{Ctx, StepState};
+use crate::ctx::{Ctx, StepState, Tx};
 use crate::error::StepError;
 use crate::prog::{Flow, Label, Prog, Pushed};
 use crate::stack::Frame;
@@ -30,8 +29,7 @@ pub(crate) trait AnyProg: Send + Sync {
     fn destroy_label(&self) -> Option<&'static str>;
     /// Run `label` with the prog's data read from `frame`; returns the flow and
     /// the frame data to write back.
-    async fn run(&self, tx: &mut PgConnection, st: &mut StepState, label: &str, frame: &Frame)
-        -> Result<(RawFlow, Value), StepError>;
+    async fn run(&self, tx: Tx<'_>, st: &mut StepState, label: &str, frame: &Frame) -> Result<(RawFlow, Value), StepError>;
 }
 
 struct Typed<P>(PhantomData<fn() -> P>);
@@ -50,8 +48,7 @@ impl<P: Prog> AnyProg for Typed<P> {
         P::DESTROY.map(Label::name)
     }
 
-    async fn run(&self, tx: &mut PgConnection, st: &mut StepState, label: &str, frame: &Frame)
-        -> Result<(RawFlow, Value), StepError> {
+    async fn run(&self, tx: Tx<'_>, st: &mut StepState, label: &str, frame: &Frame) -> Result<(RawFlow, Value), StepError> {
         let label = P::Label::parse(label).ok_or_else(|| StepError::UnknownLabel {
             prog: P::NAME.to_string(),
             label: label.to_string(),

@@ -2,9 +2,18 @@
 //!
 //! One step is one transaction: the label's own writes, the semaphores it
 //! consumed, the children it budded and the strand's new label/stack/schedule
-//! commit together or not at all. The final write is fenced on the lease, so
+//! commit together or not at all. The strand write is fenced on the lease, so
 //! a worker that lost its lease commits nothing. Under one lease the runner
 //! keeps stepping while labels hop (or `nap(0)`), within a time budget.
+//!
+//! How a step is written depends on what it touched:
+//! - a step that used the database (its own rows, `bud`, `reap`, `decr`, a
+//!   page, a child's exit) writes its strand row in its own transaction;
+//! - a pure step (the label only computed) has nothing but the strand row to
+//!   write, so its write is group-committed with other tasks' (`commit.rs`);
+//! - a pure step that hops quickly is not written at all: the runner carries
+//!   on in memory and the next write (a nap, an exit, a failure record, or
+//!   the end of the time budget) saves the whole chain, still fenced.
 //!
 //! This is the whole engine in one place, on purpose: read it top to bottom.
 
@@ -14,13 +23,14 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{json, Value};
-use skein_models::strand::{self, LeaseTerms, Leased, StepWrite};
+use skein_models::strand::{self, ExitWrite, LeaseTerms, Leased, StepWrite};
 use skein_models::{page, semaphore, Ubid};
 use sqlx::{PgPool, Postgres, Transaction};
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::ctx::{DeadlineChange, Resources, StepState};
+use crate::commit::GroupCommit;
+use crate::ctx::{begin, DeadlineChange, Resources, StepState, Tx};
 use crate::error::StepError;
 use crate::registry::{RawFlow, Registry};
 use crate::stack::{self, Deadline, Stack, DESTROYING, LINK, SUBJECT_ID};
@@ -79,6 +89,8 @@ pub struct StepReport {
     pub label: String,
     pub outcome: Outcome,
     pub budded: Vec<Ubid>,
+    /// How long the step took, from its start to its commit (or failure).
+    pub micros: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -93,6 +105,10 @@ pub enum Outcome {
     LeaseLost,
 }
 
+/// A pure hop quicker than this is carried on in memory, unwritten: a label
+/// this quick made no remote call worth protecting from a replay.
+const COALESCE_UNDER: Duration = Duration::from_millis(10);
+
 /// The strand as the runner carries it from one step to the next under one lease.
 struct Current {
     id: Uuid,
@@ -104,10 +120,28 @@ struct Current {
     lease: DateTime<Utc>,
     leased_schedule: DateTime<Utc>,
     sems: Vec<(Uuid, String)>,
-    /// Failures before this step (non-zero only for the first step of a lease).
+    /// Failures before this lease's first step.
     prior_failures: i32,
-    /// Whether the lease's try + 1 already counts this step as a failure.
-    first: bool,
+    /// No step has succeeded under this lease yet (the lease's try + 1 counts this one).
+    fresh: bool,
+    /// Steps succeeded in memory that are not written yet.
+    dirty: bool,
+}
+
+impl Current {
+    /// The strand's current state as a write that keeps the lease.
+    fn progress(&self) -> StepWrite {
+        StepWrite {
+            id: self.id,
+            lease: self.lease,
+            prog: self.prog.clone(),
+            label: self.label.clone(),
+            stack: self.stack.clone(),
+            retval: self.retval.clone(),
+            leased_schedule: self.leased_schedule,
+            release_after: None,
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -116,11 +150,22 @@ pub struct Runner {
     registry: Arc<Registry>,
     config: Arc<Config>,
     resources: Arc<Resources>,
+    committer: Arc<std::sync::OnceLock<GroupCommit>>,
 }
 
 impl Runner {
     pub fn new(pool: PgPool, registry: Registry) -> Self {
-        Runner { pool, registry: Arc::new(registry), config: Arc::new(Config::default()), resources: Default::default() }
+        Runner {
+            pool,
+            registry: Arc::new(registry),
+            config: Arc::new(Config::default()),
+            resources: Default::default(),
+            committer: Default::default(),
+        }
+    }
+
+    fn committer(&self) -> &GroupCommit {
+        self.committer.get_or_init(|| GroupCommit::start(self.pool.clone()))
     }
 
     pub fn with_config(mut self, config: Config) -> Self {
@@ -205,7 +250,8 @@ impl Runner {
             leased_schedule: leased.strand.schedule,
             sems: leased.sems,
             prior_failures: leased.strand.try_ - 1,
-            first: true,
+            fresh: true,
+            dirty: false,
         };
         let started = Instant::now();
         let lease_margin = self.config.lease / 4;
@@ -215,13 +261,16 @@ impl Runner {
             let budget = ends_at.saturating_duration_since(Instant::now());
             let keep_going = reports.len() + 1 < max_steps && started.elapsed() < self.config.continue_budget;
             let span = tracing::info_span!("step", strand = %Ubid::from_uuid(cur.id), prog = %cur.prog, label = %cur.label);
+            let began = Instant::now();
             let result = tokio::time::timeout(budget, self.step(&mut cur, ends_at, keep_going))
                 .instrument(span.clone())
                 .await
                 .unwrap_or(Err(StepError::Overran(budget)));
             let _enter = span.enter();
+            let micros = began.elapsed().as_micros() as u64;
             match result {
-                Ok((report, again)) => {
+                Ok((mut report, again)) => {
+                    report.micros = micros;
                     tracing::debug!(outcome = ?report.outcome, "step done");
                     reports.push(report);
                     if !again {
@@ -230,33 +279,36 @@ impl Runner {
                 }
                 Err(StepError::LeaseLost) => {
                     tracing::warn!("lease lost mid-step; rolled back");
-                    reports.push(self.report(&cur, Outcome::LeaseLost, vec![]));
+                    reports.push(self.report(&cur, Outcome::LeaseLost, micros));
                     return reports;
                 }
                 Err(error) => {
                     let outcome = self.fail(&cur, &error).await;
-                    reports.push(self.report(&cur, outcome, vec![]));
+                    reports.push(self.report(&cur, outcome, micros));
                     return reports;
                 }
             }
         }
     }
 
-    fn report(&self, cur: &Current, outcome: Outcome, budded: Vec<Uuid>) -> StepReport {
+    fn report(&self, cur: &Current, outcome: Outcome, micros: u64) -> StepReport {
         StepReport {
             strand: Ubid::from_uuid(cur.id),
             prog: cur.prog.clone(),
             label: cur.label.clone(),
             outcome,
-            budded: budded.into_iter().map(Ubid::from_uuid).collect(),
+            budded: vec![],
+            micros,
         }
     }
 
     /// One step in one transaction. On success `cur` becomes the strand as
-    /// written; on any error nothing was committed and `cur` is untouched.
+    /// written (or as carried in memory); on any error nothing of this step
+    /// was committed and `cur` is untouched.
     async fn step(&self, cur: &mut Current, ends_at: Instant, keep_going: bool) -> Result<(StepReport, bool), StepError> {
+        let began = Instant::now();
         let mut stack = Stack::parse(&cur.stack).map_err(StepError::CorruptStack)?;
-        let mut tx = self.pool.begin().await?;
+        let mut open: Option<Transaction<'static, Postgres>> = None;
         let mut prog = cur.prog.clone();
         let mut label = cur.label.clone();
         let ubid = Ubid::from_uuid(cur.id);
@@ -270,7 +322,7 @@ impl Runner {
             }
             while stack.frames.len() > 1 {
                 let popped = stack.frames.remove(0);
-                resolve_deadline_page(&mut tx, ubid, &popped).await?;
+                self.resolve_deadline_page(&mut open, ubid, &popped).await?;
             }
             stack.bottom_mut().insert(DESTROYING.into(), Value::Bool(true));
             match self.registry.get(&prog)?.destroy_label() {
@@ -284,7 +336,8 @@ impl Runner {
             if !d.notified && d.at <= Utc::now() {
                 let summary = format!("strand {ubid} ({prog}) did not reach {} by {}", d.target, d.at.to_rfc3339());
                 let details = json!({"strand": ubid, "prog": prog, "label": label, "target": d.target});
-                page::raise(&mut tx, &deadline_tag(ubid, &d.target), &summary, "warning", &details).await?;
+                let tx = begin(&self.pool, &mut open).await?;
+                page::raise(tx, &deadline_tag(ubid, &d.target), &summary, "warning", &details).await?;
                 d.notified = true;
                 d.write(stack.top_mut());
             }
@@ -312,7 +365,7 @@ impl Runner {
                     children_nap: self.config.children_nap.as_secs_f64(),
                     resources: self.resources.clone(),
                 };
-                let (flow, data) = runs.run(&mut tx, &mut st, &label, stack.top()).await?;
+                let (flow, data) = runs.run(Tx::new(&self.pool, &mut open), &mut st, &label, stack.top()).await?;
                 stack::replace_prog_data(stack.top_mut(), data)
                     .map_err(|error| StepError::BadFrame { prog: prog.clone(), error })?;
                 (flow, st.budded, st.decrs, st.deadline)
@@ -321,12 +374,12 @@ impl Runner {
 
         match deadline_change {
             Some(DeadlineChange::Register { target, within }) => {
-                resolve_deadline_page(&mut tx, ubid, stack.top()).await?;
+                self.resolve_deadline_page(&mut open, ubid, stack.top()).await?;
                 let at = Utc::now() + chrono::Duration::from_std(within).unwrap_or(chrono::Duration::MAX);
                 Deadline { target: target.to_string(), at, notified: false }.write(stack.top_mut());
             }
             Some(DeadlineChange::Unregister) => {
-                resolve_deadline_page(&mut tx, ubid, stack.top()).await?;
+                self.resolve_deadline_page(&mut open, ubid, stack.top()).await?;
                 Deadline::clear(stack.top_mut());
             }
             None => {}
@@ -371,7 +424,7 @@ impl Runner {
             RawFlow::Pop(value) => match stack::link(stack.top()) {
                 Some((to_prog, to_label)) => {
                     let popped = stack.frames.remove(0);
-                    resolve_deadline_page(&mut tx, ubid, &popped).await?;
+                    self.resolve_deadline_page(&mut open, ubid, &popped).await?;
                     prog = to_prog;
                     label = to_label;
                     retval = Some(value.clone());
@@ -387,7 +440,7 @@ impl Runner {
         // Reaching the deadline's target label resolves it.
         if let Some(d) = Deadline::read(stack.top()) {
             if d.target == label && exitval.is_none() {
-                resolve_deadline_page(&mut tx, ubid, stack.top()).await?;
+                self.resolve_deadline_page(&mut open, ubid, stack.top()).await?;
                 Deadline::clear(stack.top_mut());
             } else if !d.notified && nap_secs > 0.0 {
                 // Wake in time to notice the deadline passing.
@@ -398,42 +451,64 @@ impl Runner {
 
         let consumed: Vec<Uuid> =
             cur.sems.iter().filter(|(_, n)| decrs.iter().any(|d| d == n)).map(|(id, _)| *id).collect();
-        semaphore::delete(&mut tx, &consumed).await?;
-
-        if cur.first && cur.prior_failures >= self.config.page_after_failures {
-            page::resolve(&mut tx, &failing_tag(ubid)).await?;
+        if !consumed.is_empty() {
+            semaphore::delete(begin(&self.pool, &mut open).await?, &consumed).await?;
+        }
+        if cur.fresh && cur.prior_failures >= self.config.page_after_failures {
+            page::resolve(begin(&self.pool, &mut open).await?, &failing_tag(ubid)).await?;
         }
 
+        // Write: in this step's transaction if it has one, else group-committed,
+        // or (a quick pure hop) not yet.
         let stack_value = stack.to_value();
-        let again;
+        let mut again = false;
         let mut next = None;
-        if let Some(exitval) = &exitval {
-            let written = match cur.parent_id {
-                Some(_) => strand::exit_child(&mut tx, cur.id, cur.lease, &label, &stack_value, exitval).await?,
-                None => strand::exit_top_level(&mut tx, cur.id, cur.lease, &label, &stack_value, exitval).await?,
+        if let Some(exitval) = exitval {
+            let exit = ExitWrite { id: cur.id, lease: cur.lease, label: label.clone(), stack: stack_value.clone(), exitval };
+            let written = match (cur.parent_id, open.take()) {
+                (Some(_), None) => self.committer().exit_child(exit).await?,
+                (Some(_), Some(mut tx)) => {
+                    let (written, recheck) = strand::exit_children(&mut tx, std::slice::from_ref(&exit)).await?;
+                    tx.commit().await?;
+                    for parent in recheck {
+                        strand::wake_parent_if_idle(&mut *self.pool.acquire().await?, parent).await?;
+                    }
+                    !written.is_empty()
+                }
+                (None, Some(mut tx)) => {
+                    let written = !strand::exit_top_level(&mut tx, std::slice::from_ref(&exit)).await?.is_empty();
+                    if written {
+                        tx.commit().await?;
+                    }
+                    written
+                }
+                (None, None) => self.committer().exit(exit).await?,
             };
             if !written {
                 return Err(StepError::LeaseLost);
             }
-            if let Some(parent) = cur.parent_id {
-                strand::wake_parent_if_last(&mut tx, parent, cur.id).await?;
-            }
-            again = false;
         } else {
             again = keep_going && nap_secs == 0.0;
             let write = StepWrite {
                 id: cur.id,
                 lease: cur.lease,
-                prog: &prog,
-                label: &label,
-                stack: &stack_value,
-                retval: retval.as_ref(),
+                prog: prog.clone(),
+                label: label.clone(),
+                stack: stack_value.clone(),
+                retval: retval.clone(),
                 leased_schedule: cur.leased_schedule,
                 release_after: if again { None } else { Some(nap_secs) },
             };
-            next = Some(strand::write_step(&mut tx, &write).await?.ok_or(StepError::LeaseLost)?);
+            match open.take() {
+                None if again && began.elapsed() < COALESCE_UNDER => {}
+                None => next = Some(self.committer().write(write).await?.ok_or(StepError::LeaseLost)?),
+                Some(mut tx) => {
+                    let row = strand::write_steps(&mut tx, std::slice::from_ref(&write)).await?.pop();
+                    next = Some(row.ok_or(StepError::LeaseLost)?);
+                    tx.commit().await?;
+                }
+            }
         }
-        commit(tx).await?;
 
         let report = StepReport {
             strand: ubid,
@@ -441,22 +516,27 @@ impl Runner {
             label: cur.label.clone(),
             outcome,
             budded: budded.into_iter().map(Ubid::from_uuid).collect(),
+            micros: 0,
         };
-        if let Some(next) = next {
+        if again {
             cur.prog = prog;
             cur.label = label;
             cur.stack = stack_value;
             cur.retval = retval;
-            cur.leased_schedule = next.schedule;
-            cur.sems = next.sem_ids.into_iter().zip(next.sem_names).collect();
             cur.prior_failures = 0;
-            cur.first = false;
+            cur.fresh = false;
+            cur.dirty = next.is_none();
+            if let Some(next) = next {
+                cur.leased_schedule = next.schedule;
+                cur.sems = next.sem_ids.unwrap_or_default().into_iter().zip(next.sem_names.unwrap_or_default()).collect();
+            }
         }
         Ok((report, again))
     }
 
-    /// Record a failed step on the row (releasing the lease, backing off) and
-    /// page once the strand has failed `page_after_failures` times in a row.
+    /// Record a failed step on the row (releasing the lease, backing off, and
+    /// saving any steps that succeeded in memory before it), and page once
+    /// the strand has failed `page_after_failures` times in a row.
     async fn fail(&self, cur: &Current, error: &StepError) -> Outcome {
         let ubid = Ubid::from_uuid(cur.id);
         let message = error.to_string();
@@ -464,7 +544,11 @@ impl Runner {
         let recorded = async {
             let mut tx = self.pool.begin().await?;
             let cap = self.config.backoff_cap.as_secs_f64();
-            let tries = strand::record_failure(&mut tx, cur.id, cur.lease, !cur.first, &message, cap).await?;
+            // The lease's try + 1 counts the first step's failure; after a
+            // success under this lease, this is the first failure again.
+            let try_ = if cur.fresh { None } else { Some(1) };
+            let progress = cur.dirty.then(|| cur.progress());
+            let tries = strand::record_failure(&mut tx, cur.id, cur.lease, try_, progress.as_ref(), &message, cap).await?;
             if let Some(tries) = tries.filter(|t| *t >= self.config.page_after_failures) {
                 let summary = format!("strand {ubid} ({}) failed {tries} times in a row at {}", cur.prog, cur.label);
                 let details = json!({"strand": ubid, "prog": cur.prog, "label": cur.label, "error": message});
@@ -484,10 +568,19 @@ impl Runner {
             }
         }
     }
-}
 
-async fn commit(tx: Transaction<'static, Postgres>) -> Result<(), StepError> {
-    tx.commit().await.map_err(StepError::from)
+    /// Resolve the page of a deadline this frame had raised, if any.
+    async fn resolve_deadline_page(
+        &self,
+        open: &mut Option<Transaction<'static, Postgres>>,
+        strand: Ubid,
+        frame: &stack::Frame,
+    ) -> Result<(), StepError> {
+        if let Some(d) = Deadline::read(frame).filter(|d| d.notified) {
+            page::resolve(begin(&self.pool, open).await?, &deadline_tag(strand, &d.target)).await?;
+        }
+        Ok(())
+    }
 }
 
 fn failing_tag(strand: Ubid) -> String {
@@ -496,12 +589,4 @@ fn failing_tag(strand: Ubid) -> String {
 
 fn deadline_tag(strand: Ubid, target: &str) -> String {
     format!("deadline:{strand}:{target}")
-}
-
-/// Resolve the page of a deadline this frame had raised, if any.
-async fn resolve_deadline_page(tx: &mut Transaction<'static, Postgres>, strand: Ubid, frame: &stack::Frame) -> Result<(), StepError> {
-    if let Some(d) = Deadline::read(frame).filter(|d| d.notified) {
-        page::resolve(tx, &deadline_tag(strand, &d.target)).await?;
-    }
-    Ok(())
 }

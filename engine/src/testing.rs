@@ -13,7 +13,6 @@
 //! local one on 127.0.0.1:5432 (`scripts/test` makes sure one is running).
 
 use std::hash::{Hash, Hasher};
-use std::str::FromStr;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -50,7 +49,7 @@ impl TestDb {
     }
 
     async fn try_new() -> anyhow::Result<TestDb> {
-        let server = PgConnectOptions::from_str(&server_url())?.application_name("skein-test");
+        let server = db::options(&server_url())?.application_name("skein-test");
         let mut admin = server.connect().await?;
         let template = template_name();
         // One process at a time makes the template and clones it.

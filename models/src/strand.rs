@@ -6,7 +6,7 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::{FromRow, PgConnection};
+use sqlx::{Connection, FromRow, PgConnection};
 use uuid::Uuid;
 
 /// The far-past lease of a free strand (the column is never null).
@@ -81,6 +81,12 @@ pub struct LeaseTerms {
 
 // Taking a lease assumes the step will fail: try + 1 and schedule pushed out
 // by the backoff. A successful step undoes both; a crashed worker leaves them.
+//
+// A claim commits without waiting for its WAL flush (synchronous_commit off):
+// a claim lost in a database crash only means the lease was never taken, and
+// every step write is fenced on the lease, so nothing can commit under it.
+// WAL is written in order, so a durable step write makes its claim durable too.
+// Not waiting for an fsync per claim is what lets claims keep up with steps.
 const TAKE: &str = "lease = now() + make_interval(secs => $2), lease_holder = $3, try = s.try + 1, \
                     schedule = now() + random() * least(power(2, s.try + 1), $4) * interval '1 second'";
 const RETURNING_LEASED: &str = "s.id, s.parent_id, s.prog, s.label, s.stack, s.schedule, s.lease, s.lease_holder, \
@@ -105,14 +111,17 @@ pub async fn claim_due(
              ORDER BY schedule LIMIT $1 FOR UPDATE SKIP LOCKED) due \
          WHERE s.id = due.id RETURNING {RETURNING_LEASED}"
     );
+    let mut tx = conn.begin().await?;
+    sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
     let rows: Vec<LeasedRow> = sqlx::query_as(&sql)
         .bind(limit)
         .bind(terms.lease_secs)
         .bind(holder)
         .bind(terms.backoff_cap_secs)
         .bind(exclude)
-        .fetch_all(conn)
+        .fetch_all(&mut *tx)
         .await?;
+    tx.commit().await?;
     Ok(rows.into_iter().map(Leased::from).collect())
 }
 
@@ -144,13 +153,14 @@ pub async fn claim_one(
 }
 
 /// What a successful step writes back to its strand row.
-pub struct StepWrite<'a> {
+#[derive(Clone, Debug)]
+pub struct StepWrite {
     pub id: Uuid,
     pub lease: DateTime<Utc>,
-    pub prog: &'a str,
-    pub label: &'a str,
-    pub stack: &'a Value,
-    pub retval: Option<&'a Value>,
+    pub prog: String,
+    pub label: String,
+    pub stack: Value,
+    pub retval: Option<Value>,
     /// The schedule the strand was leased with: a nap only moves the schedule
     /// if it still holds this value, so a wake-up during the step wins.
     pub leased_schedule: DateTime<Utc>,
@@ -162,107 +172,136 @@ pub struct StepWrite<'a> {
 /// The state a continuing worker needs for its next step under the same lease.
 #[derive(Debug, FromRow)]
 pub struct Continued {
+    pub id: Uuid,
     pub schedule: DateTime<Utc>,
-    pub sem_ids: Vec<Uuid>,
-    pub sem_names: Vec<String>,
+    pub sem_ids: Option<Vec<Uuid>>,
+    pub sem_names: Option<Vec<String>>,
 }
 
-/// Write a successful step. `None` means the lease was lost: roll back.
-pub async fn write_step(conn: &mut PgConnection, w: &StepWrite<'_>) -> Result<Option<Continued>, sqlx::Error> {
+/// Write many successful steps in one statement (rows in id order, so
+/// concurrent writers lock in one order). Returns a row for each strand whose
+/// lease still held; a strand missing from the result lost its lease.
+/// Semaphores are returned only for strands that keep their lease.
+pub async fn write_steps(conn: &mut PgConnection, writes: &[StepWrite]) -> Result<Vec<Continued>, sqlx::Error> {
+    let mut sorted: Vec<&StepWrite> = writes.iter().collect();
+    sorted.sort_by_key(|w| w.id);
     sqlx::query_as(
-        "UPDATE strand s SET prog = $3, label = $4, stack = $5, retval = $6, try = 0, \
+        "UPDATE strand s SET prog = v.prog, label = v.label, stack = v.stack, retval = v.retval, try = 0, \
              last_error = NULL, last_error_at = NULL, \
-             schedule = CASE WHEN $8::float8 IS NULL OR s.schedule <> $7 THEN s.schedule \
-                             ELSE clock_timestamp() + make_interval(secs => $8) END, \
-             lease = CASE WHEN $8::float8 IS NULL THEN s.lease ELSE $9::timestamptz END, \
-             lease_holder = CASE WHEN $8::float8 IS NULL THEN s.lease_holder END \
-         WHERE s.id = $1 AND s.lease = $2 \
-         RETURNING s.schedule, \
-             ARRAY(SELECT m.id FROM semaphore m WHERE m.strand_id = s.id ORDER BY m.id) AS sem_ids, \
-             ARRAY(SELECT m.name FROM semaphore m WHERE m.strand_id = s.id ORDER BY m.id) AS sem_names",
+             schedule = CASE WHEN v.release_after IS NULL OR s.schedule <> v.leased_schedule THEN s.schedule \
+                             ELSE clock_timestamp() + make_interval(secs => v.release_after) END, \
+             lease = CASE WHEN v.release_after IS NULL THEN s.lease ELSE $9::timestamptz END, \
+             lease_holder = CASE WHEN v.release_after IS NULL THEN s.lease_holder END \
+         FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[], $5::jsonb[], $6::jsonb[], \
+                     $7::timestamptz[], $8::float8[]) \
+              AS v(id, lease, prog, label, stack, retval, leased_schedule, release_after) \
+         WHERE s.id = v.id AND s.lease = v.lease \
+         RETURNING s.id, s.schedule, \
+             CASE WHEN v.release_after IS NULL THEN \
+                  ARRAY(SELECT m.id FROM semaphore m WHERE m.strand_id = s.id ORDER BY m.id) END AS sem_ids, \
+             CASE WHEN v.release_after IS NULL THEN \
+                  ARRAY(SELECT m.name FROM semaphore m WHERE m.strand_id = s.id ORDER BY m.id) END AS sem_names",
     )
-    .bind(w.id)
-    .bind(w.lease)
-    .bind(w.prog)
-    .bind(w.label)
-    .bind(w.stack)
-    .bind(w.retval)
-    .bind(w.leased_schedule)
-    .bind(w.release_after)
+    .bind(sorted.iter().map(|w| w.id).collect::<Vec<_>>())
+    .bind(sorted.iter().map(|w| w.lease).collect::<Vec<_>>())
+    .bind(sorted.iter().map(|w| w.prog.as_str()).collect::<Vec<_>>())
+    .bind(sorted.iter().map(|w| w.label.as_str()).collect::<Vec<_>>())
+    .bind(sorted.iter().map(|w| &w.stack).collect::<Vec<_>>())
+    .bind(sorted.iter().map(|w| w.retval.as_ref()).collect::<Vec<_>>())
+    .bind(sorted.iter().map(|w| w.leased_schedule).collect::<Vec<_>>())
+    .bind(sorted.iter().map(|w| w.release_after).collect::<Vec<_>>())
     .bind(FREE)
-    .fetch_optional(conn)
+    .fetch_all(conn)
     .await
 }
 
-/// A child strand exits: it keeps its row, with its exit value, until its
-/// parent reaps it. Returns false if the lease was lost.
-pub async fn exit_child(
-    conn: &mut PgConnection,
-    id: Uuid,
-    lease: DateTime<Utc>,
-    label: &str,
-    stack: &Value,
-    exitval: &Value,
-) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
-        "UPDATE strand SET label = $3, stack = $4, exitval = $5, retval = NULL, try = 0, \
-             last_error = NULL, last_error_at = NULL, lease = $6::timestamptz, lease_holder = NULL \
-         WHERE id = $1 AND lease = $2",
-    )
-    .bind(id)
-    .bind(lease)
-    .bind(label)
-    .bind(stack)
-    .bind(exitval)
-    .bind(FREE)
-    .execute(conn)
-    .await?;
-    Ok(done.rows_affected() == 1)
+/// A strand's last step: it exits with `exitval`.
+#[derive(Clone, Debug)]
+pub struct ExitWrite {
+    pub id: Uuid,
+    pub lease: DateTime<Utc>,
+    pub label: String,
+    pub stack: Value,
+    pub exitval: Value,
 }
 
-/// A top-level strand exits: it leaves the hot table for the archive, with its
-/// semaphores (cascade), in the caller's transaction. False if the lease was lost.
-pub async fn exit_top_level(
-    conn: &mut PgConnection,
-    id: Uuid,
-    lease: DateTime<Utc>,
-    label: &str,
-    stack: &Value,
-    exitval: &Value,
-) -> Result<bool, sqlx::Error> {
-    let archived: Option<(Uuid,)> = sqlx::query_as(
-        "WITH gone AS (DELETE FROM strand WHERE id = $1 AND lease = $2 RETURNING id, prog, created_at) \
+/// Top-level strands exit: they leave the hot table for the archive, with
+/// their semaphores (cascade), in one statement. Returns the ids whose lease
+/// still held (the others lost it and were left alone).
+pub async fn exit_top_level(conn: &mut PgConnection, exits: &[ExitWrite]) -> Result<Vec<Uuid>, sqlx::Error> {
+    let mut sorted: Vec<&ExitWrite> = exits.iter().collect();
+    sorted.sort_by_key(|e| e.id);
+    sqlx::query_scalar(
+        "WITH v AS (SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::jsonb[], $5::jsonb[]) \
+                    AS v(id, lease, label, stack, exitval)), \
+              gone AS (DELETE FROM strand s USING v WHERE s.id = v.id AND s.lease = v.lease \
+                       RETURNING s.id, s.prog, s.created_at) \
          INSERT INTO strand_archive (id, prog, label, stack, exitval, created_at) \
-         SELECT id, prog, $3, $4, $5, created_at FROM gone RETURNING id",
+         SELECT gone.id, gone.prog, v.label, v.stack, v.exitval, gone.created_at FROM gone JOIN v USING (id) \
+         RETURNING id",
     )
-    .bind(id)
-    .bind(lease)
-    .bind(label)
-    .bind(stack)
-    .bind(exitval)
-    .fetch_optional(conn)
-    .await?;
-    Ok(archived.is_some())
+    .bind(sorted.iter().map(|e| e.id).collect::<Vec<_>>())
+    .bind(sorted.iter().map(|e| e.lease).collect::<Vec<_>>())
+    .bind(sorted.iter().map(|e| e.label.as_str()).collect::<Vec<_>>())
+    .bind(sorted.iter().map(|e| &e.stack).collect::<Vec<_>>())
+    .bind(sorted.iter().map(|e| &e.exitval).collect::<Vec<_>>())
+    .fetch_all(conn)
+    .await
 }
 
-/// Wake `parent` if no child other than `me` is still running. The parent row
-/// is locked first so that two last siblings exiting at once cannot each see
-/// the other as running (each statement after the lock sees the other's commit).
-pub async fn wake_parent_if_last(conn: &mut PgConnection, parent: Uuid, me: Uuid) -> Result<bool, sqlx::Error> {
-    let locked: Option<(Uuid,)> = sqlx::query_as("SELECT id FROM strand WHERE id = $1 FOR UPDATE")
-        .bind(parent)
-        .fetch_optional(&mut *conn)
-        .await?;
-    if locked.is_none() {
-        return Ok(false);
+/// Child strands exit: each keeps its row, with its exit value, until its
+/// parent reaps it. Then the last child wakes its parent, in two halves:
+///
+/// - here, in the caller's transaction, a parent none of whose children is
+///   running any more is woken at once (durably, with the exits);
+/// - a parent that still had running children is returned: the caller must
+///   call [`wake_parent_if_idle`] for it after committing. A sibling exiting
+///   at the same moment may have seen this one as running; of the two, the
+///   one that commits later sees the other's exit, so no wake-up is lost,
+///   and no exit ever waits on a lock of the parent row.
+///
+/// Returns the ids whose lease held (the others were left alone), and the
+/// parents to check again after commit.
+pub async fn exit_children(conn: &mut PgConnection, exits: &[ExitWrite]) -> Result<(Vec<Uuid>, Vec<Uuid>), sqlx::Error> {
+    let mut sorted: Vec<&ExitWrite> = exits.iter().collect();
+    sorted.sort_by_key(|e| e.id);
+    let rows: Vec<(Uuid, Uuid)> = sqlx::query_as(
+        "UPDATE strand s SET label = v.label, stack = v.stack, exitval = v.exitval, retval = NULL, try = 0, \
+             last_error = NULL, last_error_at = NULL, lease = $6::timestamptz, lease_holder = NULL \
+         FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::jsonb[], $5::jsonb[]) \
+              AS v(id, lease, label, stack, exitval) \
+         WHERE s.id = v.id AND s.lease = v.lease AND s.parent_id IS NOT NULL \
+         RETURNING s.id, s.parent_id",
+    )
+    .bind(sorted.iter().map(|e| e.id).collect::<Vec<_>>())
+    .bind(sorted.iter().map(|e| e.lease).collect::<Vec<_>>())
+    .bind(sorted.iter().map(|e| e.label.as_str()).collect::<Vec<_>>())
+    .bind(sorted.iter().map(|e| &e.stack).collect::<Vec<_>>())
+    .bind(sorted.iter().map(|e| &e.exitval).collect::<Vec<_>>())
+    .bind(FREE)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut parents: Vec<Uuid> = rows.iter().map(|(_, p)| *p).collect();
+    parents.sort();
+    parents.dedup();
+    let mut recheck = Vec::new();
+    for parent in parents {
+        if !wake_parent_if_idle(conn, parent).await? {
+            recheck.push(parent);
+        }
     }
+    Ok((rows.into_iter().map(|(id, _)| id).collect(), recheck))
+}
+
+/// Wake `parent` if none of its children is running any more. When some
+/// child still runs, the statement matches no row, so it takes no lock and
+/// writes nothing: thousands of exiting siblings do not queue on the parent.
+pub async fn wake_parent_if_idle(conn: &mut PgConnection, parent: Uuid) -> Result<bool, sqlx::Error> {
     let woke = sqlx::query(
         "UPDATE strand SET schedule = least(schedule, now()) - interval '1 microsecond' \
-         WHERE id = $1 AND NOT EXISTS ( \
-             SELECT 1 FROM strand WHERE parent_id = $1 AND id <> $2 AND exitval IS NULL)",
+         WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM strand WHERE parent_id = $1 AND exitval IS NULL)",
     )
     .bind(parent)
-    .bind(me)
     .execute(&mut *conn)
     .await?;
     if woke.rows_affected() == 1 {
@@ -272,29 +311,37 @@ pub async fn wake_parent_if_last(conn: &mut PgConnection, parent: Uuid, me: Uuid
 }
 
 /// Record a failed step: release the lease, count the failure, back off.
-/// `bump` is true when the failing step ran after a successful one under the
-/// same lease (which had reset `try`); false when the lease already counted it.
-/// Returns the new `try`, or None if the lease was lost.
+/// `try_` is the new failure count, or None to keep the one the lease set.
+/// `progress` saves steps that succeeded under this lease before the
+/// failure but were not written yet. Returns the new `try`, or None if the
+/// lease was lost.
 pub async fn record_failure(
     conn: &mut PgConnection,
     id: Uuid,
     lease: DateTime<Utc>,
-    bump: bool,
+    try_: Option<i32>,
+    progress: Option<&StepWrite>,
     error: &str,
     backoff_cap_secs: f64,
 ) -> Result<Option<i32>, sqlx::Error> {
     let row: Option<(i32,)> = sqlx::query_as(
-        "UPDATE strand SET try = try + $3::int, \
-             schedule = clock_timestamp() + random() * least(power(2, try + $3::int), $4) * interval '1 second', \
-             lease = $6::timestamptz, lease_holder = NULL, last_error = $5, last_error_at = now() \
+        "UPDATE strand SET try = coalesce($3, try), \
+             schedule = clock_timestamp() + random() * least(power(2, coalesce($3, try)), $4) * interval '1 second', \
+             lease = $6::timestamptz, lease_holder = NULL, last_error = $5, last_error_at = now(), \
+             prog = coalesce($7, prog), label = coalesce($8, label), stack = coalesce($9, stack), \
+             retval = CASE WHEN $7 IS NULL THEN retval ELSE $10 END \
          WHERE id = $1 AND lease = $2 RETURNING try",
     )
     .bind(id)
     .bind(lease)
-    .bind(bump as i32)
+    .bind(try_)
     .bind(backoff_cap_secs)
     .bind(error)
     .bind(FREE)
+    .bind(progress.map(|p| p.prog.as_str()))
+    .bind(progress.map(|p| p.label.as_str()))
+    .bind(progress.map(|p| &p.stack))
+    .bind(progress.and_then(|p| p.retval.as_ref()))
     .fetch_optional(conn)
     .await?;
     Ok(row.map(|(t,)| t))
@@ -329,6 +376,29 @@ pub async fn insert(conn: &mut PgConnection, s: &NewStrand<'_>) -> Result<(), sq
         .execute(conn)
         .await?;
     Ok(())
+}
+
+/// Insert many strands of one prog and label in one statement.
+pub async fn insert_many(
+    conn: &mut PgConnection,
+    parent_id: Option<Uuid>,
+    prog: &str,
+    label: &str,
+    ids: &[Uuid],
+    stacks: &[Value],
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "INSERT INTO strand (id, parent_id, prog, label, stack) \
+         SELECT id, $1, $2, $3, stack FROM unnest($4::uuid[], $5::jsonb[]) AS t(id, stack)",
+    )
+    .bind(parent_id)
+    .bind(prog)
+    .bind(label)
+    .bind(ids)
+    .bind(stacks)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
 }
 
 pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<Option<Strand>, sqlx::Error> {

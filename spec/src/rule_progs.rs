@@ -52,7 +52,7 @@ impl Prog for Meddler {
         }
         let door = cx.resource::<SideDoor>()?.clone();
         door.note(&format!("{} ran", cx.frame.mode)).await;
-        sqlx::query("INSERT INTO spec_write (text) VALUES ($1)").bind(&cx.frame.mode).execute(&mut *cx.tx).await?;
+        sqlx::query("INSERT INTO spec_write (text) VALUES ($1)").bind(&cx.frame.mode).execute(cx.tx.conn().await?).await?;
         if cx.take("done") {
             return hop(MeddlerLabel::Done);
         }

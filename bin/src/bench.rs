@@ -1,0 +1,422 @@
+//! `skein bench`: the project's benchmark, against a real Postgres.
+//!
+//! Each scenario prints one JSON line on stdout (progress goes to stderr),
+//! with a raw-Postgres baseline measured in the same run on the same
+//! database: single-row UPDATE transactions at the same concurrency. The
+//! ratio `steps_per_s / baseline_tx_per_s` is the figure to compare across
+//! machines; absolute numbers mostly measure the machine.
+//!
+//! `--enqueue-only` and `--verify` run the same workload through separately
+//! started `respirate` processes: enqueue, let them run, then check that
+//! every strand finished and every step committed exactly once.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+use skein_engine::{enqueue, DispatchConfig, Dispatcher, Outcome, Runner};
+use skein_progs::bench::{FanoutFrame, FanoutLabel, StepFrame, StepLabel};
+use sqlx::PgPool;
+use tokio::sync::Notify;
+
+use crate::worker;
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
+pub enum Scenario {
+    /// N strands whose only label exits.
+    OneStep,
+    /// N strands that hop --hops times, then exit.
+    Hops,
+    /// One parent buds N children that exit, and reaps them.
+    Fanout,
+    /// Strands enqueued one at a time at --rate; time from enqueue to first step.
+    Latency,
+    /// one-step with --sleepers napping strands in the table.
+    Sleepers,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    #[arg(long, value_enum)]
+    pub scenario: Scenario,
+    /// Strands (children for fanout). Default: 20000; 5000 for hops; 10000 for fanout; 1000 for latency.
+    #[arg(long)]
+    pub strands: Option<u64>,
+    /// Hops per strand in the hops scenario.
+    #[arg(long, default_value_t = 10)]
+    pub hops: u32,
+    /// Postgres URL; default: the embedded cluster.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Database connections: the engine's pool, and the baseline's clients.
+    #[arg(long, default_value_t = 24)]
+    pub connections: usize,
+    /// Steps in flight in the worker pool (most hold no connection: their
+    /// writes are group-committed).
+    #[arg(long, default_value_t = 256)]
+    pub concurrency: usize,
+    /// Claim loops in the worker pool.
+    #[arg(long, default_value_t = 2)]
+    pub lanes: usize,
+    /// Also count every step in a table, in the step's transaction (always on with --enqueue-only).
+    #[arg(long)]
+    pub count: bool,
+    /// Only enqueue the workload, for separately started respirate processes.
+    #[arg(long, conflicts_with = "verify")]
+    pub enqueue_only: bool,
+    /// Check a workload enqueued with --enqueue-only: all finished, each step exactly once.
+    #[arg(long)]
+    pub verify: bool,
+    /// Napping strands for the sleepers scenario.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub sleepers: u64,
+    /// Strands per second enqueued in the latency scenario.
+    #[arg(long, default_value_t = 200.0)]
+    pub rate: f64,
+    /// Seconds the baseline runs.
+    #[arg(long, default_value_t = 3.0)]
+    pub baseline_secs: f64,
+    /// Print only the JSON line (no progress on stderr).
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl BenchArgs {
+    fn strands(&self) -> u64 {
+        self.strands.unwrap_or(match self.scenario {
+            Scenario::OneStep | Scenario::Sleepers => 20_000,
+            Scenario::Hops => 5_000,
+            Scenario::Fanout => 10_000,
+            Scenario::Latency => 1_000,
+        })
+    }
+
+    fn hops(&self) -> u32 {
+        if self.scenario == Scenario::Hops {
+            self.hops
+        } else {
+            0
+        }
+    }
+
+    fn steps_per_strand(&self) -> u64 {
+        self.hops() as u64 + 1
+    }
+
+    fn say(&self, msg: impl AsRef<str>) {
+        if !self.json {
+            eprintln!("bench: {}", msg.as_ref());
+        }
+    }
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let url = crate::up::database_url(args.database_url.clone()).await?;
+    let pool = worker::connect(&url, args.connections as u32).await?;
+    prepare_tables(&pool).await?;
+    let line = if args.verify {
+        let line = verify(&pool, &args).await?;
+        println!("{line}");
+        if line["ok"] != json!(true) {
+            std::process::exit(1);
+        }
+        return Ok(());
+    } else if args.enqueue_only {
+        clean(&pool, &args).await?;
+        let n = enqueue_workload(&pool, &args, true).await?;
+        json!({"scenario": scenario_name(args.scenario), "enqueued": n, "count": true})
+    } else {
+        measure(&pool, &args).await?
+    };
+    println!("{line}");
+    Ok(())
+}
+
+fn scenario_name(s: Scenario) -> &'static str {
+    match s {
+        Scenario::OneStep => "one-step",
+        Scenario::Hops => "hops",
+        Scenario::Fanout => "fanout",
+        Scenario::Latency => "latency",
+        Scenario::Sleepers => "sleepers",
+    }
+}
+
+/// The bench's own tables: the step counter and the baseline's rows.
+async fn prepare_tables(pool: &PgPool) -> anyhow::Result<()> {
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS bench_count (strand_id uuid PRIMARY KEY, steps integer NOT NULL); \
+         CREATE TABLE IF NOT EXISTS bench_baseline (id integer PRIMARY KEY, n bigint NOT NULL); \
+         INSERT INTO bench_baseline SELECT g, 0 FROM generate_series(1, 10000) g ON CONFLICT DO NOTHING;",
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Remove what an earlier run left (but keep sleepers: they are slow to make).
+async fn clean(pool: &PgPool, args: &BenchArgs) -> anyhow::Result<()> {
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM strand WHERE prog IN ('Bench::Step', 'Bench::Fanout')")
+        .fetch_one(pool)
+        .await?;
+    if n > 0 {
+        args.say(format!("removing {n} strands left by an earlier run"));
+    }
+    sqlx::raw_sql(
+        "DELETE FROM strand WHERE prog IN ('Bench::Step', 'Bench::Fanout'); \
+         DELETE FROM strand_archive WHERE prog IN ('Bench::Step', 'Bench::Fanout'); \
+         TRUNCATE bench_count;",
+    )
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+async fn enqueue_workload(pool: &PgPool, args: &BenchArgs, count: bool) -> anyhow::Result<u64> {
+    let mut conn = pool.acquire().await?;
+    let n = args.strands();
+    match args.scenario {
+        Scenario::Fanout => {
+            enqueue::start(&mut conn, FanoutFrame { children: n as u32, count, ..Default::default() }, FanoutLabel::Start).await?;
+        }
+        _ => {
+            let hops = args.hops();
+            for chunk_start in (0..n).step_by(10_000) {
+                let size = (n - chunk_start).min(10_000);
+                let frames = (0..size).map(|_| StepFrame { hops, count, ..Default::default() });
+                enqueue::start_many(&mut conn, frames, StepLabel::Run).await?;
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// Single-row UPDATE transactions from `clients` connections for `secs`.
+async fn baseline(pool: &PgPool, clients: usize, secs: f64) -> anyhow::Result<f64> {
+    let stop_at = Instant::now() + Duration::from_secs_f64(secs);
+    let done = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (pool, done) = (pool.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut conn = pool.acquire().await?;
+            let mut id = (c * 397) % 10_000 + 1;
+            while Instant::now() < stop_at {
+                sqlx::query("UPDATE bench_baseline SET n = n + 1 WHERE id = $1").bind(id as i32).execute(&mut *conn).await?;
+                done.fetch_add(1, Ordering::Relaxed);
+                id = id % 10_000 + 1;
+            }
+            Ok::<_, sqlx::Error>(())
+        }));
+    }
+    let began = Instant::now();
+    for t in tasks {
+        t.await??;
+    }
+    Ok(done.load(Ordering::Relaxed) as f64 / began.elapsed().as_secs_f64())
+}
+
+async fn ensure_sleepers(pool: &PgPool, args: &BenchArgs) -> anyhow::Result<()> {
+    let have: i64 = sqlx::query_scalar("SELECT count(*) FROM strand WHERE prog = 'Bench::Sleeper'").fetch_one(pool).await?;
+    let want = args.sleepers as i64;
+    if have < want {
+        args.say(format!("adding {} napping strands (kept for later runs)", want - have));
+        sqlx::query(
+            "INSERT INTO strand (id, prog, label, stack, schedule) \
+             SELECT gen_random_uuid(), 'Bench::Sleeper', 'Sleep', '[{}]', now() + interval '1 day' \
+             FROM generate_series(1, $1)",
+        )
+        .bind(want - have)
+        .execute(pool)
+        .await?;
+        sqlx::query("ANALYZE strand").execute(pool).await?;
+    }
+    Ok(())
+}
+
+/// Whether the dispatcher's claim walks the partial index on schedule.
+async fn claim_uses_partial_index(pool: &PgPool) -> anyhow::Result<bool> {
+    let plan: Value = sqlx::query_scalar(
+        "EXPLAIN (FORMAT JSON) SELECT id FROM strand \
+         WHERE exitval IS NULL AND lease < now() AND schedule <= now() \
+         ORDER BY schedule LIMIT 64 FOR UPDATE SKIP LOCKED",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(plan.to_string().contains("strand_due"))
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Run a scenario in this process and measure it.
+async fn measure(pool: &PgPool, args: &BenchArgs) -> anyhow::Result<Value> {
+    clean(pool, args).await?;
+    if args.scenario == Scenario::Sleepers {
+        ensure_sleepers(pool, args).await?;
+    }
+    args.say(format!("baseline: single-row UPDATE transactions, {} clients, {}s", args.connections, args.baseline_secs));
+    let baseline_tx_per_s = baseline(pool, args.connections, args.baseline_secs).await?;
+    args.say(format!("baseline: {baseline_tx_per_s:.0} tx/s"));
+
+    let n = args.strands();
+    let expect_exits = if args.scenario == Scenario::Fanout { 1 } else { n };
+    if args.scenario != Scenario::Latency {
+        args.say(format!("enqueueing {n} strands"));
+        enqueue_workload(pool, args, args.count).await?;
+    }
+
+    // Count exits and collect step times as the dispatcher reports them.
+    let exits = Arc::new(AtomicU64::new(0));
+    let steps = Arc::new(AtomicU64::new(0));
+    let all_done = Arc::new(Notify::new());
+    let step_ms = Arc::new(Mutex::new(Vec::<f64>::with_capacity(n as usize * 2)));
+    let exit_vals = Arc::new(Mutex::new(Vec::<Value>::new()));
+    let runner = Runner::new(pool.clone(), skein_progs::registry());
+    let dispatcher = {
+        let (exits, steps, all_done, step_ms, exit_vals) =
+            (exits.clone(), steps.clone(), all_done.clone(), step_ms.clone(), exit_vals.clone());
+        let top_prog = if args.scenario == Scenario::Fanout { "Bench::Fanout" } else { "Bench::Step" };
+        Dispatcher::new(runner, DispatchConfig { concurrency: args.concurrency, lanes: args.lanes, ..Default::default() }).on_step(move |r| {
+            steps.fetch_add(1, Ordering::Relaxed);
+            step_ms.lock().unwrap().push(r.micros as f64 / 1000.0);
+            if let Outcome::Failed { error, .. } = &r.outcome {
+                eprintln!("bench: a step failed: {error}");
+            }
+            if let Outcome::Exit { exitval } = &r.outcome {
+                if r.prog == top_prog {
+                    exit_vals.lock().unwrap().push(exitval.clone());
+                    if exits.fetch_add(1, Ordering::Relaxed) + 1 == expect_exits {
+                        all_done.notify_one();
+                    }
+                }
+            }
+        })
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let began = Instant::now();
+    let dispatch = tokio::spawn(dispatcher.run(async {
+        let _ = stop_rx.await;
+    }));
+
+    if args.scenario == Scenario::Latency {
+        args.say(format!("enqueueing {n} strands one at a time at {}/s", args.rate));
+        let mut conn = pool.acquire().await?;
+        let gap = Duration::from_secs_f64(1.0 / args.rate.max(0.1));
+        let mut next = Instant::now();
+        for _ in 0..n {
+            let frame = StepFrame { enqueued_us: Some(chrono::Utc::now().timestamp_micros()), ..Default::default() };
+            enqueue::start(&mut conn, frame, StepLabel::Run).await?;
+            next += gap;
+            tokio::time::sleep_until(next.into()).await;
+        }
+    } else {
+        args.say("running");
+    }
+    let timeout = Duration::from_secs(600);
+    if tokio::time::timeout(timeout, all_done.notified()).await.is_err() {
+        bail!("the workload did not finish within {timeout:?}: {} of {expect_exits} exits", exits.load(Ordering::Relaxed));
+    }
+    let seconds = began.elapsed().as_secs_f64();
+    let _ = stop_tx.send(());
+    dispatch.await.context("dispatcher")?;
+
+    let steps = steps.load(Ordering::Relaxed);
+    let mut times = std::mem::take(&mut *step_ms.lock().unwrap());
+    let exit_vals = std::mem::take(&mut *exit_vals.lock().unwrap());
+    let mut line = json!({
+        "scenario": scenario_name(args.scenario),
+        "strands": n,
+        "steps": steps,
+        "seconds": round3(seconds),
+        "steps_per_s": round1(steps as f64 / seconds),
+        "baseline_tx_per_s": round1(baseline_tx_per_s),
+        "ratio": round3(steps as f64 / seconds / baseline_tx_per_s),
+        "connections": args.connections,
+        "steps_in_flight": args.concurrency,
+        "lanes": args.lanes,
+        "counted": args.count,
+    });
+    if args.scenario == Scenario::Latency {
+        times = exit_vals.iter().filter_map(|v| v["latency_us"].as_f64()).map(|us| us / 1000.0).collect();
+        line["latency_of"] = json!("enqueue to first step");
+    }
+    times.sort_by(f64::total_cmp);
+    line["p50_ms"] = json!(round3(percentile(&times, 0.50)));
+    line["p99_ms"] = json!(round3(percentile(&times, 0.99)));
+    match args.scenario {
+        Scenario::Fanout => {
+            let v = &exit_vals[0];
+            let ms = (v["done_us"].as_i64().unwrap_or(0) - v["budded_us"].as_i64().unwrap_or(0)) as f64 / 1000.0;
+            line["done_after_bud_ms"] = json!(round1(ms));
+            line["reaped"] = v["reaped"].clone();
+        }
+        Scenario::Sleepers => {
+            line["sleepers"] = json!(args.sleepers);
+            line["claim_uses_partial_index"] = json!(claim_uses_partial_index(pool).await?);
+        }
+        Scenario::Hops => line["hops"] = json!(args.hops),
+        _ => {}
+    }
+    if args.scenario != Scenario::Fanout && steps != n * args.steps_per_strand() {
+        line["warning"] = json!("step count differs from the workload's: some steps failed or were retried");
+    }
+    Ok(line)
+}
+
+/// Check an --enqueue-only workload after external workers ran it.
+async fn verify(pool: &PgPool, args: &BenchArgs) -> anyhow::Result<Value> {
+    let n = args.strands() as i64;
+    let per = args.steps_per_strand() as i32;
+    let mut problems: Vec<String> = Vec::new();
+    let live: i64 = sqlx::query_scalar("SELECT count(*) FROM strand WHERE prog IN ('Bench::Step', 'Bench::Fanout')")
+        .fetch_one(pool)
+        .await?;
+    if live > 0 {
+        problems.push(format!("{live} strands have not finished"));
+    }
+    let (counted, wrong): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE steps <> $1) FROM bench_count c \
+         WHERE NOT EXISTS (SELECT 1 FROM strand_archive a WHERE a.id = c.strand_id AND a.prog = 'Bench::Fanout')",
+    )
+    .bind(per)
+    .fetch_one(pool)
+    .await?;
+    if counted != n {
+        problems.push(format!("{counted} strands counted steps, expected {n}"));
+    }
+    if wrong > 0 {
+        let sample: Vec<(uuid::Uuid, i32)> =
+            sqlx::query_as("SELECT strand_id, steps FROM bench_count WHERE steps <> $1 LIMIT 5").bind(per).fetch_all(pool).await?;
+        problems.push(format!("{wrong} strands committed a step count other than {per}: e.g. {sample:?}"));
+    }
+    let archived: i64 = sqlx::query_scalar("SELECT count(*) FROM strand_archive WHERE prog IN ('Bench::Step', 'Bench::Fanout')")
+        .fetch_one(pool)
+        .await?;
+    let want_archived = if args.scenario == Scenario::Fanout { 1 } else { n };
+    if archived != want_archived {
+        problems.push(format!("{archived} archive records, expected {want_archived}"));
+    }
+    let total: i64 = sqlx::query_scalar("SELECT coalesce(sum(steps), 0) FROM bench_count").fetch_one(pool).await?;
+    Ok(json!({
+        "scenario": scenario_name(args.scenario),
+        "ok": problems.is_empty(),
+        "strands": n,
+        "steps_committed": total,
+        "problems": problems,
+    }))
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}

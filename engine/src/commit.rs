@@ -1,0 +1,145 @@
+//! Group commit: the strand writes of pure steps (labels that did not touch
+//! the database), from every task of a runner, written together.
+//!
+//! A pure step's whole transaction is its strand row update, so many of them
+//! can share one statement: each row is still fenced on its own lease and
+//! written atomically. Writes queue while a flush is in flight and go out in
+//! the next one, so under load one statement carries many steps, and when
+//! idle a write goes out at once (no timer, no added latency).
+
+use skein_models::strand::{self, Continued, ExitWrite, StepWrite};
+use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::error::StepError;
+
+enum Job {
+    Write(StepWrite, oneshot::Sender<Result<Option<Continued>, String>>),
+    Exit(ExitWrite, oneshot::Sender<Result<bool, String>>),
+    ChildExit(ExitWrite, oneshot::Sender<Result<bool, String>>),
+}
+
+/// The most writes one flush carries.
+const MAX_FLUSH: usize = 1024;
+
+#[derive(Clone)]
+pub(crate) struct GroupCommit {
+    jobs: mpsc::UnboundedSender<Job>,
+}
+
+impl GroupCommit {
+    pub fn start(pool: PgPool) -> GroupCommit {
+        let (jobs, rx) = mpsc::unbounded_channel();
+        tokio::spawn(flush_loop(pool, rx));
+        GroupCommit { jobs }
+    }
+
+    /// Write a step; None if its lease was lost.
+    pub async fn write(&self, w: StepWrite) -> Result<Option<Continued>, StepError> {
+        let (tx, rx) = oneshot::channel();
+        self.jobs.send(Job::Write(w, tx)).map_err(|_| StepError::GroupCommit("committer stopped".into()))?;
+        rx.await.map_err(|_| StepError::GroupCommit("committer stopped".into()))?.map_err(StepError::GroupCommit)
+    }
+
+    /// Exit a top-level strand; false if its lease was lost.
+    pub async fn exit(&self, e: ExitWrite) -> Result<bool, StepError> {
+        let (tx, rx) = oneshot::channel();
+        self.jobs.send(Job::Exit(e, tx)).map_err(|_| StepError::GroupCommit("committer stopped".into()))?;
+        rx.await.map_err(|_| StepError::GroupCommit("committer stopped".into()))?.map_err(StepError::GroupCommit)
+    }
+
+    /// Exit a child strand (waking its parent if it was the last); false if its lease was lost.
+    pub async fn exit_child(&self, e: ExitWrite) -> Result<bool, StepError> {
+        let (tx, rx) = oneshot::channel();
+        self.jobs.send(Job::ChildExit(e, tx)).map_err(|_| StepError::GroupCommit("committer stopped".into()))?;
+        rx.await.map_err(|_| StepError::GroupCommit("committer stopped".into()))?.map_err(StepError::GroupCommit)
+    }
+}
+
+async fn flush_loop(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Job>) {
+    while let Some(first) = rx.recv().await {
+        let mut jobs = vec![first];
+        while jobs.len() < MAX_FLUSH {
+            match rx.try_recv() {
+                Ok(job) => jobs.push(job),
+                Err(_) => break,
+            }
+        }
+        let flush_began = std::time::Instant::now();
+        let flushed = jobs.len();
+        let mut writes = Vec::new();
+        let mut write_replies = Vec::new();
+        let mut exits = Vec::new();
+        let mut exit_replies = Vec::new();
+        let mut child_exits = Vec::new();
+        let mut child_replies = Vec::new();
+        for job in jobs {
+            match job {
+                Job::Write(w, reply) => {
+                    write_replies.push((w.id, reply));
+                    writes.push(w);
+                }
+                Job::Exit(e, reply) => {
+                    exit_replies.push((e.id, reply));
+                    exits.push(e);
+                }
+                Job::ChildExit(e, reply) => {
+                    child_replies.push((e.id, reply));
+                    child_exits.push(e);
+                }
+            }
+        }
+        if !child_exits.is_empty() {
+            let result = async {
+                let mut tx = pool.begin().await?;
+                let (written, recheck) = strand::exit_children(&mut tx, &child_exits).await?;
+                tx.commit().await?;
+                let mut conn = pool.acquire().await?;
+                for parent in recheck {
+                    strand::wake_parent_if_idle(&mut conn, parent).await?;
+                }
+                Ok::<_, sqlx::Error>(written)
+            }
+            .await;
+            reply_exits(child_replies, result);
+        }
+        if !writes.is_empty() {
+            let result = async { strand::write_steps(&mut *pool.acquire().await?, &writes).await }.await;
+            match result {
+                Ok(rows) => {
+                    let mut rows: std::collections::HashMap<Uuid, Continued> = rows.into_iter().map(|r| (r.id, r)).collect();
+                    for (id, reply) in write_replies {
+                        let _ = reply.send(Ok(rows.remove(&id)));
+                    }
+                }
+                Err(e) => {
+                    for (_, reply) in write_replies {
+                        let _ = reply.send(Err(e.to_string()));
+                    }
+                }
+            }
+        }
+        if !exits.is_empty() {
+            let result = async { strand::exit_top_level(&mut *pool.acquire().await?, &exits).await }.await;
+            reply_exits(exit_replies, result);
+        }
+        tracing::trace!(steps = flushed, micros = flush_began.elapsed().as_micros() as u64, "group commit");
+    }
+}
+
+fn reply_exits(replies: Vec<(Uuid, oneshot::Sender<Result<bool, String>>)>, result: Result<Vec<Uuid>, sqlx::Error>) {
+    match result {
+        Ok(ids) => {
+            let ids: std::collections::HashSet<Uuid> = ids.into_iter().collect();
+            for (id, reply) in replies {
+                let _ = reply.send(Ok(ids.contains(&id)));
+            }
+        }
+        Err(e) => {
+            for (_, reply) in replies {
+                let _ = reply.send(Err(e.to_string()));
+            }
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! The progs `skein bench` runs. They do no work of their own, so what is
+//! measured is the engine: leasing, stepping, committing. With `count` set,
+//! each step also counts itself in `bench_count` in its own transaction,
+//! which is how `skein bench --verify` proves every step committed exactly once.
+
+use skein_engine::prelude::*;
+
+fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+async fn count_step(cx_tx: &mut sqlx::PgConnection, strand: Ubid) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO bench_count (strand_id, steps) VALUES ($1, 1) \
+         ON CONFLICT (strand_id) DO UPDATE SET steps = bench_count.steps + 1",
+    )
+    .bind(strand.uuid())
+    .execute(cx_tx)
+    .await?;
+    Ok(())
+}
+
+/// `Bench::Step` (`Stepper`): hops `hops` times, then exits with its step count (and,
+/// if it knows when it was enqueued, how long it waited for its first step).
+pub struct Stepper;
+
+labels! {
+    pub enum StepLabel for Stepper { Run }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct StepFrame {
+    pub hops: u32,
+    #[serde(default)]
+    pub at: u32,
+    #[serde(default)]
+    pub count: bool,
+    /// Microseconds since the epoch when it was enqueued (the latency scenario).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enqueued_us: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_us: Option<i64>,
+}
+
+#[async_trait]
+impl Prog for Stepper {
+    const NAME: &'static str = "Bench::Step";
+    type Label = StepLabel;
+    type Frame = StepFrame;
+
+    async fn run(cx: &mut Ctx<'_, Self>, _: StepLabel) -> Step<Self> {
+        if cx.frame.at == 0 {
+            cx.frame.latency_us = cx.frame.enqueued_us.map(|t| now_us() - t);
+        }
+        if cx.frame.count {
+            let id = cx.id();
+            count_step(cx.tx.conn().await?, id).await?;
+        }
+        if cx.frame.at < cx.frame.hops {
+            cx.frame.at += 1;
+            return hop(StepLabel::Run);
+        }
+        pop(json!({ "steps": cx.frame.at + 1, "latency_us": cx.frame.latency_us }))
+    }
+}
+
+/// `Bench::Fanout`: buds `children` one-step strands at once, reaps them all.
+pub struct Fanout;
+
+labels! {
+    pub enum FanoutLabel for Fanout { Start, Reap, Done }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct FanoutFrame {
+    pub children: u32,
+    #[serde(default)]
+    pub count: bool,
+    #[serde(default)]
+    pub budded_us: Option<i64>,
+    #[serde(default)]
+    pub reaped: u64,
+}
+
+#[async_trait]
+impl Prog for Fanout {
+    const NAME: &'static str = "Bench::Fanout";
+    type Label = FanoutLabel;
+    type Frame = FanoutFrame;
+
+    async fn run(cx: &mut Ctx<'_, Self>, label: FanoutLabel) -> Step<Self> {
+        if cx.frame.count {
+            let id = cx.id();
+            count_step(cx.tx.conn().await?, id).await?;
+        }
+        match label {
+            FanoutLabel::Start => {
+                let count = cx.frame.count;
+                let kids = (0..cx.frame.children).map(|_| StepFrame { count, ..Default::default() });
+                cx.bud_many(kids, StepLabel::Run).await?;
+                cx.frame.budded_us = Some(now_us());
+                hop(FanoutLabel::Reap)
+            }
+            FanoutLabel::Reap => {
+                let reaped = cx.reap().await?;
+                cx.frame.reaped += reaped.exited.len() as u64;
+                reaped.hop_when_done(FanoutLabel::Done)
+            }
+            FanoutLabel::Done => pop(json!({
+                "reaped": cx.frame.reaped,
+                "budded_us": cx.frame.budded_us,
+                "done_us": now_us(),
+            })),
+        }
+    }
+}
+
+/// `Bench::Sleeper`: naps for a day; the `sleepers` scenario fills the table with them.
+pub struct Sleeper;
+
+labels! {
+    pub enum SleeperLabel for Sleeper { Sleep }
+}
+
+#[async_trait]
+impl Prog for Sleeper {
+    const NAME: &'static str = "Bench::Sleeper";
+    type Label = SleeperLabel;
+    type Frame = NoFrame;
+
+    async fn run(_: &mut Ctx<'_, Self>, _: SleeperLabel) -> Step<Self> {
+        nap(86400)
+    }
+}
+
+pub fn registry() -> skein_engine::Registry {
+    skein_engine::Registry::new().with::<Stepper>().with::<Fanout>().with::<Sleeper>()
+}
