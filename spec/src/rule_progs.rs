@@ -189,6 +189,29 @@ impl Prog for Late {
     }
 }
 
+/// Hops A -> B -> C quickly (pure steps, coalesced in memory), then fails at C.
+pub struct Stumbler;
+labels! { pub enum StumblerLabel for Stumbler { A, B, C } }
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct StumblerFrame {
+    #[serde(default)]
+    pub visited: Vec<String>,
+}
+#[async_trait]
+impl Prog for Stumbler {
+    const NAME: &'static str = "Spec::Stumbler";
+    type Label = StumblerLabel;
+    type Frame = StumblerFrame;
+    async fn run(cx: &mut Ctx<'_, Self>, label: StumblerLabel) -> Step<Self> {
+        cx.frame.visited.push(label.name().to_string());
+        match label {
+            StumblerLabel::A => hop(StumblerLabel::B),
+            StumblerLabel::B => hop(StumblerLabel::C),
+            StumblerLabel::C => anyhow::bail!("tripped at C"),
+        }
+    }
+}
+
 /// Every prog the rule tests use, with the demo progs they build on.
 pub fn registry() -> skein_engine::Registry {
     skein_progs::registry()
@@ -198,6 +221,7 @@ pub fn registry() -> skein_engine::Registry {
         .with::<Teardown>()
         .with::<Waiter>()
         .with::<Late>()
+        .with::<Stumbler>()
 }
 
 #[allow(unused)]

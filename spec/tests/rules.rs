@@ -493,6 +493,19 @@ async fn r14_failing_label_rolls_back_records_error_retries_with_backoff_and_pag
     assert!(pages.len() == 1 && pages[0].resolved_at.is_some(), "success resolves the page");
 }
 
+#[tokio::test]
+async fn r14_a_failure_after_quick_hops_keeps_their_progress() {
+    let h = harness().await;
+    let id = h.start(StumblerFrame::default(), StumblerLabel::A).await;
+    let reports = h.run(id).await;
+    assert_eq!(reports.len(), 3, "A and B hop under one lease (in memory), C fails");
+    reports[2].assert_failed("tripped at C");
+    let row = h.strand(id).await;
+    assert_eq!(row.label, "C", "the hops that succeeded are committed with the failure record");
+    assert_eq!(row.stack[0]["visited"], json!(["A", "B"]), "with their frame changes, not the failed step's");
+    assert_eq!(row.try_, 1);
+}
+
 // R15 ---------------------------------------------------------------------
 
 #[tokio::test]

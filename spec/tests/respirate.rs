@@ -1,0 +1,261 @@
+//! respirate as real processes: several at once, killed, stopped, and with
+//! the database restarted under them. The workload is the benchmark's, in
+//! counting mode: each step counts itself in the same transaction, so
+//! `skein bench --verify` proves every step committed exactly once.
+
+use std::time::{Duration, Instant};
+
+use skein_engine::testing::TestDb;
+use skein_spec::procs::{free_port, skein, skein_ok, Proc};
+
+/// Enqueue `strands` strands that hop `hops` times each, counting every step.
+fn enqueue(url: &str, strands: u32, hops: u32) {
+    skein_ok(&["bench", "--scenario", "hops", "--strands", &strands.to_string(), "--hops", &hops.to_string(), "--enqueue-only", "--database-url", url]);
+}
+
+fn verify(url: &str, strands: u32, hops: u32) -> serde_json::Value {
+    let out = skein(&["bench", "--scenario", "hops", "--strands", &strands.to_string(), "--hops", &hops.to_string(), "--verify", "--database-url", url]);
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!("verify printed no JSON:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    });
+    assert_eq!(out.status.success(), line["ok"] == true, "exit status agrees with ok: {line}");
+    line
+}
+
+async fn live_bench_strands(pool: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM strand WHERE prog IN ('Bench::Step', 'Bench::Fanout')")
+        .fetch_one(pool)
+        .await
+        .unwrap_or(-1)
+}
+
+/// Wait until every bench strand has finished, or fail with the workers' logs.
+async fn wait_until_done(pool: &sqlx::PgPool, limit: Duration, procs: &[&Proc]) {
+    let until = Instant::now() + limit;
+    while Instant::now() < until {
+        if live_bench_strands(pool).await == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let logs: Vec<String> = procs.iter().map(|p| format!("--- {}:\n{}", p.log.display(), p.log_text())).collect();
+    panic!("{} strands still live after {limit:?}\n{}", live_bench_strands(pool).await, logs.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_respirate_processes_commit_every_step_exactly_once() {
+    let db = TestDb::new().await;
+    let url = db.url();
+    enqueue(&url, 600, 4);
+    let workers: Vec<Proc> = (0..3).map(|_| Proc::respirate(&url, &["--concurrency", "16", "--pool-size", "4"])).collect();
+    wait_until_done(&db.pool, Duration::from_secs(90), &workers.iter().collect::<Vec<_>>()).await;
+
+    let line = verify(&url, 600, 4);
+    assert_eq!(line["ok"], true, "{line}");
+    assert_eq!(line["steps_committed"], 600 * 5);
+    // Every process did some of the work: no leader, the load is shared.
+    for mut w in workers {
+        w.signal("TERM");
+        assert!(w.wait_for(Duration::from_secs(30)).is_some_and(|s| s.success()), "{}", w.log_text());
+        let log = w.log_text();
+        let steps: u64 = log
+            .split("steps=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no step count in the log:\n{log}"));
+        assert!(steps > 0, "a worker did nothing:\n{log}");
+        assert!(!log.contains("panicked"), "{log}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_run_loses_nothing_and_commits_nothing_twice() {
+    let db = TestDb::new().await;
+    let url = db.url();
+    enqueue(&url, 1500, 4);
+    let args = ["--concurrency", "16", "--pool-size", "4"];
+    let mut workers = vec![Proc::respirate(&url, &args), Proc::respirate(&url, &args)];
+    for round in 0..4 {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        // Kill one worker in the middle of its steps and start a fresh one.
+        let victim = workers.remove(round % workers.len());
+        victim.signal("KILL");
+        drop(victim);
+        workers.push(Proc::respirate(&url, &args));
+    }
+    wait_until_done(&db.pool, Duration::from_secs(120), &workers.iter().collect::<Vec<_>>()).await;
+
+    let line = verify(&url, 1500, 4);
+    assert_eq!(line["ok"], true, "{line}");
+    assert_eq!(line["steps_committed"], 1500 * 5);
+    let logs: String = workers.iter().map(|w| w.log_text()).collect();
+    assert!(logs.contains("took over a strand whose lease expired"), "the killed workers' strands were taken over:\n{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_within_the_grace_period_and_leaves_no_lease_held() {
+    let db = TestDb::new().await;
+    let url = db.url();
+    enqueue(&url, 2000, 8);
+    let mut worker = Proc::respirate(&url, &["--concurrency", "32", "--shutdown-grace-secs", "5"]);
+    // Let it get going, then stop it mid-run.
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let counted: i64 = sqlx::query_scalar("SELECT count(*) FROM bench_count").fetch_one(&db.pool).await.unwrap_or(0);
+        if counted > 100 || Instant::now() > until {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    worker.signal("TERM");
+    let status = worker.wait_for(Duration::from_secs(5 + 5)).unwrap_or_else(|| panic!("still running:\n{}", worker.log_text()));
+    assert!(status.success(), "exit status {status:?}\n{}", worker.log_text());
+    assert!(worker.log_text().contains("stopped"), "{}", worker.log_text());
+
+    let held: i64 = sqlx::query_scalar("SELECT count(*) FROM strand WHERE lease > now()").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(held, 0, "a stopped worker holds no lease");
+    assert!(live_bench_strands(&db.pool).await > 0, "it was stopped mid-run (the workload was not done)");
+
+    // Another worker finishes the job, and still every step committed once.
+    let finisher = Proc::respirate(&url, &["--concurrency", "32"]);
+    wait_until_done(&db.pool, Duration::from_secs(120), &[&finisher]).await;
+    assert_eq!(verify(&url, 2000, 8)["ok"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restart_mid_run_respirate_reconnects_and_completes() {
+    // A private cluster of our own, so restarting it disturbs no other test.
+    let home = std::env::temp_dir().join(format!("skein-spec-pg-{}", std::process::id()));
+    let port = free_port().to_string();
+    let env = |cmd: &mut std::process::Command| {
+        cmd.env("SKEIN_HOME", &home).env("SKEIN_PG_PORT", &port);
+    };
+    let db_cmd = |action: &str| {
+        let mut cmd = std::process::Command::new(skein_spec::binary("skein"));
+        cmd.args(["db", action]);
+        env(&mut cmd);
+        let out = cmd.output().expect("skein db");
+        assert!(out.status.success(), "skein db {action}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    struct Cleanup<F: FnMut()>(F);
+    impl<F: FnMut()> Drop for Cleanup<F> {
+        fn drop(&mut self) {
+            (self.0)()
+        }
+    }
+    let url = db_cmd("start");
+    let _cleanup = Cleanup(|| {
+        let _ = std::process::Command::new(skein_spec::binary("skein"))
+            .args(["db", "stop"])
+            .env("SKEIN_HOME", &home)
+            .env("SKEIN_PG_PORT", &port)
+            .status();
+        let _ = std::fs::remove_dir_all(&home);
+    });
+
+    enqueue(&url, 1500, 6);
+    let pool = skein_models::db::connect(&url, 2).await.unwrap();
+    let worker = Proc::respirate(&url, &["--concurrency", "16", "--pool-size", "4"]);
+    let until = Instant::now() + Duration::from_secs(30);
+    while sqlx::query_scalar::<_, i64>("SELECT count(*) FROM bench_count").fetch_one(&pool).await.unwrap_or(0) < 50 {
+        assert!(Instant::now() < until, "no progress before the restart:\n{}", worker.log_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    pool.close().await;
+
+    db_cmd("stop");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    db_cmd("start");
+
+    let pool = skein_models::db::connect(&url, 2).await.unwrap();
+    wait_until_done(&pool, Duration::from_secs(120), &[&worker]).await;
+    assert_eq!(verify(&url, 1500, 6)["ok"], true);
+    let log = worker.log_text();
+    assert!(log.contains("database"), "the outage was noticed and logged:\n{log}");
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strand_that_always_fails_does_not_slow_the_others() {
+    use skein_engine::testing::Harness;
+    use skein_engine::{DispatchConfig, Dispatcher, Outcome};
+    use skein_spec::rule_progs::{MeddlerFrame, MeddlerLabel, NapperFrame, NapperLabel};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let h = Harness::new(skein_spec::registry()).await;
+    skein_spec::create_spec_tables(h.pool()).await;
+    let door = skein_spec::SideDoor { pool: h.pool().clone(), runner: h.runner.clone() };
+    let runner = h.runner.clone().with_resources(skein_engine::Resources::default().with(door));
+    let bad = h.start(MeddlerFrame { mode: "fail".into(), pokes_seen: 0 }, MeddlerLabel::Act).await;
+    let mut conn = h.pool().acquire().await.unwrap();
+    skein_engine::enqueue::start_many(&mut conn, (0..2000).map(|_| NapperFrame { naps: vec![0.0, 0.0] }), NapperLabel::Next)
+        .await
+        .unwrap();
+
+    let (good, failures) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let done = Arc::new(tokio::sync::Notify::new());
+    let dispatcher = {
+        let (good, failures, done) = (good.clone(), failures.clone(), done.clone());
+        Dispatcher::new(runner, DispatchConfig { concurrency: 32, ..Default::default() }).on_step(move |r| match &r.outcome {
+            Outcome::Exit { .. } if good.fetch_add(1, Ordering::Relaxed) + 1 == 2000 => done.notify_one(),
+            Outcome::Failed { .. } => {
+                failures.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        })
+    };
+    let run = tokio::spawn(dispatcher.run(async move { done.notified().await }));
+    tokio::time::timeout(Duration::from_secs(60), run).await.expect("the good strands finished").unwrap();
+
+    assert_eq!(good.load(Ordering::Relaxed), 2000, "every good strand exited");
+    let row = h.strand(bad).await;
+    assert!(row.last_error.unwrap_or_default().contains("disk on fire"));
+    let failed = failures.load(Ordering::Relaxed);
+    assert!((1..=6).contains(&failed), "the failing strand backed off instead of hogging the workers: {failed} failures");
+    assert!(row.schedule > chrono::Utc::now() - chrono::Duration::seconds(1), "and is scheduled for a later retry");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_wakes_an_idle_worker_at_once_without_waiting_for_its_poll() {
+    let db = TestDb::new().await;
+    let url = db.url();
+    // Polling once a minute: only a NOTIFY can make it pick the strand up in time.
+    let worker = Proc::respirate(&url, &["--poll-ms", "60000"]);
+    tokio::time::sleep(Duration::from_secs(2)).await; // connected, migrated, idle
+    enqueue(&url, 1, 0);
+    let until = Instant::now() + Duration::from_secs(20);
+    while live_bench_strands(&db.pool).await != 0 {
+        assert!(Instant::now() < until, "not woken by NOTIFY:\n{}", worker.log_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_endpoint_reports_steps_and_due_strands() {
+    use std::io::{Read, Write};
+    let db = TestDb::new().await;
+    let url = db.url();
+    enqueue(&url, 50, 1);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let worker = Proc::respirate(&url, &["--metrics-addr", &addr]);
+    wait_until_done(&db.pool, Duration::from_secs(60), &[&worker]).await;
+    let mut body = String::new();
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        body.clear();
+        if let Ok(mut s) = std::net::TcpStream::connect(&addr) {
+            let _ = s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
+            let _ = s.read_to_string(&mut body);
+        }
+        if body.contains("skein_due_strands") && body.contains("skein_steps_total") || Instant::now() > until {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(body.contains("skein_steps_total{prog=\"Bench::Step\"} 100"), "two counted steps per strand:\n{body}");
+    assert!(body.contains("skein_due_strands"), "{body}");
+    assert!(body.contains("skein_open_pages"), "{body}");
+}
