@@ -8,5 +8,6 @@
 
 pub mod bench;
 pub mod embedded;
+pub mod host_cmd;
 pub mod up;
 pub mod worker;

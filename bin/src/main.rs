@@ -4,7 +4,7 @@
 //! `skein bench` measures the engine; `skein db` manages the embedded Postgres cluster it uses.
 
 use clap::{Parser, Subcommand};
-use skein_bin::{bench, embedded::Embedded, up, worker};
+use skein_bin::{bench, embedded::Embedded, host_cmd, up, worker};
 
 #[derive(Parser, Debug)]
 #[command(name = "skein", version, about = "A Postgres-backed workflow engine and the VM control plane built on it")]
@@ -22,11 +22,22 @@ enum Command {
     Up(up::UpArgs),
     /// Measure the engine against a raw-Postgres baseline (one JSON line per run).
     Bench(bench::BenchArgs),
+    /// Hosts that run VMs.
+    Host {
+        #[command(subcommand)]
+        action: HostAction,
+    },
     /// Manage the embedded Postgres cluster (used when no --database-url is given).
     Db {
         #[command(subcommand)]
         action: DbAction,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum HostAction {
+    /// Register a host reachable over SSH; a strand takes it over and prepares it.
+    Add(host_cmd::AddArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -46,6 +57,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Up(args) => up::run(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Host { action: HostAction::Add(args) } => host_cmd::add(args).await,
         Command::Db { action } => {
             let db = Embedded::from_env()?;
             tokio::task::spawn_blocking(move || match action {

@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
-use skein_engine::{Config, DispatchConfig, Dispatcher, Registry, Runner};
+use skein_engine::{Config, DispatchConfig, Dispatcher, Registry, Resources, Runner};
+use skein_progs::ssh::keys::SecretKey;
+use skein_progs::ssh::SshPool;
 use sqlx::PgPool;
 
 #[derive(clap::Args, Clone, Debug)]
@@ -33,6 +35,9 @@ pub struct WorkerArgs {
     /// On SIGTERM, seconds running steps get to finish.
     #[arg(long, default_value_t = 20)]
     pub shutdown_grace_secs: u64,
+    /// Cap of the retry backoff after failures, in seconds.
+    #[arg(long, default_value_t = 600)]
+    pub backoff_cap_secs: u64,
     /// Serve Prometheus metrics at this address (e.g. 127.0.0.1:9187).
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,
@@ -45,7 +50,13 @@ impl WorkerArgs {
 
     pub fn engine_config(&self) -> Config {
         let lease = Duration::from_secs(self.lease_secs.max(4));
-        Config { lease, step_budget: lease / 2, continue_budget: (lease / 12).max(Duration::from_secs(1)), ..Config::default() }
+        Config {
+            lease,
+            step_budget: lease / 2,
+            continue_budget: (lease / 12).max(Duration::from_secs(1)),
+            backoff_cap: Duration::from_secs(self.backoff_cap_secs.max(1)),
+            ..Config::default()
+        }
     }
 
     pub fn dispatch_config(&self) -> DispatchConfig {
@@ -142,9 +153,43 @@ pub async fn run_dispatcher(
     if let Some(addr) = args.metrics_addr {
         serve_metrics(addr, pool.clone())?;
     }
-    let runner = Runner::new(pool, registry).with_config(args.engine_config());
+    let runner = Runner::new(pool, registry).with_config(args.engine_config()).with_resources(resources());
     let dispatcher = configure(Dispatcher::new(runner, args.dispatch_config()));
     let summary = dispatcher.run(shutdown).await;
     tracing::info!(steps = summary.steps, failed = summary.failed, abandoned = summary.abandoned_on_shutdown, "stopped");
     Ok(())
+}
+
+/// What progs reach hosts with: one SSH session pool per process, and the
+/// key that unseals stored private keys (without it, host progs fail with
+/// a message saying how to set it).
+pub fn resources() -> Resources {
+    let resources = Resources::default().with(SshPool::new());
+    match secret_key() {
+        Ok(key) => resources.with(key),
+        Err(e) => {
+            tracing::warn!("{e:#}; progs that use SSH will fail until it is set");
+            resources
+        }
+    }
+}
+
+/// `SKEIN_SECRET_KEY`, or for the embedded default, a key generated once and
+/// kept (mode 0600) in `$SKEIN_HOME/secret.key`.
+pub fn secret_key() -> anyhow::Result<SecretKey> {
+    if std::env::var_os(skein_progs::ssh::keys::SECRET_KEY_ENV).is_some() {
+        return SecretKey::from_env();
+    }
+    let home = crate::embedded::Embedded::from_env()?.home;
+    let path = home.join("secret.key");
+    if let Ok(hex) = std::fs::read_to_string(&path) {
+        return SecretKey::from_hex(&hex);
+    }
+    std::fs::create_dir_all(&home)?;
+    let key = SecretKey::random();
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+    file.write_all(key.to_hex().as_bytes())?;
+    Ok(key)
 }

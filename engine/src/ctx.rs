@@ -199,6 +199,20 @@ impl<'a, P: Prog> Ctx<'a, P> {
         Ok(Reaped { exited, running, children_nap: self.st.children_nap })
     }
 
+    /// Raise a page for operators now, on its own connection: it stands even
+    /// if this step then fails. A tag names one problem; raising an open tag
+    /// again does nothing. True if the page is new.
+    pub async fn raise_page(&mut self, tag: &str, summary: &str, details: &Value) -> anyhow::Result<bool> {
+        let mut conn = self.tx.pool.acquire().await?;
+        Ok(skein_models::page::raise(&mut conn, tag, summary, "error", details).await?)
+    }
+
+    /// Resolve the open page with this tag, if any (on its own connection).
+    pub async fn resolve_page(&mut self, tag: &str) -> anyhow::Result<bool> {
+        let mut conn = self.tx.pool.acquire().await?;
+        Ok(skein_models::page::resolve(&mut conn, tag).await?)
+    }
+
     /// Raise a page if this frame has not reached `target` within `within`.
     /// Reaching the label, popping the frame, or `unregister_deadline` clears it.
     pub fn register_deadline(&mut self, target: P::Label, within: Duration) {

@@ -9,7 +9,9 @@ pub mod archive;
 pub mod db;
 pub mod page;
 pub mod semaphore;
+pub mod sshable;
 pub mod strand;
 pub mod ubid;
+pub mod vm_host;
 
 pub use ubid::{Ubid, UbidError, UbidType};

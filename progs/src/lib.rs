@@ -7,10 +7,12 @@
 
 pub mod bench;
 pub mod demo;
+pub mod host;
+pub mod ssh;
 
 use skein_engine::Registry;
 
 /// Every prog in this crate.
 pub fn registry() -> Registry {
-    Registry::new().merge(&demo::registry()).merge(&bench::registry())
+    Registry::new().merge(&demo::registry()).merge(&bench::registry()).merge(&host::registry())
 }

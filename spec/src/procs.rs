@@ -27,13 +27,30 @@ impl Proc {
         Proc::start("respirate", &args)
     }
 
+    /// `respirate` as above, with extra environment (e.g. SKEIN_SECRET_KEY).
+    pub fn respirate_env(url: &str, extra: &[&str], env: &[(&str, &str)]) -> Proc {
+        let mut args = vec!["--database-url", url];
+        for (flag, value) in [("--lease-secs", "4"), ("--poll-ms", "200"), ("--backoff-cap-secs", "2")] {
+            if !extra.contains(&flag) {
+                args.extend([flag, value]);
+            }
+        }
+        args.extend_from_slice(extra);
+        Proc::start_env("respirate", &args, env)
+    }
+
     pub fn start(name: &str, args: &[&str]) -> Proc {
+        Proc::start_env(name, args, &[])
+    }
+
+    pub fn start_env(name: &str, args: &[&str], env: &[(&str, &str)]) -> Proc {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = std::env::temp_dir().join(format!("skein-spec-{}-{name}-{n}.log", std::process::id()));
         let file = std::fs::File::create(&log).expect("log file");
         let child = Command::new(binary(name))
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info,sqlx=warn")
             .stdout(Stdio::null())
             .stderr(file)

@@ -1,0 +1,47 @@
+//! `Host::InstallAgent`: put this build's host agent on the host, unless it
+//! is there already. One archive over SSH, unpacked beside the current one,
+//! checked against its manifest, then swapped in; a half-done install never
+//! replaces a working agent.
+
+use std::time::Duration;
+
+use skein_engine::prelude::*;
+use skein_models::vm_host;
+
+use super::agent;
+use super::conn::Host;
+
+pub struct InstallAgent;
+
+labels! {
+    pub enum Label for InstallAgent { Install }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Frame {}
+
+#[async_trait]
+impl Prog for InstallAgent {
+    const NAME: &'static str = "Host::InstallAgent";
+    type Label = Label;
+    type Frame = Frame;
+
+    async fn run(cx: &mut Ctx<'_, Self>, _: Label) -> Step<Self> {
+        let host = Host::load(cx).await?;
+        let timeout = cx.time_left().min(Duration::from_secs(60));
+        let root = host.root().to_string();
+        let want = agent::version();
+        let have = host.exec(&crate::cmd!("cat {}/agent/VERSION 2>/dev/null || true", root)?, timeout).await?.stdout_str();
+        if have.trim() != want {
+            let install = crate::cmd!(
+                "set -e; cd {}; rm -rf agent.new agent.old; mkdir -p agent.new; tar -x -C agent.new; \
+                 (cd agent.new && sha256sum -c --quiet MANIFEST); \
+                 if [ -d agent ]; then mv agent agent.old; fi; mv agent.new agent; rm -rf agent.old",
+                root
+            )?;
+            host.exec_with_stdin(&install, agent::archive(), timeout).await?;
+        }
+        vm_host::set_agent_version(cx.tx.conn().await?, host.row.id, &want).await?;
+        pop(json!({ "agent_version": want }))
+    }
+}

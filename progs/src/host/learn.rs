@@ -1,0 +1,40 @@
+//! `Host::Learn`: one fact about a host (cpu, memory, storage, os, kvm),
+//! learned by the agent's `learn` program. A host buds one per fact, so they
+//! are learned in parallel, and reaps their answers.
+
+use std::time::Duration;
+
+use skein_engine::prelude::*;
+
+use super::conn::{AgentProgram, Host};
+
+pub const FACTS: &[&str] = &["cpu", "memory", "storage", "os", "kvm"];
+
+pub struct Learn;
+
+labels! {
+    pub enum Label for Learn { Ask }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Frame {
+    pub what: String,
+}
+
+#[async_trait]
+impl Prog for Learn {
+    const NAME: &'static str = "Host::Learn";
+    type Label = Label;
+    type Frame = Frame;
+
+    async fn run(cx: &mut Ctx<'_, Self>, _: Label) -> Step<Self> {
+        anyhow::ensure!(FACTS.contains(&cx.frame.what.as_str()), "no such fact to learn: {:?}", cx.frame.what);
+        let host = Host::load(cx).await?;
+        // The KVM probe starts qemu; give it longer than the others.
+        let limit = if cx.frame.what == "kvm" { 30 } else { 10 };
+        let out = host.agent(AgentProgram::Learn, &[&cx.frame.what], cx.time_left().min(Duration::from_secs(limit))).await?;
+        let facts: Value = serde_json::from_slice(&out.stdout)
+            .map_err(|e| anyhow::anyhow!("learn {} printed no JSON ({e}): {}", cx.frame.what, out.stdout_str()))?;
+        pop(json!({ "what": cx.frame.what, "facts": facts }))
+    }
+}

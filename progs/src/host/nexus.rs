@@ -1,0 +1,227 @@
+//! `Vm::HostNexus`: a host's life, from first contact to accepting VMs, and
+//! its health ever after.
+//!
+//! Start pins the host key (trust on first use) -> TakeOver authorizes a
+//! generated key and switches to it -> InstallAgent (a sub-prog) ships the
+//! host agent -> Learn buds one child per fact and WaitLearn reaps them into
+//! the host row -> Wait: accepting, with a checkup every `checkup_secs`
+//! (or when `checkup` is set). A host that misses `unreachable_after`
+//! checkups in a row is marked unreachable and paged; it returns to accepting
+//! when it answers again. `destroy` retires the host.
+
+use std::time::Duration;
+
+use skein_engine::prelude::*;
+use skein_models::{sshable, vm_host};
+
+use super::conn::{AgentProgram, Host};
+use super::{agent, install, learn};
+use crate::ssh::keys::{self, SecretKey};
+use crate::ssh::{SshError, SshPool, Target};
+
+pub struct HostNexus;
+
+labels! {
+    pub enum Label for HostNexus { Start, TakeOver, InstallAgent, Learn, WaitLearn, Wait, Destroy }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Frame {
+    /// Seconds between checkups.
+    #[serde(default = "default_checkup_secs")]
+    pub checkup_secs: u64,
+    /// Missed checkups in a row before the host counts as unreachable.
+    #[serde(default = "default_unreachable_after")]
+    pub unreachable_after: i32,
+}
+
+fn default_checkup_secs() -> u64 {
+    60
+}
+
+fn default_unreachable_after() -> i32 {
+    3
+}
+
+impl Default for Frame {
+    fn default() -> Self {
+        Frame { checkup_secs: default_checkup_secs(), unreachable_after: default_unreachable_after() }
+    }
+}
+
+/// The longest any one SSH call of these labels may take.
+const SSH_LIMIT: Duration = Duration::from_secs(30);
+
+#[async_trait]
+impl Prog for HostNexus {
+    const NAME: &'static str = "Vm::HostNexus";
+    type Label = Label;
+    type Frame = Frame;
+    const DESTROY: Option<Label> = Some(Label::Destroy);
+
+    async fn run(cx: &mut Ctx<'_, Self>, label: Label) -> Step<Self> {
+        match label {
+            Label::Start => start(cx).await,
+            Label::TakeOver => take_over(cx).await,
+            Label::InstallAgent => match cx.retval() {
+                Some(_) => hop(Label::Learn),
+                None => push(install::Frame {}, install::Label::Install),
+            },
+            Label::Learn => {
+                let asks = learn::FACTS.iter().map(|what| learn::Frame { what: what.to_string() });
+                cx.bud_many(asks, learn::Label::Ask).await?;
+                hop(Label::WaitLearn)
+            }
+            Label::WaitLearn => wait_learn(cx).await,
+            Label::Wait => checkup(cx).await,
+            Label::Destroy => destroy(cx).await,
+        }
+    }
+}
+
+/// Pin the host key on first contact; a later mismatch is refused.
+async fn start(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
+    let host = Host::load(cx).await?;
+    vm_host::set_state(cx.tx.conn().await?, host.row.id, "preparing").await?;
+    if host.sshable.host_key.is_none() {
+        let ssh = cx.resource::<SshPool>()?.clone();
+        let key = ssh.host_key(&host.sshable.host, host.sshable.port as u16, cx.time_left().min(SSH_LIMIT)).await?;
+        sshable::pin_host_key(cx.tx.conn().await?, host.sshable.id, &key).await?;
+    }
+    hop(Label::TakeOver)
+}
+
+/// Authorize a key made here (in the agent root's authorized_keys, which the
+/// host's sshd reads), prove it works, and use only it from now on.
+async fn take_over(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
+    let host = Host::load(cx).await?;
+    let pair = keys::generate()?;
+    let timeout = cx.time_left().min(SSH_LIMIT);
+    let keys_file = format!("{}/ssh/authorized_keys", host.root());
+    let authorize = crate::cmd!(
+        "mkdir -p {}/ssh && touch {} && chmod 600 {} && (grep -qxF {} {} || printf '%s\\n' {} >> {})",
+        host.root(),
+        keys_file,
+        keys_file,
+        pair.public,
+        keys_file,
+        pair.public,
+        keys_file
+    )?;
+    host.exec(&authorize, timeout).await?;
+    let next = Target { private_key: pair.private.clone(), ..host.target.clone() };
+    cx.resource::<SshPool>()?.exec(&next, &crate::cmd!("true")?, None, timeout).await?;
+    let sealed = cx.resource::<SecretKey>()?.seal(host.sshable.id.as_bytes(), pair.private.as_bytes());
+    let conn = cx.tx.conn().await?;
+    sshable::set_next_key(conn, host.sshable.id, Some(&sealed)).await?;
+    sshable::promote_next_key(conn, host.sshable.id).await?;
+    hop(Label::InstallAgent)
+}
+
+/// Gather the children's facts into the host row.
+async fn wait_learn(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
+    let reaped = cx.reap().await?;
+    let mut facts = vm_host::Facts::default();
+    for child in &reaped.exited {
+        let f = &child.exitval["facts"];
+        let int = |k: &str| f[k].as_i64();
+        match child.exitval["what"].as_str() {
+            Some("cpu") => {
+                facts.cpus = int("cpus").map(|v| v as i32);
+                facts.cores = int("cores").map(|v| v as i32);
+                facts.sockets = int("sockets").map(|v| v as i32);
+                facts.cpu_model = f["model"].as_str().map(String::from);
+            }
+            Some("memory") => facts.memory_mib = int("total_mib"),
+            Some("storage") => {
+                facts.storage_total_mib = int("total_mib");
+                facts.storage_free_mib = int("free_mib");
+            }
+            Some("os") => {
+                facts.os = f["pretty_name"].as_str().map(String::from);
+                facts.kernel = f["kernel"].as_str().map(String::from);
+                facts.arch = f["arch"].as_str().map(String::from);
+            }
+            Some("kvm") => {
+                facts.kvm_usable = f["usable"].as_bool();
+                facts.kvm_reason = f["reason"].as_str().map(String::from);
+            }
+            _ => {}
+        }
+    }
+    let id = cx.subject_id().uuid();
+    vm_host::record_facts(cx.tx.conn().await?, id, &facts).await?;
+    if reaped.running > 0 {
+        return reaped.hop_when_done(Label::Wait);
+    }
+    vm_host::set_state(cx.tx.conn().await?, id, "accepting").await?;
+    hop(Label::Wait)
+}
+
+fn unreachable_tag(host: &Host) -> String {
+    format!("host-unreachable:{}", host.id())
+}
+
+/// One checkup, then sleep until the next. Unreachability is expected and
+/// handled here; only the unexpected fails the step.
+async fn checkup(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
+    cx.take("checkup");
+    let host = Host::load(cx).await?;
+    let timeout = cx.time_left().min(Duration::from_secs(10));
+    let answer = async {
+        let boot = host.agent(AgentProgram::BootId, &[], timeout).await?.stdout_str();
+        let version = host.agent(AgentProgram::AgentVersion, &[], timeout).await?.stdout_str();
+        Ok::<_, SshError>((boot.trim().to_string(), version.trim().to_string()))
+    }
+    .await;
+    let interval = cx.frame.checkup_secs;
+    match answer {
+        Ok((boot, version)) => {
+            if host.row.boot_id.as_deref().is_some_and(|b| b != boot) {
+                tracing::info!(host = %host.id(), "host rebooted since the last checkup");
+            }
+            let conn = cx.tx.conn().await?;
+            vm_host::checkup_ok(conn, host.row.id, &boot).await?;
+            if host.row.state == "unreachable" {
+                vm_host::set_state(conn, host.row.id, "accepting").await?;
+                cx.resolve_page(&unreachable_tag(&host)).await?;
+            }
+            if version != agent::version() {
+                // Agent drift (an old agent, or someone changed it): reinstall.
+                return hop(Label::InstallAgent);
+            }
+            nap(interval as f64)
+        }
+        Err(e @ SshError::HostKeyMismatch { .. }) => {
+            let details = json!({"host": host.id(), "error": e.to_string()});
+            cx.raise_page(&format!("host-key-mismatch:{}", host.id()), &format!("host {} presented another host key", host.row.name), &details)
+                .await?;
+            missed(cx, &host, &e).await
+        }
+        Err(e) if e.is_unreachable() => missed(cx, &host, &e).await,
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn missed(cx: &mut Ctx<'_, HostNexus>, host: &Host, e: &SshError) -> Step<HostNexus> {
+    let misses = vm_host::checkup_missed(cx.tx.conn().await?, host.row.id).await?;
+    tracing::warn!(host = %host.id(), misses, error = %e, "checkup missed");
+    if misses >= cx.frame.unreachable_after && host.row.state != "unreachable" {
+        vm_host::set_state(cx.tx.conn().await?, host.row.id, "unreachable").await?;
+        let summary = format!("host {} is unreachable: {misses} checkups missed in a row", host.row.name);
+        cx.raise_page(&unreachable_tag(host), &summary, &json!({"host": host.id(), "error": e.to_string()})).await?;
+    }
+    nap(cx.frame.checkup_secs as f64)
+}
+
+/// Retire the host: remove the agent (if the host answers) and mark it destroyed.
+async fn destroy(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
+    let host = Host::load(cx).await?;
+    let removed = host.exec(&crate::cmd!("rm -rf {}/agent {}/ssh", host.root(), host.root())?, cx.time_left().min(SSH_LIMIT)).await;
+    if let Err(e) = &removed {
+        tracing::warn!(host = %host.id(), error = %e, "could not clean the host while destroying it");
+    }
+    vm_host::set_state(cx.tx.conn().await?, host.row.id, "destroyed").await?;
+    cx.resolve_page(&unreachable_tag(&host)).await?;
+    pop(json!({ "msg": "host destroyed", "cleaned": removed.is_ok() }))
+}
