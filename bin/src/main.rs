@@ -50,8 +50,12 @@ enum DbAction {
     Status,
 }
 
+fn main() -> std::process::ExitCode {
+    skein_bin::worker::exit_with(tokio_main())
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn tokio_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     worker::init_logging(cli.log_json);
     match cli.command {

@@ -193,3 +193,18 @@ pub fn secret_key() -> anyhow::Result<SecretKey> {
     file.write_all(key.to_hex().as_bytes())?;
     Ok(key)
 }
+
+/// End the process: on error, print the error and its causes on one line
+/// each (no backtrace: this is for people) and exit 1.
+pub fn exit_with(result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

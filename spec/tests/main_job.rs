@@ -35,3 +35,45 @@ fn skein_help_is_true_to_its_commands() {
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(help.contains("--database-url") && help.contains("--concurrency"), "{help}");
 }
+
+#[tokio::test]
+async fn skein_host_add_refuses_bad_input_clearly_and_writes_nothing() {
+    let db = TestDb::new().await;
+    let key = std::env::temp_dir().join(format!("skein-cli-key-{}", std::process::id()));
+    std::fs::write(&key, "not really a key, never used").unwrap();
+    let key_arg = key.display().to_string();
+    let secret = "11".repeat(32);
+    let run = |args: &[&str]| {
+        Command::new(skein_spec::binary("skein"))
+            .args(["host", "add", "--database-url", &db.url()])
+            .args(args)
+            .env("SKEIN_SECRET_KEY", &secret)
+            .env("RUST_BACKTRACE", "1")
+            .output()
+            .unwrap()
+    };
+    for (args, message) in [
+        (vec!["--name", "Bad Name;rm -rf /", "--address", "192.0.2.1", "--key-file", &key_arg], "a host name is"),
+        (vec!["--name", "ok", "--address", "192.0.2.1", "--key-file", "/nonexistent/key"], "reading /nonexistent/key"),
+        (vec!["--name", "ok", "--address", "192.0.2.1", "--key-file", &key_arg, "--root-dir", "relative/dir"], "--root-dir must be an absolute path"),
+        (vec!["--name", "ok", "--address", "192.0.2.1", "--key-file", &key_arg, "--user", "root;id"], "--user must be a plain unix user name"),
+    ] {
+        let out = run(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.starts_with("error: ") && stderr.contains(message), "{args:?}: {stderr}");
+        assert!(!stderr.contains("backtrace") && !stderr.contains("at ./"), "no stack trace for people: {stderr}");
+    }
+    let written: i64 = sqlx::query_scalar("SELECT (SELECT count(*) FROM sshable) + (SELECT count(*) FROM vm_host) + (SELECT count(*) FROM strand)")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(written, 0, "a refused add leaves no half-written rows");
+
+    let out = run(&["--name", "good-host", "--address", "192.0.2.1", "--key-file", &key_arg, "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line["name"], "good-host");
+    assert!(line["id"].as_str().unwrap().starts_with("vh"));
+    std::fs::remove_file(key).unwrap();
+}

@@ -17,8 +17,12 @@ struct Args {
     log_json: bool,
 }
 
+fn main() -> std::process::ExitCode {
+    skein_bin::worker::exit_with(tokio_main())
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn tokio_main() -> anyhow::Result<()> {
     let args = Args::parse();
     worker::init_logging(args.log_json);
     let pool = tokio::select! {
