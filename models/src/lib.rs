@@ -6,6 +6,7 @@
 //! control plane grows.
 
 pub mod archive;
+pub mod capacity;
 pub mod db;
 pub mod page;
 pub mod semaphore;

@@ -25,8 +25,12 @@ pub struct VmHost {
     pub kvm_usable: Option<bool>,
     pub kvm_reason: Option<String>,
     pub agent_version: Option<String>,
+    pub image_version: Option<String>,
     pub boot_id: Option<String>,
     pub missed_checks: i32,
+    pub used_cores: i32,
+    pub used_memory_mib: i64,
+    pub used_disk_mib: i64,
     pub last_checkup_at: Option<DateTime<Utc>>,
     pub learned_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
@@ -53,6 +57,11 @@ pub async fn list(conn: &mut PgConnection) -> Result<Vec<VmHost>, sqlx::Error> {
 
 pub async fn set_state(conn: &mut PgConnection, id: Uuid, state: &str) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE vm_host SET state = $2 WHERE id = $1").bind(id).bind(state).execute(conn).await?;
+    Ok(())
+}
+
+pub async fn set_image_version(conn: &mut PgConnection, id: Uuid, version: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE vm_host SET image_version = $2 WHERE id = $1").bind(id).bind(version).execute(conn).await?;
     Ok(())
 }
 

@@ -1,0 +1,81 @@
+//! Quotas and capacity: taking and returning them atomically.
+//!
+//! Both are one conditional UPDATE: the row lock serializes concurrent
+//! takers and Postgres re-checks the condition against the row as the
+//! previous taker left it, so no interleaving can overcommit a host or
+//! exceed a quota. CHECK constraints on the tables back this up.
+
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+/// What a VM needs from a host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Size {
+    pub cores: i32,
+    pub memory_mib: i64,
+    pub disk_mib: i64,
+}
+
+/// Count one more VM against the project's quota. False if it is used up.
+pub async fn take_quota(conn: &mut PgConnection, project: Uuid) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("UPDATE project SET vm_count = vm_count + 1 WHERE id = $1 AND vm_count < vm_quota")
+        .bind(project)
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+pub async fn return_quota(conn: &mut PgConnection, project: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE project SET vm_count = vm_count - 1 WHERE id = $1 AND vm_count > 0").bind(project).execute(conn).await?;
+    Ok(())
+}
+
+/// Reserve `size` on an accepting host with room, preferring the emptiest.
+/// Returns the host, or None if no host has room now.
+pub async fn reserve(conn: &mut PgConnection, size: Size) -> Result<Option<Uuid>, sqlx::Error> {
+    let candidates: Vec<(Uuid,)> = sqlx::query_as(
+        "SELECT id FROM vm_host WHERE state = 'accepting' \
+             AND cpus - used_cores >= $1 AND memory_mib - used_memory_mib >= $2 AND storage_free_mib - used_disk_mib >= $3 \
+         ORDER BY cpus - used_cores DESC, memory_mib - used_memory_mib DESC, id LIMIT 8",
+    )
+    .bind(size.cores)
+    .bind(size.memory_mib)
+    .bind(size.disk_mib)
+    .fetch_all(&mut *conn)
+    .await?;
+    for (host,) in candidates {
+        let taken: Option<(Uuid,)> = sqlx::query_as(
+            "UPDATE vm_host SET used_cores = used_cores + $2, used_memory_mib = used_memory_mib + $3, \
+                 used_disk_mib = used_disk_mib + $4 \
+             WHERE id = $1 AND state = 'accepting' AND cpus - used_cores >= $2 \
+               AND memory_mib - used_memory_mib >= $3 AND storage_free_mib - used_disk_mib >= $4 \
+             RETURNING id",
+        )
+        .bind(host)
+        .bind(size.cores)
+        .bind(size.memory_mib)
+        .bind(size.disk_mib)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if taken.is_some() {
+            return Ok(Some(host));
+        }
+    }
+    Ok(None)
+}
+
+/// Give a VM's share back to its host.
+pub async fn release(conn: &mut PgConnection, host: Uuid, size: Size) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE vm_host SET used_cores = greatest(used_cores - $2, 0), \
+             used_memory_mib = greatest(used_memory_mib - $3, 0), used_disk_mib = greatest(used_disk_mib - $4, 0) \
+         WHERE id = $1",
+    )
+    .bind(host)
+    .bind(size.cores)
+    .bind(size.memory_mib)
+    .bind(size.disk_mib)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
