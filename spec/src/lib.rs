@@ -2,6 +2,7 @@
 //! one engine rule, and a side door for doing things "from outside" in the
 //! middle of a step (as another worker or an operator would).
 
+pub mod guest_image;
 pub mod hosts;
 pub mod procs;
 pub mod rule_progs;

@@ -28,6 +28,8 @@ impl World {
     }
 
     async fn add(&self, name: &str, h: &TestHost, bootstrap_private: &str, frame: nexus::Frame) -> Ubid {
+        // The host's own image build then finds a complete image and returns at once.
+        skein_spec::guest_image::seed(h.root_dir());
         let mut tx = self.db.pool.begin().await.unwrap();
         let addr = h.addr().to_string();
         let root = h.root_dir().display().to_string();
@@ -76,7 +78,7 @@ impl World {
 }
 
 fn quick_checkups() -> nexus::Frame {
-    nexus::Frame { checkup_secs: 1, unreachable_after: 3 }
+    nexus::Frame { checkup_secs: 1, unreachable_after: 3, ..Default::default() }
 }
 
 fn local_nproc() -> i32 {
@@ -106,6 +108,8 @@ async fn a_fresh_host_goes_from_add_to_accepting_through_respirate() {
     assert_eq!(row.agent_version.as_deref(), Some(agent::version().as_str()));
     assert!(h.root_dir().join("agent/bin/daemonizer").exists(), "the agent is installed under the host's root");
     assert_eq!(std::fs::read_to_string(h.root_dir().join("agent/VERSION")).unwrap().trim(), agent::version());
+    let image = std::fs::read_to_string(h.root_dir().join("images/guest/VERSION")).unwrap();
+    assert_eq!(row.image_version.as_deref(), Some(image.trim()), "the guest image is prepared and recorded");
 
     // The host key was pinned on first contact, and skein now uses its own key.
     let sshable = skein_models::sshable::get(&mut *w.db.pool.acquire().await.unwrap(), row.sshable_id).await.unwrap().unwrap();
@@ -218,4 +222,32 @@ async fn a_changed_host_key_is_refused_and_paged() {
     let row = w.wait_for(id, "unreachable", Duration::from_secs(30), &worker, |r| r.state == "unreachable").await;
     assert!(row.missed_checks >= 3);
     assert_eq!(w.open_pages(&tag).await, 1, "paged once, not once per checkup");
+}
+
+/// A test host cannot reboot the machine it shares; with `simulated-host`
+/// in its root, the agent simulates a reboot (documented in reboot-host).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reboot_is_requested_and_the_host_comes_back_with_a_new_boot_id() {
+    let w = World::new().await;
+    let (private, public) = generate_keypair();
+    let h = TestHost::start(&public);
+    std::fs::write(h.root_dir().join("simulated-host"), "").unwrap();
+    let id = w.add("host-reboot", &h, &private, quick_checkups()).await;
+    let worker = w.worker();
+    let before = w.wait_for(id, "accepting", Duration::from_secs(90), &worker, |r| r.state == "accepting" && r.boot_id.is_some()).await;
+
+    // Something long-running on the host, which a reboot must end.
+    let root = h.root_dir().display().to_string();
+    let daemonizer = format!("{root}/agent/bin/daemonizer");
+    let started = std::process::Command::new(&daemonizer).args(["run", "long-job", "sleep", "300"]).env("SKEIN_ROOT", &root).status().unwrap();
+    assert!(started.success());
+
+    let mut conn = w.db.pool.acquire().await.unwrap();
+    assert!(skein_engine::enqueue::incr(&mut conn, id, "reboot").await.unwrap());
+    let after = w.wait_for(id, "a new boot id", Duration::from_secs(30), &worker, |r| r.boot_id.is_some() && r.boot_id != before.boot_id).await;
+    assert_eq!(after.state, "accepting");
+    let label: String = sqlx::query_scalar("SELECT label FROM strand WHERE id = $1").bind(id.uuid()).fetch_one(&w.db.pool).await.unwrap();
+    assert_eq!(label, "Wait", "back to waiting after the reboot");
+    let state = std::process::Command::new(&daemonizer).args(["check", "long-job"]).env("SKEIN_ROOT", &root).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&state.stdout).trim(), "Failed", "the reboot ended what ran on the host");
 }

@@ -12,6 +12,8 @@ pub const FILES: &[(&str, &str)] = &[
     ("bin/learn", include_str!("../../host-agent/bin/learn")),
     ("bin/boot-id", include_str!("../../host-agent/bin/boot-id")),
     ("bin/agent-version", include_str!("../../host-agent/bin/agent-version")),
+    ("bin/build-guest-image", include_str!("../../host-agent/bin/build-guest-image")),
+    ("bin/reboot-host", include_str!("../../host-agent/bin/reboot-host")),
 ];
 
 /// `"<sha256>  <path>\n"` per file, as `sha256sum -c` reads it.

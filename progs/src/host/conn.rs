@@ -79,6 +79,7 @@ pub enum AgentProgram {
     Learn,
     BootId,
     AgentVersion,
+    RebootHost,
 }
 
 impl AgentProgram {
@@ -88,6 +89,7 @@ impl AgentProgram {
             AgentProgram::Learn => "learn",
             AgentProgram::BootId => "boot-id",
             AgentProgram::AgentVersion => "agent-version",
+            AgentProgram::RebootHost => "reboot-host",
         }
     }
 }

@@ -4,10 +4,12 @@
 //! - [`install`]: `Host::InstallAgent`, ships the host agent (a sub-prog);
 //! - [`learn`]: `Host::Learn`, one fact about a host (budded in parallel);
 //! - [`agent`]: the agent bundle compiled into this binary;
-//! - [`conn`]: a host as a prog reaches it, and adding one.
+//! - [`conn`]: a host as a prog reaches it, and adding one;
+//! - [`daemon`]: polling long host work started through the daemonizer.
 
 pub mod agent;
 pub mod conn;
+pub mod daemon;
 pub mod install;
 pub mod learn;
 pub mod nexus;

@@ -4,8 +4,10 @@
 //! Start pins the host key (trust on first use) -> TakeOver authorizes a
 //! generated key and switches to it -> InstallAgent (a sub-prog) ships the
 //! host agent -> Learn buds one child per fact and WaitLearn reaps them into
-//! the host row -> Wait: accepting, with a checkup every `checkup_secs`
-//! (or when `checkup` is set). A host that misses `unreachable_after`
+//! the host row -> PrepImage builds the guest boot image through the
+//! daemonizer -> Wait: accepting, with a checkup every `checkup_secs`
+//! (or when `checkup` is set); `reboot` reboots it and waits for a new boot
+//! id (paging if it is not back in ten minutes). A host that misses `unreachable_after`
 //! checkups in a row is marked unreachable and paged; it returns to accepting
 //! when it answers again. `destroy` retires the host.
 
@@ -15,6 +17,7 @@ use skein_engine::prelude::*;
 use skein_models::{sshable, vm_host};
 
 use super::conn::{AgentProgram, Host};
+use super::daemon::{self, Progress};
 use super::{agent, install, learn};
 use crate::ssh::keys::{self, SecretKey};
 use crate::ssh::{SshError, SshPool, Target};
@@ -22,7 +25,7 @@ use crate::ssh::{SshError, SshPool, Target};
 pub struct HostNexus;
 
 labels! {
-    pub enum Label for HostNexus { Start, TakeOver, InstallAgent, Learn, WaitLearn, Wait, Destroy }
+    pub enum Label for HostNexus { Start, TakeOver, InstallAgent, Learn, WaitLearn, PrepImage, Wait, Reboot, WaitReboot, Destroy }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -33,6 +36,12 @@ pub struct Frame {
     /// Missed checkups in a row before the host counts as unreachable.
     #[serde(default = "default_unreachable_after")]
     pub unreachable_after: i32,
+    /// Failed image builds seen so far (a page is raised after a few).
+    #[serde(default)]
+    pub image_failures: u32,
+    /// The boot id before a requested reboot; the reboot is done when it changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id_before_reboot: Option<String>,
 }
 
 fn default_checkup_secs() -> u64 {
@@ -45,7 +54,12 @@ fn default_unreachable_after() -> i32 {
 
 impl Default for Frame {
     fn default() -> Self {
-        Frame { checkup_secs: default_checkup_secs(), unreachable_after: default_unreachable_after() }
+        Frame {
+            checkup_secs: default_checkup_secs(),
+            unreachable_after: default_unreachable_after(),
+            image_failures: 0,
+            boot_id_before_reboot: None,
+        }
     }
 }
 
@@ -73,7 +87,11 @@ impl Prog for HostNexus {
                 hop(Label::WaitLearn)
             }
             Label::WaitLearn => wait_learn(cx).await,
+            Label::PrepImage => prep_image(cx).await,
+            Label::Wait if cx.take("reboot") => hop(Label::Reboot),
             Label::Wait => checkup(cx).await,
+            Label::Reboot => reboot(cx).await,
+            Label::WaitReboot => wait_reboot(cx).await,
             Label::Destroy => destroy(cx).await,
         }
     }
@@ -154,8 +172,34 @@ async fn wait_learn(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
     if reaped.running > 0 {
         return reaped.hop_when_done(Label::Wait);
     }
-    vm_host::set_state(cx.tx.conn().await?, id, "accepting").await?;
-    hop(Label::Wait)
+    hop(Label::PrepImage)
+}
+
+/// Build the guest boot image on the host (detached: it takes minutes the
+/// first time), then accept VMs.
+async fn prep_image(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
+    let host = Host::load(cx).await?;
+    let timeout = cx.time_left().min(SSH_LIMIT);
+    match daemon::drive(&host, "guest-image", "build-guest-image", timeout).await? {
+        Progress::Running => nap(5),
+        Progress::Retrying => {
+            cx.frame.image_failures += 1;
+            if cx.frame.image_failures >= 3 {
+                let log = host.agent(AgentProgram::Daemonizer, &["logs", "guest-image"], timeout).await.map(|o| o.stdout_str());
+                let summary = format!("host {} cannot build the guest image ({} failures)", host.row.name, cx.frame.image_failures);
+                cx.raise_page(&format!("host-image:{}", host.id()), &summary, &json!({"log": log.unwrap_or_default()})).await?;
+            }
+            nap(10)
+        }
+        Progress::Done => {
+            let version = host.exec(&crate::cmd!("cat {}/images/guest/VERSION", host.root())?, timeout).await?.stdout_str();
+            let conn = cx.tx.conn().await?;
+            vm_host::set_image_version(conn, host.row.id, version.trim()).await?;
+            vm_host::set_state(conn, host.row.id, "accepting").await?;
+            cx.resolve_page(&format!("host-image:{}", host.id())).await?;
+            hop(Label::Wait)
+        }
+    }
 }
 
 fn unreachable_tag(host: &Host) -> String {
@@ -199,6 +243,34 @@ async fn checkup(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
             missed(cx, &host, &e).await
         }
         Err(e) if e.is_unreachable() => missed(cx, &host, &e).await,
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Ask the host to reboot; remember its boot id to see when it is back.
+async fn reboot(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
+    let host = Host::load(cx).await?;
+    let timeout = cx.time_left().min(SSH_LIMIT);
+    let before = host.agent(AgentProgram::BootId, &[], timeout).await?.stdout_str().trim().to_string();
+    let said = host.agent(AgentProgram::RebootHost, &[], timeout).await?.stdout_str();
+    tracing::info!(host = %host.id(), answer = %said.trim(), "reboot requested");
+    cx.frame.boot_id_before_reboot = Some(before);
+    cx.register_deadline(Label::Wait, Duration::from_secs(600));
+    hop(Label::WaitReboot)
+}
+
+/// Back when the host answers with a new boot id.
+async fn wait_reboot(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
+    let host = Host::load(cx).await?;
+    let answer = host.agent(AgentProgram::BootId, &[], cx.time_left().min(Duration::from_secs(10))).await;
+    match answer {
+        Ok(out) if Some(out.stdout_str().trim()) != cx.frame.boot_id_before_reboot.as_deref() => {
+            vm_host::checkup_ok(cx.tx.conn().await?, host.row.id, out.stdout_str().trim()).await?;
+            cx.frame.boot_id_before_reboot = None;
+            hop(Label::Wait)
+        }
+        Ok(_) => nap(2),
+        Err(e) if e.is_unreachable() => nap(2),
         Err(e) => Err(e.into()),
     }
 }
