@@ -250,7 +250,10 @@ async fn metrics_endpoint_reports_steps_and_due_strands() {
             let _ = s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n");
             let _ = s.read_to_string(&mut body);
         }
-        if body.contains("skein_due_strands") && body.contains("skein_steps_total") || Instant::now() > until {
+        // Counters are updated as the worker tallies finished strands, just
+        // after their rows commit: poll until the final count shows.
+        let all_counted = body.contains("skein_steps_total{prog=\"Bench::Step\"} 100");
+        if all_counted && body.contains("skein_due_strands") || Instant::now() > until {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
