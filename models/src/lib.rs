@@ -13,6 +13,7 @@ pub mod semaphore;
 pub mod sshable;
 pub mod strand;
 pub mod ubid;
+pub mod vm;
 pub mod vm_host;
 
 pub use ubid::{Ubid, UbidError, UbidType};

@@ -9,10 +9,11 @@ pub mod bench;
 pub mod demo;
 pub mod host;
 pub mod ssh;
+pub mod vm;
 
 use skein_engine::Registry;
 
 /// Every prog in this crate.
 pub fn registry() -> Registry {
-    Registry::new().merge(&demo::registry()).merge(&bench::registry()).merge(&host::registry())
+    Registry::new().merge(&demo::registry()).merge(&bench::registry()).merge(&host::registry()).merge(&vm::registry())
 }

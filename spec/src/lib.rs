@@ -6,6 +6,7 @@ pub mod guest_image;
 pub mod hosts;
 pub mod procs;
 pub mod rule_progs;
+pub mod world;
 
 pub use rule_progs::registry;
 

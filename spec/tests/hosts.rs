@@ -4,78 +4,9 @@
 
 use std::time::{Duration, Instant};
 
-use skein_engine::testing::TestDb;
-use skein_models::vm_host::{self, VmHost};
-use skein_models::Ubid;
-use skein_progs::host::{self, agent, nexus, NewHost};
-use skein_progs::ssh::keys::SecretKey;
+use skein_progs::host::{agent, nexus};
 use skein_spec::hosts::{generate_keypair, TestHost};
-use skein_spec::procs::Proc;
-
-struct World {
-    db: TestDb,
-    secret: SecretKey,
-}
-
-impl World {
-    async fn new() -> World {
-        World { db: TestDb::new().await, secret: SecretKey::random() }
-    }
-
-    fn worker(&self) -> Proc {
-        let hex = self.secret.to_hex();
-        Proc::respirate_env(&self.db.url(), &["--concurrency", "16"], &[("SKEIN_SECRET_KEY", &hex)])
-    }
-
-    async fn add(&self, name: &str, h: &TestHost, bootstrap_private: &str, frame: nexus::Frame) -> Ubid {
-        // The host's own image build then finds a complete image and returns at once.
-        skein_spec::guest_image::seed(h.root_dir());
-        let mut tx = self.db.pool.begin().await.unwrap();
-        let addr = h.addr().to_string();
-        let root = h.root_dir().display().to_string();
-        let new = NewHost { name, address: &addr, port: h.port(), user: "root", bootstrap_private_key: bootstrap_private, root_dir: &root };
-        let id = host::add(&mut tx, &self.secret, &new, frame).await.unwrap();
-        tx.commit().await.unwrap();
-        id
-    }
-
-    async fn host(&self, id: Ubid) -> VmHost {
-        vm_host::get(&mut *self.db.pool.acquire().await.unwrap(), id.uuid()).await.unwrap().unwrap()
-    }
-
-    async fn strand_error(&self, id: Ubid) -> String {
-        sqlx::query_scalar::<_, Option<String>>("SELECT last_error FROM strand WHERE id = $1")
-            .bind(id.uuid())
-            .fetch_optional(&self.db.pool)
-            .await
-            .unwrap()
-            .flatten()
-            .unwrap_or_default()
-    }
-
-    /// Wait until `done` holds for the host row, or fail with what is known.
-    async fn wait_for(&self, id: Ubid, what: &str, limit: Duration, worker: &Proc, done: impl Fn(&VmHost) -> bool) -> VmHost {
-        let until = Instant::now() + limit;
-        loop {
-            let row = self.host(id).await;
-            if done(&row) {
-                return row;
-            }
-            if Instant::now() > until {
-                panic!(
-                    "host never got {what}: {row:?}\nstrand error: {}\nworker log:\n{}",
-                    self.strand_error(id).await,
-                    worker.log_text()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    async fn open_pages(&self, tag: &str) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM page WHERE tag = $1 AND resolved_at IS NULL").bind(tag).fetch_one(&self.db.pool).await.unwrap()
-    }
-}
+use skein_spec::world::World;
 
 fn quick_checkups() -> nexus::Frame {
     nexus::Frame { checkup_secs: 1, unreachable_after: 3, ..Default::default() }

@@ -14,6 +14,10 @@ pub const FILES: &[(&str, &str)] = &[
     ("bin/agent-version", include_str!("../../host-agent/bin/agent-version")),
     ("bin/build-guest-image", include_str!("../../host-agent/bin/build-guest-image")),
     ("bin/reboot-host", include_str!("../../host-agent/bin/reboot-host")),
+    ("bin/vm-setup", include_str!("../../host-agent/bin/vm-setup")),
+    ("bin/vm-run", include_str!("../../host-agent/bin/vm-run")),
+    ("bin/vm-status", include_str!("../../host-agent/bin/vm-status")),
+    ("bin/vm-remove", include_str!("../../host-agent/bin/vm-remove")),
 ];
 
 /// `"<sha256>  <path>\n"` per file, as `sha256sum -c` reads it.

@@ -23,6 +23,11 @@ impl Host {
     /// The host this strand drives (its subject).
     pub async fn load<P: Prog>(cx: &mut Ctx<'_, P>) -> anyhow::Result<Host> {
         let id = cx.subject_id();
+        Host::load_id(cx, id).await
+    }
+
+    /// Host `id`, for a strand that drives something on it (a VM).
+    pub async fn load_id<P: Prog>(cx: &mut Ctx<'_, P>, id: Ubid) -> anyhow::Result<Host> {
         let ssh = cx.resource::<SshPool>()?.clone();
         let secret = cx.resource::<SecretKey>()?.clone();
         let conn = cx.tx.conn().await?;

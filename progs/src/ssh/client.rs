@@ -241,7 +241,8 @@ fn wire_command(cmd: &Cmd) -> String {
     }
 }
 
-fn base64_encode(bytes: &[u8]) -> String {
+/// Standard base64 with padding (what coreutils' `base64 -d` reads).
+pub fn base64_encode(bytes: &[u8]) -> String {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {

@@ -1,0 +1,81 @@
+//! VMs: what each one is (owner, size, key, host, desired state). What is
+//! true on the host right now (qemu's pid, the SSH port) is not here: it is
+//! rediscovered from the host.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{FromRow, PgConnection};
+use uuid::Uuid;
+
+use crate::capacity::Size;
+
+#[derive(Clone, Debug, FromRow, Serialize)]
+pub struct Vm {
+    pub id: Uuid,
+    pub project_id: Uuid,
+    pub name: String,
+    pub cores: i32,
+    pub memory_mib: i32,
+    pub disk_mib: i32,
+    pub public_key: String,
+    pub host_id: Option<Uuid>,
+    pub desired_state: String,
+    pub state: String,
+    pub waiting_since: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl Vm {
+    pub fn size(&self) -> Size {
+        Size { cores: self.cores, memory_mib: self.memory_mib as i64, disk_mib: self.disk_mib as i64 }
+    }
+}
+
+pub struct NewVm<'a> {
+    pub id: Uuid,
+    pub project_id: Uuid,
+    pub name: &'a str,
+    pub cores: i32,
+    pub memory_mib: i32,
+    pub disk_mib: i32,
+    pub public_key: &'a str,
+}
+
+pub async fn insert(conn: &mut PgConnection, v: &NewVm<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO vm (id, project_id, name, cores, memory_mib, disk_mib, public_key) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(v.id)
+    .bind(v.project_id)
+    .bind(v.name)
+    .bind(v.cores)
+    .bind(v.memory_mib)
+    .bind(v.disk_mib)
+    .bind(v.public_key)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<Option<Vm>, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM vm WHERE id = $1").bind(id).fetch_optional(conn).await
+}
+
+pub async fn set_state(conn: &mut PgConnection, id: Uuid, state: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE vm SET state = $2, waiting_since = CASE WHEN $2 = 'waiting' THEN coalesce(waiting_since, now()) END WHERE id = $1")
+        .bind(id)
+        .bind(state)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The VM lives on `host` from now on.
+pub async fn place(conn: &mut PgConnection, id: Uuid, host: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE vm SET host_id = $2, state = 'starting', waiting_since = NULL WHERE id = $1")
+        .bind(id)
+        .bind(host)
+        .execute(conn)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,53 @@
+//! The VM family: `Vm::Nexus`, a VM's lifecycle on a host, and creating one.
+
+pub mod nexus;
+
+use skein_models::capacity;
+use skein_models::vm::{self, NewVm};
+use skein_models::{Ubid, UbidType};
+use sqlx::PgConnection;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CreateError {
+    #[error("project {0} has used up its VM quota")]
+    QuotaExceeded(Ubid),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+/// What a VM is asked to be.
+pub struct Spec<'a> {
+    pub name: &'a str,
+    pub cores: i32,
+    pub memory_mib: i32,
+    pub disk_mib: i32,
+    pub public_key: &'a str,
+}
+
+/// Create a VM: take quota, write its row and start its strand, all in the
+/// caller's transaction (all or nothing). Placing it on a host is the
+/// strand's first step, so this returns at once.
+pub async fn create(conn: &mut PgConnection, project: Ubid, spec: &Spec<'_>, frame: nexus::Frame) -> Result<Ubid, CreateError> {
+    if !capacity::take_quota(conn, project.uuid()).await? {
+        return Err(CreateError::QuotaExceeded(project));
+    }
+    let id = Ubid::generate(UbidType::Vm);
+    let new = NewVm {
+        id: id.uuid(),
+        project_id: project.uuid(),
+        name: spec.name,
+        cores: spec.cores,
+        memory_mib: spec.memory_mib,
+        disk_mib: spec.disk_mib,
+        public_key: spec.public_key,
+    };
+    vm::insert(conn, &new).await?;
+    skein_engine::enqueue::start_for(conn, id, frame, nexus::Label::Start).await?;
+    Ok(id)
+}
+
+pub fn registry() -> skein_engine::Registry {
+    skein_engine::Registry::new().with::<nexus::Nexus>()
+}

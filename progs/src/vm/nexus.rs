@@ -1,0 +1,230 @@
+//! `Vm::Nexus`: a VM's life on a host.
+//!
+//! Start places it on a host with room (reserving the capacity atomically;
+//! with no room it waits, visibly, and pages after `wait_page_secs`) ->
+//! Setup makes its unix user, directory and overlay disk on the host ->
+//! Launch starts qemu through the daemonizer -> WaitBoot waits until the
+//! guest's SSH answers -> Running watches it every `checkup_secs`, and
+//! starts it again if its qemu died while it should run. `destroy` stops
+//! qemu, removes user, disk and directory, and returns capacity and quota.
+//!
+//! What the VM is lives in the database; what is true on the host right now
+//! (qemu's pid, the SSH port picked at launch) is asked of the host
+//! (`vm-status`) every time, never trusted from an old copy.
+
+use std::time::Duration;
+
+use skein_engine::prelude::*;
+use skein_models::vm::{self, Vm};
+use skein_models::{capacity, Ubid};
+
+use crate::host::conn::Host;
+use crate::ssh::client::base64_encode;
+use crate::ssh::Cmd;
+
+pub struct Nexus;
+
+labels! {
+    pub enum Label for Nexus { Start, Setup, Launch, WaitBoot, Running, Destroy }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Frame {
+    /// Page an operator when no host has had room for this long.
+    #[serde(default = "default_wait_page_secs")]
+    pub wait_page_secs: u64,
+    /// Seconds between checkups of a running VM.
+    #[serde(default = "default_checkup_secs")]
+    pub checkup_secs: u64,
+    /// Times qemu was found dead and started again.
+    #[serde(default)]
+    pub restarts: u32,
+}
+
+fn default_wait_page_secs() -> u64 {
+    300
+}
+
+fn default_checkup_secs() -> u64 {
+    30
+}
+
+impl Default for Frame {
+    fn default() -> Self {
+        Frame { wait_page_secs: default_wait_page_secs(), checkup_secs: default_checkup_secs(), restarts: 0 }
+    }
+}
+
+const SSH_LIMIT: Duration = Duration::from_secs(30);
+
+#[async_trait]
+impl Prog for Nexus {
+    const NAME: &'static str = "Vm::Nexus";
+    type Label = Label;
+    type Frame = Frame;
+    const DESTROY: Option<Label> = Some(Label::Destroy);
+
+    async fn run(cx: &mut Ctx<'_, Self>, label: Label) -> Step<Self> {
+        match label {
+            Label::Start => start(cx).await,
+            Label::Setup => setup(cx).await,
+            Label::Launch => launch(cx).await,
+            Label::WaitBoot => wait_boot(cx).await,
+            Label::Running => running(cx).await,
+            Label::Destroy => destroy(cx).await,
+        }
+    }
+}
+
+async fn load(cx: &mut Ctx<'_, Nexus>) -> anyhow::Result<Vm> {
+    let id = cx.subject_id();
+    vm::get(cx.tx.conn().await?, id.uuid()).await?.ok_or_else(|| anyhow::anyhow!("vm {id} is gone"))
+}
+
+async fn host_of(cx: &mut Ctx<'_, Nexus>, vm: &Vm) -> anyhow::Result<Host> {
+    let host = vm.host_id.ok_or_else(|| anyhow::anyhow!("vm {} is not placed on a host", vm.name))?;
+    Host::load_id(cx, Ubid::from_uuid(host)).await
+}
+
+/// The VM's name on its host: its id (also its unix user).
+fn unix_name(vm: &Vm) -> String {
+    Ubid::from_uuid(vm.id).to_string()
+}
+
+fn waiting_tag(vm: &Vm) -> String {
+    format!("vm-waiting:{}", Ubid::from_uuid(vm.id))
+}
+
+/// Place the VM on a host with room, or wait where an operator can see why.
+async fn start(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
+    let vm = load(cx).await?;
+    if vm.host_id.is_some() {
+        return hop(Label::Setup);
+    }
+    let conn = cx.tx.conn().await?;
+    match capacity::reserve(conn, vm.size()).await? {
+        Some(host) => {
+            vm::place(conn, vm.id, host).await?;
+            cx.resolve_page(&waiting_tag(&vm)).await?;
+            hop(Label::Setup)
+        }
+        None => {
+            vm::set_state(conn, vm.id, "waiting").await?;
+            let waited = vm.waiting_since.map(|t| (chrono::Utc::now() - t).num_seconds()).unwrap_or(0);
+            if waited >= cx.frame.wait_page_secs as i64 {
+                let summary = format!("vm {} has waited {waited} s for a host with room for {:?}", vm.name, vm.size());
+                cx.raise_page(&waiting_tag(&vm), &summary, &json!({"vm": Ubid::from_uuid(vm.id)})).await?;
+            }
+            nap(5)
+        }
+    }
+}
+
+/// Its user, directory and disk on the host (idempotent on the host side).
+async fn setup(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
+    let vm = load(cx).await?;
+    let host = host_of(cx, &vm).await?;
+    let (root, name) = (host.root().to_string(), unix_name(&vm));
+    let key = base64_encode(vm.public_key.as_bytes());
+    let line = crate::cmd!(
+        "SKEIN_ROOT={} {}/agent/bin/vm-setup {} {} {} {}",
+        root,
+        root,
+        name,
+        vm.cores,
+        vm.memory_mib,
+        key
+    )?;
+    host.exec(&line, cx.time_left().min(SSH_LIMIT)).await?;
+    hop(Label::Launch)
+}
+
+fn daemonizer(root: &str, action: &str, name: &str) -> Result<Cmd, crate::ssh::CmdError> {
+    crate::cmd!("SKEIN_ROOT={} {}/agent/bin/daemonizer {} {}", root, root, action, format!("vm-{name}"))
+}
+
+/// Start qemu detached, unless it runs already.
+async fn launch(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
+    let vm = load(cx).await?;
+    let host = host_of(cx, &vm).await?;
+    let (root, name) = (host.root().to_string(), unix_name(&vm));
+    let timeout = cx.time_left().min(SSH_LIMIT);
+    let state = host.exec(&daemonizer(&root, "check", &name)?, timeout).await?.stdout_str();
+    match state.trim() {
+        "InProgress" => hop(Label::WaitBoot),
+        finished => {
+            if finished != "NotStarted" {
+                // qemu exited (or was killed): forget that run before the next.
+                host.exec(&daemonizer(&root, "clean", &name)?, timeout).await?;
+            }
+            let run = crate::cmd!(
+                "SKEIN_ROOT={} {}/agent/bin/daemonizer run {} {}/agent/bin/vm-run {}",
+                root,
+                root,
+                format!("vm-{name}"),
+                root,
+                name
+            )?;
+            host.exec(&run, timeout).await?;
+            vm::set_state(cx.tx.conn().await?, vm.id, "starting").await?;
+            nap(1)
+        }
+    }
+}
+
+/// What the host says about the VM right now.
+async fn status(cx: &mut Ctx<'_, Nexus>, host: &Host, vm: &Vm) -> anyhow::Result<Value> {
+    let root = host.root();
+    let line = crate::cmd!("SKEIN_ROOT={} {}/agent/bin/vm-status {}", root, root, unix_name(vm))?;
+    let out = host.exec(&line, cx.time_left().min(SSH_LIMIT)).await?;
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// Wait until the guest's SSH answers through the host.
+async fn wait_boot(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
+    let vm = load(cx).await?;
+    let host = host_of(cx, &vm).await?;
+    let now = status(cx, &host, &vm).await?;
+    if now["running"] != json!(true) {
+        return hop(Label::Launch);
+    }
+    if now["ssh_ready"] != json!(true) {
+        return nap(1);
+    }
+    vm::set_state(cx.tx.conn().await?, vm.id, "running").await?;
+    hop(Label::Running)
+}
+
+/// Watch a running VM; start it again if its qemu died.
+async fn running(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
+    cx.take("checkup");
+    let vm = load(cx).await?;
+    let host = host_of(cx, &vm).await?;
+    let now = status(cx, &host, &vm).await?;
+    if now["running"] != json!(true) && vm.desired_state == "running" {
+        tracing::warn!(vm = %Ubid::from_uuid(vm.id), "qemu is gone; starting the VM again");
+        cx.frame.restarts += 1;
+        return hop(Label::Launch);
+    }
+    nap(cx.frame.checkup_secs as f64)
+}
+
+/// Take the VM off its host and give back what it held.
+async fn destroy(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
+    let vm = load(cx).await?;
+    vm::set_state(cx.tx.conn().await?, vm.id, "destroying").await?;
+    if let Some(host_id) = vm.host_id {
+        let host = host_of(cx, &vm).await?;
+        let (root, name) = (host.root().to_string(), unix_name(&vm));
+        let timeout = cx.time_left().min(SSH_LIMIT);
+        host.exec(&crate::cmd!("SKEIN_ROOT={} {}/agent/bin/vm-remove {}", root, root, name)?, timeout).await?;
+        // The run is over (its qemu is gone): forget it; it may never have started.
+        let _ = host.exec(&daemonizer(&root, "clean", &name)?, timeout).await;
+        capacity::release(cx.tx.conn().await?, host_id, vm.size()).await?;
+    }
+    let conn = cx.tx.conn().await?;
+    capacity::return_quota(conn, vm.project_id).await?;
+    vm::set_state(conn, vm.id, "destroyed").await?;
+    cx.resolve_page(&waiting_tag(&vm)).await?;
+    pop(json!({ "msg": "vm destroyed" }))
+}

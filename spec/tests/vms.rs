@@ -1,0 +1,129 @@
+//! VMs end to end: a real qemu guest on a real sshd test host, driven by
+//! Vm::Nexus in real respirate processes.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use skein_models::{vm, Ubid, UbidType};
+use skein_progs::host::nexus as host_nexus;
+use skein_progs::vm::{self as vms, nexus, Spec};
+use skein_spec::hosts::{generate_keypair, TestHost};
+use skein_spec::world::World;
+
+async fn project(w: &World, quota: i32) -> Ubid {
+    let id = Ubid::generate(UbidType::Project);
+    sqlx::query("INSERT INTO project (id, name, vm_quota) VALUES ($1, 'tenant', $2)").bind(id.uuid()).bind(quota).execute(&w.db.pool).await.unwrap();
+    id
+}
+
+async fn vm_row(w: &World, id: Ubid) -> vm::Vm {
+    vm::get(&mut *w.db.pool.acquire().await.unwrap(), id.uuid()).await.unwrap().unwrap()
+}
+
+async fn wait_vm(w: &World, id: Ubid, want: &str, limit: Duration, worker: &skein_spec::procs::Proc) -> vm::Vm {
+    let until = Instant::now() + limit;
+    loop {
+        let row = vm_row(w, id).await;
+        if row.state == want {
+            return row;
+        }
+        if Instant::now() > until {
+            panic!("vm never got {want}: {row:?}\nstrand error: {}\nworker log:\n{}", w.strand_error(id).await, worker.log_text());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_is_created_answers_ssh_and_is_destroyed_leaving_nothing() {
+    let w = World::new().await;
+    let (host_private, host_public) = generate_keypair();
+    let h = TestHost::start(&host_public);
+    let host_id = w.add("vm-host", &h, &host_private, host_nexus::Frame::default()).await;
+    let worker = w.worker();
+    w.wait_for(host_id, "accepting", Duration::from_secs(90), &worker, |r| r.state == "accepting").await;
+
+    let (owner_private, owner_public) = generate_keypair();
+    let project = project(&w, 3).await;
+    let spec = Spec { name: "web-1", cores: 1, memory_mib: 256, disk_mib: 64, public_key: &owner_public };
+    let began = Instant::now();
+    let mut tx = w.db.pool.begin().await.unwrap();
+    let id = vms::create(&mut tx, project, &spec, nexus::Frame::default()).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let row = wait_vm(&w, id, "running", Duration::from_secs(180), &worker).await;
+    eprintln!("create -> running: {:?}", began.elapsed());
+    assert_eq!(row.host_id, Some(host_id.uuid()));
+    let host_row = w.host(host_id).await;
+    assert_eq!((host_row.used_cores, host_row.used_memory_mib), (1, 256), "capacity is reserved");
+
+    // Into the guest, through the port the host picked at launch (kept on the host).
+    let name = id.to_string();
+    let dir = h.root_dir().join("vms").join(&name);
+    let port = std::fs::read_to_string(dir.join("ssh.port")).unwrap().trim().to_string();
+    let key_file = std::env::temp_dir().join(format!("skein-vm-key-{}", std::process::id()));
+    std::fs::write(&key_file, &owner_private).unwrap();
+    let mut perms = std::fs::metadata(&key_file).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
+    std::fs::set_permissions(&key_file, perms).unwrap();
+    let ssh = Command::new("ssh")
+        .args(["-i", &key_file.display().to_string(), "-p", &port])
+        .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"])
+        .arg(format!("root@{}", h.addr()))
+        .arg("uname -a; hostname")
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&ssh.stdout);
+    assert!(ssh.status.success(), "ssh into the guest failed: {}", String::from_utf8_lossy(&ssh.stderr));
+    assert!(out.starts_with("Linux "), "{out}");
+    assert!(out.contains(&name), "the guest's hostname is the VM's id: {out}");
+    let qemu_running = || Command::new("pgrep").args(["-u", &name, "qemu"]).output().map(|o| o.status.success()).unwrap_or(false);
+    assert!(qemu_running(), "qemu runs as the VM's own unix user");
+
+    // Destroy: nothing of it remains on the host, and what it held is returned.
+    let mut conn = w.db.pool.acquire().await.unwrap();
+    skein_engine::enqueue::incr(&mut conn, id, "destroy").await.unwrap();
+    wait_vm(&w, id, "destroyed", Duration::from_secs(60), &worker).await;
+    assert!(!qemu_running(), "no qemu left");
+    assert!(!dir.exists(), "no directory or disk left");
+    let user = Command::new("id").arg(&name).output().unwrap();
+    assert!(!user.status.success(), "no unix user left");
+    let host_row = w.host(host_id).await;
+    assert_eq!((host_row.used_cores, host_row.used_memory_mib, host_row.used_disk_mib), (0, 0, 0), "capacity returned");
+    let count: i32 = sqlx::query_scalar("SELECT vm_count FROM project WHERE id = $1").bind(project.uuid()).fetch_one(&w.db.pool).await.unwrap();
+    assert_eq!(count, 0, "quota returned");
+    std::fs::remove_file(key_file).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_waits_visibly_while_no_host_has_room_and_quota_is_enforced() {
+    let w = World::new().await;
+    let (_, owner_public) = generate_keypair();
+    let project = project(&w, 2).await;
+    let spec = |name: &'static str| Spec { name, cores: 1, memory_mib: 256, disk_mib: 64, public_key: owner_public.as_str() };
+    let quick_page = || nexus::Frame { wait_page_secs: 1, ..Default::default() };
+
+    // A create past the quota is refused, and its transaction keeps nothing.
+    let mut tx = w.db.pool.begin().await.unwrap();
+    let first = vms::create(&mut tx, project, &spec("a"), quick_page()).await.unwrap();
+    vms::create(&mut tx, project, &spec("b"), quick_page()).await.unwrap();
+    let third = vms::create(&mut tx, project, &spec("c"), quick_page()).await;
+    assert!(matches!(third, Err(vms::CreateError::QuotaExceeded(_))), "the quota of 2 is enforced at create");
+    drop(tx);
+    assert!(vm::get(&mut *w.db.pool.acquire().await.unwrap(), first.uuid()).await.unwrap().is_none(), "rolled back with its transaction");
+    let count: i32 = sqlx::query_scalar("SELECT vm_count FROM project WHERE id = $1").bind(project.uuid()).fetch_one(&w.db.pool).await.unwrap();
+    assert_eq!(count, 0, "and so was the quota it took");
+
+    // No host has room (there is none): the VM waits, says so, and an operator is paged.
+    let mut tx = w.db.pool.begin().await.unwrap();
+    let id = vms::create(&mut tx, project, &spec("a"), quick_page()).await.unwrap();
+    tx.commit().await.unwrap();
+    let worker = w.worker();
+    let row = wait_vm(&w, id, "waiting", Duration::from_secs(30), &worker).await;
+    assert!(row.waiting_since.is_some() && row.host_id.is_none());
+    let until = Instant::now() + Duration::from_secs(30);
+    while w.open_pages(&format!("vm-waiting:{id}")).await == 0 {
+        assert!(Instant::now() < until, "no page for the waiting VM:\n{}", worker.log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
