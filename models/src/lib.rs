@@ -8,6 +8,7 @@
 pub mod archive;
 pub mod capacity;
 pub mod db;
+pub mod event;
 pub mod page;
 pub mod semaphore;
 pub mod sshable;

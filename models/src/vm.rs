@@ -79,3 +79,8 @@ pub async fn place(conn: &mut PgConnection, id: Uuid, host: Uuid) -> Result<(), 
         .await?;
     Ok(())
 }
+
+pub async fn set_desired(conn: &mut PgConnection, id: Uuid, desired: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE vm SET desired_state = $2 WHERE id = $1").bind(id).bind(desired).execute(conn).await?;
+    Ok(())
+}

@@ -261,10 +261,28 @@ impl Drop for TestHost {
             let _ = child.wait();
         }
         kill_sshds_of(&self.dir);
+        remove_users_of(&self.dir);
         remove_network(self.n);
         let _ = fs::remove_dir_all(&self.dir);
         let _ = fs::remove_file(claim_path(self.n));
         drop(self.claim.take());
+    }
+}
+
+/// Unix users made for VMs on this host (their home is under its directory):
+/// a test that fails before destroying its VMs must not leave them behind
+/// on the machine the test hosts share.
+fn remove_users_of(dir: &Path) {
+    let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let prefix = format!("{}/", dir.display());
+    for line in passwd.lines() {
+        let fields: Vec<&str> = line.split(':').collect();
+        if let [user, _, _, _, _, home, ..] = fields.as_slice() {
+            if home.starts_with(&prefix) {
+                let _ = Command::new("pkill").args(["-KILL", "-u", user]).status();
+                let _ = Command::new("userdel").arg(user).status();
+            }
+        }
     }
 }
 

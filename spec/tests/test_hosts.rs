@@ -219,6 +219,16 @@ fn dropping_a_host_removes_its_namespace_processes_and_files() {
     let outer = format!("skh{}a", netns.strip_prefix("skein-host-").unwrap());
     assert!(Path::new("/sys/class/net").join(&outer).exists(), "{outer} exists while the host lives");
 
+    // A unix user a VM on this host would have (home under the host's root).
+    let vm_user = format!("vmtest{}", std::process::id());
+    let made = Command::new("useradd")
+        .args(["--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "--home-dir"])
+        .arg(host.root_dir().join("vms").join(&vm_user))
+        .arg(&vm_user)
+        .status()
+        .unwrap();
+    assert!(made.success());
+
     let mut session = ssh_command(&host, &key.path(), None, "sleep 300").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     wait_for_remote_sleep(&host, &mut session);
     let pids = netns_pids(&host);
@@ -227,6 +237,7 @@ fn dropping_a_host_removes_its_namespace_processes_and_files() {
     assert!(!with_config.is_empty(), "sshd runs with {}", config.display());
 
     drop(host);
+    assert!(!Command::new("id").arg(&vm_user).output().unwrap().status.success(), "the VM user {vm_user} was removed with the host");
 
     assert!(!netns_list().lines().any(|l| l.split_whitespace().next() == Some(&netns)), "{netns} is gone:\n{}", netns_list());
     assert!(!Path::new("/run/netns").join(&netns).exists());

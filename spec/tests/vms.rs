@@ -92,7 +92,111 @@ async fn a_vm_is_created_answers_ssh_and_is_destroyed_leaving_nothing() {
     assert_eq!((host_row.used_cores, host_row.used_memory_mib, host_row.used_disk_mib), (0, 0, 0), "capacity returned");
     let count: i32 = sqlx::query_scalar("SELECT vm_count FROM project WHERE id = $1").bind(project.uuid()).fetch_one(&w.db.pool).await.unwrap();
     assert_eq!(count, 0, "quota returned");
+    let kinds = event_kinds(&w, id).await;
+    assert_eq!(kinds, ["created", "placed", "launched", "running", "destroyed"], "every change is an event");
     std::fs::remove_file(key_file).unwrap();
+}
+
+async fn event_kinds(w: &World, id: Ubid) -> Vec<String> {
+    skein_models::event::of(&mut *w.db.pool.acquire().await.unwrap(), id.uuid()).await.unwrap().into_iter().map(|e| e.kind).collect()
+}
+
+fn qemus_of(name: &str) -> usize {
+    let out = Command::new("pgrep").args(["-u", name, "qemu"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+/// A host accepting VMs, a project, and a worker: the start of every VM test.
+async fn ready_host(w: &World) -> (TestHost, skein_spec::procs::Proc, Ubid) {
+    let (host_private, host_public) = generate_keypair();
+    let h = TestHost::start(&host_public);
+    let host_id = w.add("vm-host", &h, &host_private, host_nexus::Frame::default()).await;
+    let worker = w.worker();
+    w.wait_for(host_id, "accepting", Duration::from_secs(90), &worker, |r| r.state == "accepting").await;
+    let project = project(w, 5).await;
+    (h, worker, project)
+}
+
+async fn create(w: &World, project: Ubid, public_key: &str, frame: nexus::Frame) -> Ubid {
+    let spec = Spec { name: "app", cores: 1, memory_mib: 256, disk_mib: 64, public_key };
+    let mut tx = w.db.pool.begin().await.unwrap();
+    let id = vms::create(&mut tx, project, &spec, frame).await.unwrap();
+    tx.commit().await.unwrap();
+    id
+}
+
+async fn signal(w: &World, id: Ubid, name: &str) {
+    assert!(skein_engine::enqueue::incr(&mut *w.db.pool.acquire().await.unwrap(), id, name).await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_qemu_is_noticed_and_started_again_and_stop_start_restart_work() {
+    let w = World::new().await;
+    let (_h, worker, project) = ready_host(&w).await;
+    let (_, owner_public) = generate_keypair();
+    let id = create(&w, project, &owner_public, nexus::Frame { checkup_secs: 1, ..Default::default() }).await;
+    wait_vm(&w, id, "running", Duration::from_secs(120), &worker).await;
+    let name = id.to_string();
+    assert_eq!(qemus_of(&name), 1);
+
+    // qemu killed behind the control plane's back: the checkup notices and starts it again.
+    Command::new("pkill").args(["-KILL", "-u", &name, "qemu"]).status().unwrap();
+    let until = Instant::now() + Duration::from_secs(60);
+    while !event_kinds(&w, id).await.contains(&"qemu-died".to_string()) {
+        assert!(Instant::now() < until, "the dead qemu was not noticed:\n{}", worker.log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_vm(&w, id, "running", Duration::from_secs(120), &worker).await;
+    assert_eq!(qemus_of(&name), 1, "exactly one qemu again");
+
+    signal(&w, id, "stop").await;
+    let row = wait_vm(&w, id, "stopped", Duration::from_secs(60), &worker).await;
+    assert_eq!(row.desired_state, "stopped");
+    assert_eq!(qemus_of(&name), 0, "stopped means no qemu");
+    assert!(_h.root_dir().join("vms").join(&name).join("disk.qcow2").exists(), "but the disk stays");
+
+    signal(&w, id, "start").await;
+    wait_vm(&w, id, "running", Duration::from_secs(120), &worker).await;
+    assert_eq!(qemus_of(&name), 1);
+
+    signal(&w, id, "restart").await;
+    let until = Instant::now() + Duration::from_secs(60);
+    while !event_kinds(&w, id).await.contains(&"restarting".to_string()) {
+        assert!(Instant::now() < until, "restart not answered:\n{}", worker.log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_vm(&w, id, "running", Duration::from_secs(120), &worker).await;
+    assert_eq!(qemus_of(&name), 1);
+
+    signal(&w, id, "destroy").await;
+    wait_vm(&w, id, "destroyed", Duration::from_secs(60), &worker).await;
+    assert_eq!(qemus_of(&name), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn respirate_killed_at_random_points_of_a_creation_still_converges_to_one_qemu() {
+    let w = World::new().await;
+    let (_h, mut worker, project) = ready_host(&w).await;
+    let (_, owner_public) = generate_keypair();
+    let id = create(&w, project, &owner_public, nexus::Frame::default()).await;
+    // Pseudo-random kill points, different each run, reported on failure.
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64;
+    let mut points = Vec::new();
+    for round in 0..4u64 {
+        let wait_ms = 150 + (seed.wrapping_mul(6364136223846793005).wrapping_add(round * 1442695040888963407) >> 33) % 1500;
+        points.push(wait_ms);
+        tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+        worker.signal("KILL");
+        drop(worker);
+        worker = w.worker();
+    }
+    let row = wait_vm(&w, id, "running", Duration::from_secs(180), &worker).await;
+    assert_eq!(qemus_of(&id.to_string()), 1, "exactly one qemu after kills at {points:?} ms");
+    assert!(row.host_id.is_some());
+    let host_row = sqlx::query_scalar::<_, i32>("SELECT used_cores FROM vm_host").fetch_one(&w.db.pool).await.unwrap();
+    assert_eq!(host_row, 1, "capacity reserved once, not once per attempt");
+    signal(&w, id, "destroy").await;
+    wait_vm(&w, id, "destroyed", Duration::from_secs(60), &worker).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,6 +18,8 @@ pub const FILES: &[(&str, &str)] = &[
     ("bin/vm-run", include_str!("../../host-agent/bin/vm-run")),
     ("bin/vm-status", include_str!("../../host-agent/bin/vm-status")),
     ("bin/vm-remove", include_str!("../../host-agent/bin/vm-remove")),
+    ("bin/vm-stop", include_str!("../../host-agent/bin/vm-stop")),
+    ("bin/probe-kvm-guest", include_str!("../../host-agent/bin/probe-kvm-guest")),
 ];
 
 /// `"<sha256>  <path>\n"` per file, as `sha256sum -c` reads it.

@@ -85,6 +85,7 @@ pub enum AgentProgram {
     BootId,
     AgentVersion,
     RebootHost,
+    ProbeKvmGuest,
 }
 
 impl AgentProgram {
@@ -95,6 +96,7 @@ impl AgentProgram {
             AgentProgram::BootId => "boot-id",
             AgentProgram::AgentVersion => "agent-version",
             AgentProgram::RebootHost => "reboot-host",
+            AgentProgram::ProbeKvmGuest => "probe-kvm-guest",
         }
     }
 }

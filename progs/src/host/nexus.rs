@@ -5,7 +5,8 @@
 //! generated key and switches to it -> InstallAgent (a sub-prog) ships the
 //! host agent -> Learn buds one child per fact and WaitLearn reaps them into
 //! the host row -> PrepImage builds the guest boot image through the
-//! daemonizer -> Wait: accepting, with a checkup every `checkup_secs`
+//! daemonizer -> ProbeKvm decides, by booting that image, whether VMs may
+//! use KVM -> Wait: accepting, with a checkup every `checkup_secs`
 //! (or when `checkup` is set); `reboot` reboots it and waits for a new boot
 //! id (paging if it is not back in ten minutes). A host that misses `unreachable_after`
 //! checkups in a row is marked unreachable and paged; it returns to accepting
@@ -14,7 +15,7 @@
 use std::time::Duration;
 
 use skein_engine::prelude::*;
-use skein_models::{sshable, vm_host};
+use skein_models::{event, sshable, vm_host};
 
 use super::conn::{AgentProgram, Host};
 use super::daemon::{self, Progress};
@@ -25,7 +26,7 @@ use crate::ssh::{SshError, SshPool, Target};
 pub struct HostNexus;
 
 labels! {
-    pub enum Label for HostNexus { Start, TakeOver, InstallAgent, Learn, WaitLearn, PrepImage, Wait, Reboot, WaitReboot, Destroy }
+    pub enum Label for HostNexus { Start, TakeOver, InstallAgent, Learn, WaitLearn, PrepImage, ProbeKvm, Wait, Reboot, WaitReboot, Destroy }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -88,6 +89,7 @@ impl Prog for HostNexus {
             }
             Label::WaitLearn => wait_learn(cx).await,
             Label::PrepImage => prep_image(cx).await,
+            Label::ProbeKvm => probe_kvm(cx).await,
             Label::Wait if cx.take("reboot") => hop(Label::Reboot),
             Label::Wait => checkup(cx).await,
             Label::Reboot => reboot(cx).await,
@@ -193,10 +195,35 @@ async fn prep_image(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
         }
         Progress::Done => {
             let version = host.exec(&crate::cmd!("cat {}/images/guest/VERSION", host.root())?, timeout).await?.stdout_str();
-            let conn = cx.tx.conn().await?;
-            vm_host::set_image_version(conn, host.row.id, version.trim()).await?;
-            vm_host::set_state(conn, host.row.id, "accepting").await?;
+            vm_host::set_image_version(cx.tx.conn().await?, host.row.id, version.trim()).await?;
             cx.resolve_page(&format!("host-image:{}", host.id())).await?;
+            hop(Label::ProbeKvm)
+        }
+    }
+}
+
+/// `learn kvm` only saw a toy guest. Whether VMs use KVM is decided by
+/// booting the real image under it (detached: it may take 25 s); the probe
+/// leaves vm-run's marker and its answer on the host. Then accept VMs.
+async fn probe_kvm(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
+    let host = Host::load(cx).await?;
+    let timeout = cx.time_left().min(SSH_LIMIT);
+    match daemon::drive(&host, "kvm-probe", "probe-kvm-guest", timeout).await? {
+        Progress::Running | Progress::Retrying => nap(2),
+        Progress::Done => {
+            let answer = host.exec(&crate::cmd!("cat {}/kvm-probe.json", host.root())?, timeout).await?;
+            let kvm: Value = serde_json::from_slice(&answer.stdout)
+                .map_err(|e| anyhow::anyhow!("probe-kvm-guest left no JSON ({e}): {}", answer.stdout_str()))?;
+            let facts = vm_host::Facts {
+                kvm_usable: kvm["usable"].as_bool(),
+                kvm_reason: kvm["reason"].as_str().map(String::from),
+                ..Default::default()
+            };
+            let conn = cx.tx.conn().await?;
+            vm_host::record_facts(conn, host.row.id, &facts).await?;
+            vm_host::set_state(conn, host.row.id, "accepting").await?;
+            let image = host.row.image_version.clone().unwrap_or_default();
+            event::record(conn, host.row.id, "accepting", "system", &json!({"image": image, "kvm": kvm})).await?;
             hop(Label::Wait)
         }
     }
@@ -228,6 +255,7 @@ async fn checkup(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
             vm_host::checkup_ok(conn, host.row.id, &boot).await?;
             if host.row.state == "unreachable" {
                 vm_host::set_state(conn, host.row.id, "accepting").await?;
+                event::record(conn, host.row.id, "reachable-again", "system", &json!({})).await?;
                 cx.resolve_page(&unreachable_tag(&host)).await?;
             }
             if version != agent::version() {
@@ -265,7 +293,9 @@ async fn wait_reboot(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
     let answer = host.agent(AgentProgram::BootId, &[], cx.time_left().min(Duration::from_secs(10))).await;
     match answer {
         Ok(out) if Some(out.stdout_str().trim()) != cx.frame.boot_id_before_reboot.as_deref() => {
-            vm_host::checkup_ok(cx.tx.conn().await?, host.row.id, out.stdout_str().trim()).await?;
+            let conn = cx.tx.conn().await?;
+            vm_host::checkup_ok(conn, host.row.id, out.stdout_str().trim()).await?;
+            event::record(conn, host.row.id, "rebooted", "system", &json!({})).await?;
             cx.frame.boot_id_before_reboot = None;
             hop(Label::Wait)
         }
@@ -280,6 +310,7 @@ async fn missed(cx: &mut Ctx<'_, HostNexus>, host: &Host, e: &SshError) -> Step<
     tracing::warn!(host = %host.id(), misses, error = %e, "checkup missed");
     if misses >= cx.frame.unreachable_after && host.row.state != "unreachable" {
         vm_host::set_state(cx.tx.conn().await?, host.row.id, "unreachable").await?;
+        event::record(cx.tx.conn().await?, host.row.id, "unreachable", "system", &json!({"misses": misses})).await?;
         let summary = format!("host {} is unreachable: {misses} checkups missed in a row", host.row.name);
         cx.raise_page(&unreachable_tag(host), &summary, &json!({"host": host.id(), "error": e.to_string()})).await?;
     }
@@ -294,6 +325,7 @@ async fn destroy(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
         tracing::warn!(host = %host.id(), error = %e, "could not clean the host while destroying it");
     }
     vm_host::set_state(cx.tx.conn().await?, host.row.id, "destroyed").await?;
+    event::record(cx.tx.conn().await?, host.row.id, "destroyed", "system", &json!({"cleaned": removed.is_ok()})).await?;
     cx.resolve_page(&unreachable_tag(&host)).await?;
     pop(json!({ "msg": "host destroyed", "cleaned": removed.is_ok() }))
 }

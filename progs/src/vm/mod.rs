@@ -44,6 +44,8 @@ pub async fn create(conn: &mut PgConnection, project: Ubid, spec: &Spec<'_>, fra
         public_key: spec.public_key,
     };
     vm::insert(conn, &new).await?;
+    let detail = serde_json::json!({"name": spec.name, "cores": spec.cores, "memory_mib": spec.memory_mib});
+    skein_models::event::record(conn, id.uuid(), "created", "user", &detail).await?;
     skein_engine::enqueue::start_for(conn, id, frame, nexus::Label::Start).await?;
     Ok(id)
 }

@@ -5,8 +5,10 @@
 //! Setup makes its unix user, directory and overlay disk on the host ->
 //! Launch starts qemu through the daemonizer -> WaitBoot waits until the
 //! guest's SSH answers -> Running watches it every `checkup_secs`, and
-//! starts it again if its qemu died while it should run. `destroy` stops
-//! qemu, removes user, disk and directory, and returns capacity and quota.
+//! starts it again if its qemu died while it should run; it answers `stop`
+//! (-> Stopped, which answers `start`) and `restart`. `destroy` stops qemu,
+//! removes user, disk and directory, and returns capacity and quota. Every
+//! change is recorded as an event of the VM.
 //!
 //! What the VM is lives in the database; what is true on the host right now
 //! (qemu's pid, the SSH port picked at launch) is asked of the host
@@ -16,7 +18,7 @@ use std::time::Duration;
 
 use skein_engine::prelude::*;
 use skein_models::vm::{self, Vm};
-use skein_models::{capacity, Ubid};
+use skein_models::{capacity, event, Ubid};
 
 use crate::host::conn::Host;
 use crate::ssh::client::base64_encode;
@@ -25,7 +27,7 @@ use crate::ssh::Cmd;
 pub struct Nexus;
 
 labels! {
-    pub enum Label for Nexus { Start, Setup, Launch, WaitBoot, Running, Destroy }
+    pub enum Label for Nexus { Start, Setup, Launch, WaitBoot, Running, Stopped, Destroy }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -39,6 +41,9 @@ pub struct Frame {
     /// Times qemu was found dead and started again.
     #[serde(default)]
     pub restarts: u32,
+    /// Launches that failed in a row (a page is raised at three).
+    #[serde(default)]
+    pub launch_failures: u32,
 }
 
 fn default_wait_page_secs() -> u64 {
@@ -51,7 +56,7 @@ fn default_checkup_secs() -> u64 {
 
 impl Default for Frame {
     fn default() -> Self {
-        Frame { wait_page_secs: default_wait_page_secs(), checkup_secs: default_checkup_secs(), restarts: 0 }
+        Frame { wait_page_secs: default_wait_page_secs(), checkup_secs: default_checkup_secs(), restarts: 0, launch_failures: 0 }
     }
 }
 
@@ -71,6 +76,7 @@ impl Prog for Nexus {
             Label::Launch => launch(cx).await,
             Label::WaitBoot => wait_boot(cx).await,
             Label::Running => running(cx).await,
+            Label::Stopped => stopped(cx).await,
             Label::Destroy => destroy(cx).await,
         }
     }
@@ -91,6 +97,11 @@ fn unix_name(vm: &Vm) -> String {
     Ubid::from_uuid(vm.id).to_string()
 }
 
+/// Record what the strand did to the VM.
+async fn happened(cx: &mut Ctx<'_, Nexus>, vm: &Vm, kind: &str, detail: Value) -> anyhow::Result<()> {
+    Ok(event::record(cx.tx.conn().await?, vm.id, kind, "system", &detail).await?)
+}
+
 fn waiting_tag(vm: &Vm) -> String {
     format!("vm-waiting:{}", Ubid::from_uuid(vm.id))
 }
@@ -106,9 +117,13 @@ async fn start(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
         Some(host) => {
             vm::place(conn, vm.id, host).await?;
             cx.resolve_page(&waiting_tag(&vm)).await?;
+            happened(cx, &vm, "placed", json!({"host": Ubid::from_uuid(host)})).await?;
             hop(Label::Setup)
         }
         None => {
+            if vm.state != "waiting" {
+                event::record(conn, vm.id, "waiting", "system", &json!({"reason": "no host has room"})).await?;
+            }
             vm::set_state(conn, vm.id, "waiting").await?;
             let waited = vm.waiting_since.map(|t| (chrono::Utc::now() - t).num_seconds()).unwrap_or(0);
             if waited >= cx.frame.wait_page_secs as i64 {
@@ -153,6 +168,17 @@ async fn launch(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
     match state.trim() {
         "InProgress" => hop(Label::WaitBoot),
         finished => {
+            if finished == "Failed" {
+                // Say why, where operators look, before trying again.
+                let log = host.exec(&daemonizer(&root, "logs", &name)?, timeout).await.map(|o| o.stdout_str()).unwrap_or_default();
+                let tail: String = log.chars().rev().take(600).collect::<Vec<_>>().into_iter().rev().collect();
+                cx.frame.launch_failures += 1;
+                happened(cx, &vm, "launch-failed", json!({"log": tail, "failures": cx.frame.launch_failures})).await?;
+                if cx.frame.launch_failures >= 3 {
+                    let summary = format!("vm {} failed to launch {} times", vm.name, cx.frame.launch_failures);
+                    cx.raise_page(&format!("vm-launch:{}", Ubid::from_uuid(vm.id)), &summary, &json!({"log": tail})).await?;
+                }
+            }
             if finished != "NotStarted" {
                 // qemu exited (or was killed): forget that run before the next.
                 host.exec(&daemonizer(&root, "clean", &name)?, timeout).await?;
@@ -167,6 +193,7 @@ async fn launch(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
             )?;
             host.exec(&run, timeout).await?;
             vm::set_state(cx.tx.conn().await?, vm.id, "starting").await?;
+            happened(cx, &vm, "launched", json!({"after": finished})).await?;
             nap(1)
         }
     }
@@ -192,21 +219,60 @@ async fn wait_boot(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
         return nap(1);
     }
     vm::set_state(cx.tx.conn().await?, vm.id, "running").await?;
+    cx.frame.launch_failures = 0;
+    cx.resolve_page(&format!("vm-launch:{}", Ubid::from_uuid(vm.id))).await?;
+    happened(cx, &vm, "running", json!({"ssh_port": now["ssh_port"]})).await?;
     hop(Label::Running)
 }
 
-/// Watch a running VM; start it again if its qemu died.
+/// Stop qemu and forget its run, keeping user, directory and disk.
+async fn stop_qemu(cx: &mut Ctx<'_, Nexus>, host: &Host, vm: &Vm) -> anyhow::Result<()> {
+    let (root, name) = (host.root().to_string(), unix_name(vm));
+    let timeout = cx.time_left().min(SSH_LIMIT);
+    host.exec(&crate::cmd!("SKEIN_ROOT={} {}/agent/bin/vm-stop {}", root, root, name)?, timeout).await?;
+    let _ = host.exec(&daemonizer(&root, "clean", &name)?, timeout).await;
+    Ok(())
+}
+
+/// Watch a running VM, answer stop and restart, start it again if its qemu died.
 async fn running(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
     cx.take("checkup");
     let vm = load(cx).await?;
     let host = host_of(cx, &vm).await?;
+    if cx.take("stop") {
+        stop_qemu(cx, &host, &vm).await?;
+        let conn = cx.tx.conn().await?;
+        vm::set_desired(conn, vm.id, "stopped").await?;
+        vm::set_state(conn, vm.id, "stopped").await?;
+        happened(cx, &vm, "stopped", json!({})).await?;
+        return hop(Label::Stopped);
+    }
+    if cx.take("restart") {
+        stop_qemu(cx, &host, &vm).await?;
+        vm::set_state(cx.tx.conn().await?, vm.id, "starting").await?;
+        happened(cx, &vm, "restarting", json!({})).await?;
+        return hop(Label::Launch);
+    }
     let now = status(cx, &host, &vm).await?;
     if now["running"] != json!(true) && vm.desired_state == "running" {
         tracing::warn!(vm = %Ubid::from_uuid(vm.id), "qemu is gone; starting the VM again");
         cx.frame.restarts += 1;
+        vm::set_state(cx.tx.conn().await?, vm.id, "starting").await?;
+        happened(cx, &vm, "qemu-died", json!({"restarts": cx.frame.restarts})).await?;
         return hop(Label::Launch);
     }
     nap(cx.frame.checkup_secs as f64)
+}
+
+/// A stopped VM keeps its disk and capacity; `start` boots it again.
+async fn stopped(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
+    if cx.take("start") {
+        let vm = load(cx).await?;
+        vm::set_desired(cx.tx.conn().await?, vm.id, "running").await?;
+        happened(cx, &vm, "starting", json!({})).await?;
+        return hop(Label::Launch);
+    }
+    nap(3600)
 }
 
 /// Take the VM off its host and give back what it held.
@@ -226,5 +292,6 @@ async fn destroy(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
     capacity::return_quota(conn, vm.project_id).await?;
     vm::set_state(conn, vm.id, "destroyed").await?;
     cx.resolve_page(&waiting_tag(&vm)).await?;
+    happened(cx, &vm, "destroyed", json!({})).await?;
     pop(json!({ "msg": "vm destroyed" }))
 }
