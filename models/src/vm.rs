@@ -84,3 +84,17 @@ pub async fn set_desired(conn: &mut PgConnection, id: Uuid, desired: &str) -> Re
     sqlx::query("UPDATE vm SET desired_state = $2 WHERE id = $1").bind(id).bind(desired).execute(conn).await?;
     Ok(())
 }
+
+/// A host stopped answering: its VMs that were (becoming) available are not
+/// known to run any more. Returns them.
+pub async fn mark_unavailable_on(conn: &mut PgConnection, host: Uuid) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar("UPDATE vm SET state = 'unavailable' WHERE host_id = $1 AND state IN ('running', 'starting') RETURNING id")
+        .bind(host)
+        .fetch_all(conn)
+        .await
+}
+
+/// The VMs placed on a host and not destroyed.
+pub async fn on_host(conn: &mut PgConnection, host: Uuid) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar("SELECT id FROM vm WHERE host_id = $1 AND state <> 'destroyed' ORDER BY id").bind(host).fetch_all(conn).await
+}

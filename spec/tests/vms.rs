@@ -231,3 +231,35 @@ async fn a_vm_waits_visibly_while_no_host_has_room_and_quota_is_enforced() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vm_on_an_unreachable_host_is_unavailable_and_reconciled_when_it_returns() {
+    let w = World::new().await;
+    let (host_private, host_public) = generate_keypair();
+    let mut h = TestHost::start(&host_public);
+    let quick = host_nexus::Frame { checkup_secs: 1, unreachable_after: 2, ..Default::default() };
+    let host_id = w.add("vm-host", &h, &host_private, quick).await;
+    let worker = w.worker();
+    w.wait_for(host_id, "accepting", Duration::from_secs(90), &worker, |r| r.state == "accepting").await;
+    let project = project(&w, 5).await;
+    let (_, owner_public) = generate_keypair();
+    let id = create(&w, project, &owner_public, nexus::Frame { checkup_secs: 1, ..Default::default() }).await;
+    wait_vm(&w, id, "running", Duration::from_secs(120), &worker).await;
+
+    // The host vanishes (with everything in its namespace, qemu included).
+    h.kill_sshd();
+    w.wait_for(host_id, "unreachable", Duration::from_secs(30), &worker, |r| r.state == "unreachable").await;
+    wait_vm(&w, id, "unavailable", Duration::from_secs(10), &worker).await;
+
+    // It comes back: the host accepts again, and the VM is reconciled with
+    // what runs there (its qemu is gone, it should run: it is started again).
+    h.start_sshd();
+    w.wait_for(host_id, "accepting again", Duration::from_secs(30), &worker, |r| r.state == "accepting").await;
+    wait_vm(&w, id, "running", Duration::from_secs(120), &worker).await;
+    assert_eq!(qemus_of(&id.to_string()), 1);
+    let kinds = event_kinds(&w, id).await;
+    let tail: Vec<&str> = kinds.iter().map(String::as_str).skip_while(|k| *k != "unavailable").collect();
+    assert_eq!(tail, ["unavailable", "qemu-died", "launched", "running"], "{kinds:?}");
+    signal(&w, id, "destroy").await;
+    wait_vm(&w, id, "destroyed", Duration::from_secs(60), &worker).await;
+}

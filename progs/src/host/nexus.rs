@@ -15,7 +15,7 @@
 use std::time::Duration;
 
 use skein_engine::prelude::*;
-use skein_models::{event, sshable, vm_host};
+use skein_models::{event, sshable, vm, vm_host, Ubid};
 
 use super::conn::{AgentProgram, Host};
 use super::daemon::{self, Progress};
@@ -256,6 +256,12 @@ async fn checkup(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
             if host.row.state == "unreachable" {
                 vm_host::set_state(conn, host.row.id, "accepting").await?;
                 event::record(conn, host.row.id, "reachable-again", "system", &json!({})).await?;
+                // Reconcile its VMs with what actually runs there: each one's
+                // strand checks (alive: running again; gone: per desired state).
+                let vms = vm::on_host(conn, host.row.id).await?;
+                for vm in vms {
+                    cx.incr(Ubid::from_uuid(vm), "checkup").await?;
+                }
                 cx.resolve_page(&unreachable_tag(&host)).await?;
             }
             if version != agent::version() {
@@ -311,6 +317,10 @@ async fn missed(cx: &mut Ctx<'_, HostNexus>, host: &Host, e: &SshError) -> Step<
     if misses >= cx.frame.unreachable_after && host.row.state != "unreachable" {
         vm_host::set_state(cx.tx.conn().await?, host.row.id, "unreachable").await?;
         event::record(cx.tx.conn().await?, host.row.id, "unreachable", "system", &json!({"misses": misses})).await?;
+        // Its VMs are not known to run any more: say so rather than "running".
+        for id in vm::mark_unavailable_on(cx.tx.conn().await?, host.row.id).await? {
+            event::record(cx.tx.conn().await?, id, "unavailable", "system", &json!({"host": host.id()})).await?;
+        }
         let summary = format!("host {} is unreachable: {misses} checkups missed in a row", host.row.name);
         cx.raise_page(&unreachable_tag(host), &summary, &json!({"host": host.id(), "error": e.to_string()})).await?;
     }

@@ -253,10 +253,23 @@ async fn running(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
         happened(cx, &vm, "restarting", json!({})).await?;
         return hop(Label::Launch);
     }
+    if host.row.state == "unreachable" {
+        // The host's checkups mark its VMs unavailable and ask them to check
+        // again when it answers; until then there is nothing to ask.
+        return nap(cx.frame.checkup_secs as f64);
+    }
     let now = status(cx, &host, &vm).await?;
+    if now["running"] == json!(true) && vm.state == "unavailable" {
+        vm::set_state(cx.tx.conn().await?, vm.id, "running").await?;
+        happened(cx, &vm, "available-again", json!({})).await?;
+    }
     if now["running"] != json!(true) && vm.desired_state == "running" {
         tracing::warn!(vm = %Ubid::from_uuid(vm.id), "qemu is gone; starting the VM again");
         cx.frame.restarts += 1;
+        // Its run ended with it; forget it here, where the death is known, so
+        // Launch does not take it for a failed launch.
+        let (root, name) = (host.root().to_string(), unix_name(&vm));
+        let _ = host.exec(&daemonizer(&root, "clean", &name)?, cx.time_left().min(SSH_LIMIT)).await;
         vm::set_state(cx.tx.conn().await?, vm.id, "starting").await?;
         happened(cx, &vm, "qemu-died", json!({"restarts": cx.frame.restarts})).await?;
         return hop(Label::Launch);
