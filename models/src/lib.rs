@@ -13,6 +13,7 @@ pub mod page;
 pub mod semaphore;
 pub mod sshable;
 pub mod strand;
+pub mod subnet;
 pub mod ubid;
 pub mod vm;
 pub mod vm_host;

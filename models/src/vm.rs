@@ -23,7 +23,13 @@ pub struct Vm {
     pub state: String,
     pub waiting_since: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+    pub subnet_id: Option<Uuid>,
+    /// "a.b.c.d/len" on its subnet.
+    pub private_ip: Option<String>,
 }
+
+const COLUMNS: &str = "id, project_id, name, cores, memory_mib, disk_mib, public_key, host_id, desired_state, state, \
+                       waiting_since, created_at, subnet_id, private_ip::text AS private_ip";
 
 impl Vm {
     pub fn size(&self) -> Size {
@@ -58,7 +64,7 @@ pub async fn insert(conn: &mut PgConnection, v: &NewVm<'_>) -> Result<(), sqlx::
 }
 
 pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<Option<Vm>, sqlx::Error> {
-    sqlx::query_as("SELECT * FROM vm WHERE id = $1").bind(id).fetch_optional(conn).await
+    sqlx::query_as(&format!("SELECT {COLUMNS} FROM vm WHERE id = $1")).bind(id).fetch_optional(conn).await
 }
 
 pub async fn set_state(conn: &mut PgConnection, id: Uuid, state: &str) -> Result<(), sqlx::Error> {

@@ -45,7 +45,7 @@ async fn a_vm_is_created_answers_ssh_and_is_destroyed_leaving_nothing() {
 
     let (owner_private, owner_public) = generate_keypair();
     let project = project(&w, 3).await;
-    let spec = Spec { name: "web-1", cores: 1, memory_mib: 256, disk_mib: 64, public_key: &owner_public };
+    let spec = Spec { name: "web-1", cores: 1, memory_mib: 256, disk_mib: 64, public_key: &owner_public, subnet: None };
     let began = Instant::now();
     let mut tx = w.db.pool.begin().await.unwrap();
     let id = vms::create(&mut tx, project, &spec, nexus::Frame::default()).await.unwrap();
@@ -118,7 +118,7 @@ async fn ready_host(w: &World) -> (TestHost, skein_spec::procs::Proc, Ubid) {
 }
 
 async fn create(w: &World, project: Ubid, public_key: &str, frame: nexus::Frame) -> Ubid {
-    let spec = Spec { name: "app", cores: 1, memory_mib: 256, disk_mib: 64, public_key };
+    let spec = Spec { name: "app", cores: 1, memory_mib: 256, disk_mib: 64, public_key, subnet: None };
     let mut tx = w.db.pool.begin().await.unwrap();
     let id = vms::create(&mut tx, project, &spec, frame).await.unwrap();
     tx.commit().await.unwrap();
@@ -204,7 +204,7 @@ async fn a_vm_waits_visibly_while_no_host_has_room_and_quota_is_enforced() {
     let w = World::new().await;
     let (_, owner_public) = generate_keypair();
     let project = project(&w, 2).await;
-    let spec = |name: &'static str| Spec { name, cores: 1, memory_mib: 256, disk_mib: 64, public_key: owner_public.as_str() };
+    let spec = |name: &'static str| Spec { name, cores: 1, memory_mib: 256, disk_mib: 64, public_key: owner_public.as_str(), subnet: None };
     let quick_page = || nexus::Frame { wait_page_secs: 1, ..Default::default() };
 
     // A create past the quota is refused, and its transaction keeps nothing.
@@ -262,4 +262,42 @@ async fn a_vm_on_an_unreachable_host_is_unavailable_and_reconciled_when_it_retur
     assert_eq!(tail, ["unavailable", "qemu-died", "launched", "running"], "{kinds:?}");
     signal(&w, id, "destroy").await;
     wait_vm(&w, id, "destroyed", Duration::from_secs(60), &worker).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_vms_on_one_private_subnet_reach_each_other() {
+    let w = World::new().await;
+    let (h, worker, project) = ready_host(&w).await;
+    let (owner_private, owner_public) = generate_keypair();
+    let subnet = skein_models::subnet::create(&mut *w.db.pool.acquire().await.unwrap(), project.uuid(), "backend", "10.9.0.0/24").await.unwrap();
+    let mut ids = Vec::new();
+    for name in ["db", "app"] {
+        let spec = Spec { name, cores: 1, memory_mib: 256, disk_mib: 64, public_key: &owner_public, subnet: Some(subnet) };
+        let mut tx = w.db.pool.begin().await.unwrap();
+        ids.push(vms::create(&mut tx, project, &spec, nexus::Frame::default()).await.unwrap());
+        tx.commit().await.unwrap();
+    }
+    let a = wait_vm(&w, ids[0], "running", Duration::from_secs(180), &worker).await;
+    let b = wait_vm(&w, ids[1], "running", Duration::from_secs(180), &worker).await;
+    assert_eq!((a.private_ip.as_deref(), b.private_ip.as_deref()), (Some("10.9.0.2/24"), Some("10.9.0.3/24")), "addresses from the subnet, recorded");
+
+    // From inside the first guest, the second answers on the private segment.
+    let key_file = std::env::temp_dir().join(format!("skein-subnet-key-{}", std::process::id()));
+    std::fs::write(&key_file, &owner_private).unwrap();
+    std::fs::set_permissions(&key_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let port = std::fs::read_to_string(h.root_dir().join("vms").join(ids[0].to_string()).join("ssh.port")).unwrap();
+    let out = Command::new("ssh")
+        .args(["-i", &key_file.display().to_string(), "-p", port.trim()])
+        .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"])
+        .arg(format!("root@{}", h.addr()))
+        .arg("ping -c 3 -W 3 10.9.0.3")
+        .output()
+        .unwrap();
+    std::fs::remove_file(&key_file).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("3 packets received"), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    for id in ids {
+        signal(&w, id, "destroy").await;
+        wait_vm(&w, id, "destroyed", Duration::from_secs(60), &worker).await;
+    }
 }

@@ -11,6 +11,10 @@ use sqlx::PgConnection;
 pub enum CreateError {
     #[error("project {0} has used up its VM quota")]
     QuotaExceeded(Ubid),
+    #[error("subnet {0} is not a subnet of this project")]
+    NoSuchSubnet(Ubid),
+    #[error("subnet {0} has no free address left")]
+    SubnetFull(Ubid),
     #[error(transparent)]
     Database(#[from] sqlx::Error),
     #[error(transparent)]
@@ -24,6 +28,8 @@ pub struct Spec<'a> {
     pub memory_mib: i32,
     pub disk_mib: i32,
     pub public_key: &'a str,
+    /// A private subnet of the project to join, if any.
+    pub subnet: Option<Ubid>,
 }
 
 /// Create a VM: take quota, write its row and start its strand, all in the
@@ -44,6 +50,13 @@ pub async fn create(conn: &mut PgConnection, project: Ubid, spec: &Spec<'_>, fra
         public_key: spec.public_key,
     };
     vm::insert(conn, &new).await?;
+    if let Some(subnet) = spec.subnet {
+        if skein_models::subnet::mcast_of(conn, subnet.uuid(), project.uuid()).await?.is_none() {
+            return Err(CreateError::NoSuchSubnet(subnet));
+        }
+        let ip = skein_models::subnet::allocate_ip(conn, subnet.uuid()).await?.ok_or(CreateError::SubnetFull(subnet))?;
+        skein_models::subnet::assign(conn, id.uuid(), subnet.uuid(), &ip).await?;
+    }
     let detail = serde_json::json!({"name": spec.name, "cores": spec.cores, "memory_mib": spec.memory_mib});
     skein_models::event::record(conn, id.uuid(), "created", "user", &detail).await?;
     skein_engine::enqueue::start_for(conn, id, frame, nexus::Label::Start).await?;

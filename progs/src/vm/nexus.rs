@@ -141,15 +141,27 @@ async fn setup(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
     let host = host_of(cx, &vm).await?;
     let (root, name) = (host.root().to_string(), unix_name(&vm));
     let key = base64_encode(vm.public_key.as_bytes());
-    let line = crate::cmd!(
-        "SKEIN_ROOT={} {}/agent/bin/vm-setup {} {} {} {}",
-        root,
-        root,
-        name,
-        vm.cores,
-        vm.memory_mib,
-        key
-    )?;
+    let subnet = match (vm.subnet_id, &vm.private_ip) {
+        (Some(subnet), Some(ip)) => {
+            let mcast = skein_models::subnet::mcast_of(cx.tx.conn().await?, subnet, vm.project_id).await?;
+            Some((ip.clone(), mcast.ok_or_else(|| anyhow::anyhow!("the subnet of vm {} is gone", vm.name))?))
+        }
+        _ => None,
+    };
+    let line = match subnet {
+        None => crate::cmd!("SKEIN_ROOT={} {}/agent/bin/vm-setup {} {} {} {}", root, root, name, vm.cores, vm.memory_mib, key)?,
+        Some((ip, mcast)) => crate::cmd!(
+            "SKEIN_ROOT={} {}/agent/bin/vm-setup {} {} {} {} {} {}",
+            root,
+            root,
+            name,
+            vm.cores,
+            vm.memory_mib,
+            key,
+            ip,
+            mcast
+        )?,
+    };
     host.exec(&line, cx.time_left().min(SSH_LIMIT)).await?;
     hop(Label::Launch)
 }
