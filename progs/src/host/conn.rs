@@ -12,6 +12,10 @@ use sqlx::PgConnection;
 use crate::ssh::keys::SecretKey;
 use crate::ssh::{Cmd, Output, SshError, SshPool, Target};
 
+/// The longest one SSH call of a host or VM label may take (each call is
+/// also bounded by the step's time left).
+pub const SSH_LIMIT: Duration = Duration::from_secs(30);
+
 pub struct Host {
     pub row: VmHost,
     pub sshable: Sshable,

@@ -17,7 +17,7 @@ use std::time::Duration;
 use skein_engine::prelude::*;
 use skein_models::{event, sshable, vm, vm_host, Ubid};
 
-use super::conn::{AgentProgram, Host};
+use super::conn::{AgentProgram, Host, SSH_LIMIT};
 use super::daemon::{self, Progress};
 use super::{agent, install, learn};
 use crate::ssh::keys::{self, SecretKey};
@@ -63,9 +63,6 @@ impl Default for Frame {
         }
     }
 }
-
-/// The longest any one SSH call of these labels may take.
-const SSH_LIMIT: Duration = Duration::from_secs(30);
 
 #[async_trait]
 impl Prog for HostNexus {

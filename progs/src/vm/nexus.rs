@@ -20,7 +20,7 @@ use skein_engine::prelude::*;
 use skein_models::vm::{self, Vm};
 use skein_models::{capacity, event, Ubid};
 
-use crate::host::conn::Host;
+use crate::host::conn::{Host, SSH_LIMIT};
 use crate::ssh::client::base64_encode;
 use crate::ssh::Cmd;
 
@@ -59,8 +59,6 @@ impl Default for Frame {
         Frame { wait_page_secs: default_wait_page_secs(), checkup_secs: default_checkup_secs(), restarts: 0, launch_failures: 0 }
     }
 }
-
-const SSH_LIMIT: Duration = Duration::from_secs(30);
 
 #[async_trait]
 impl Prog for Nexus {
