@@ -32,6 +32,7 @@ impl Prog for Napper {
 /// - "poke": an operator increments `poke` mid-step, then the label naps;
 /// - "fail": the label fails after writing;
 /// - "hang": the label never finishes.
+///
 /// It consumes `poke` when it sees it, and exits on `done`.
 pub struct Meddler;
 labels! { pub enum MeddlerLabel for Meddler { Act, Done } }

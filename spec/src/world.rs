@@ -41,7 +41,7 @@ impl World {
     }
 
     pub async fn host(&self, id: Ubid) -> VmHost {
-        vm_host::get(&mut *self.db.pool.acquire().await.unwrap(), id.uuid()).await.unwrap().unwrap()
+        vm_host::get(&mut self.db.pool.acquire().await.unwrap(), id.uuid()).await.unwrap().unwrap()
     }
 
     pub async fn strand_error(&self, id: Ubid) -> String {

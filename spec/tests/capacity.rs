@@ -43,7 +43,7 @@ async fn concurrent_reservations_never_overcommit_a_host() {
     })
     .await;
     assert_eq!(got.iter().filter(|h| h.is_some()).count(), 4, "four one-core VMs fit on four cores");
-    let row = vm_host::get(&mut *db.pool.acquire().await.unwrap(), nearly_full).await.unwrap().unwrap();
+    let row = vm_host::get(&mut db.pool.acquire().await.unwrap(), nearly_full).await.unwrap().unwrap();
     assert_eq!((row.used_cores, row.used_memory_mib), (4, 4 * 512));
 
     // Memory can be the tighter limit too.
@@ -68,7 +68,7 @@ async fn reservations_spread_over_hosts_and_skip_hosts_not_accepting() {
     let a = host(&db, "a", 3, 16_384).await;
     let b = host(&db, "b", 3, 16_384).await;
     let down = host(&db, "down", 64, 65_536).await;
-    vm_host::set_state(&mut *db.pool.acquire().await.unwrap(), down, "unreachable").await.unwrap();
+    vm_host::set_state(&mut db.pool.acquire().await.unwrap(), down, "unreachable").await.unwrap();
     let got = race(&db, 20, |pool| async move {
         let mut conn = pool.acquire().await.unwrap();
         capacity::reserve(&mut conn, SMALL).await.unwrap()

@@ -43,7 +43,7 @@ async fn a_fresh_host_goes_from_add_to_accepting_through_respirate() {
     assert_eq!(row.image_version.as_deref(), Some(image.trim()), "the guest image is prepared and recorded");
 
     // The host key was pinned on first contact, and skein now uses its own key.
-    let sshable = skein_models::sshable::get(&mut *w.db.pool.acquire().await.unwrap(), row.sshable_id).await.unwrap().unwrap();
+    let sshable = skein_models::sshable::get(&mut w.db.pool.acquire().await.unwrap(), row.sshable_id).await.unwrap().unwrap();
     assert_eq!(sshable.host_key.map(|k| skein_progs::ssh::client::key_identity(&k)), Some(skein_progs::ssh::client::key_identity(&h.host_public_key())));
     let stored = w.secret.open(sshable.id.as_bytes(), &sshable.private_key).unwrap();
     assert_ne!(String::from_utf8(stored).unwrap().trim(), private.trim(), "taken over with a generated key");

@@ -17,7 +17,7 @@ async fn project(w: &World, quota: i32) -> Ubid {
 }
 
 async fn vm_row(w: &World, id: Ubid) -> vm::Vm {
-    vm::get(&mut *w.db.pool.acquire().await.unwrap(), id.uuid()).await.unwrap().unwrap()
+    vm::get(&mut w.db.pool.acquire().await.unwrap(), id.uuid()).await.unwrap().unwrap()
 }
 
 async fn wait_vm(w: &World, id: Ubid, want: &str, limit: Duration, worker: &skein_spec::procs::Proc) -> vm::Vm {
@@ -98,7 +98,7 @@ async fn a_vm_is_created_answers_ssh_and_is_destroyed_leaving_nothing() {
 }
 
 async fn event_kinds(w: &World, id: Ubid) -> Vec<String> {
-    skein_models::event::of(&mut *w.db.pool.acquire().await.unwrap(), id.uuid()).await.unwrap().into_iter().map(|e| e.kind).collect()
+    skein_models::event::of(&mut w.db.pool.acquire().await.unwrap(), id.uuid()).await.unwrap().into_iter().map(|e| e.kind).collect()
 }
 
 fn qemus_of(name: &str) -> usize {
@@ -126,7 +126,7 @@ async fn create(w: &World, project: Ubid, public_key: &str, frame: nexus::Frame)
 }
 
 async fn signal(w: &World, id: Ubid, name: &str) {
-    assert!(skein_engine::enqueue::incr(&mut *w.db.pool.acquire().await.unwrap(), id, name).await.unwrap());
+    assert!(skein_engine::enqueue::incr(&mut w.db.pool.acquire().await.unwrap(), id, name).await.unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -214,7 +214,7 @@ async fn a_vm_waits_visibly_while_no_host_has_room_and_quota_is_enforced() {
     let third = vms::create(&mut tx, project, &spec("c"), quick_page()).await;
     assert!(matches!(third, Err(vms::CreateError::QuotaExceeded(_))), "the quota of 2 is enforced at create");
     drop(tx);
-    assert!(vm::get(&mut *w.db.pool.acquire().await.unwrap(), first.uuid()).await.unwrap().is_none(), "rolled back with its transaction");
+    assert!(vm::get(&mut w.db.pool.acquire().await.unwrap(), first.uuid()).await.unwrap().is_none(), "rolled back with its transaction");
     let count: i32 = sqlx::query_scalar("SELECT vm_count FROM project WHERE id = $1").bind(project.uuid()).fetch_one(&w.db.pool).await.unwrap();
     assert_eq!(count, 0, "and so was the quota it took");
 
@@ -269,7 +269,7 @@ async fn two_vms_on_one_private_subnet_reach_each_other() {
     let w = World::new().await;
     let (h, worker, project) = ready_host(&w).await;
     let (owner_private, owner_public) = generate_keypair();
-    let subnet = skein_models::subnet::create(&mut *w.db.pool.acquire().await.unwrap(), project.uuid(), "backend", "10.9.0.0/24").await.unwrap();
+    let subnet = skein_models::subnet::create(&mut w.db.pool.acquire().await.unwrap(), project.uuid(), "backend", "10.9.0.0/24").await.unwrap();
     let mut ids = Vec::new();
     for name in ["db", "app"] {
         let spec = Spec { name, cores: 1, memory_mib: 256, disk_mib: 64, public_key: &owner_public, subnet: Some(subnet) };

@@ -14,7 +14,6 @@
 //! (qemu's pid, the SSH port picked at launch) is asked of the host
 //! (`vm-status`) every time, never trusted from an old copy.
 
-use std::time::Duration;
 
 use skein_engine::prelude::*;
 use skein_models::vm::{self, Vm};
