@@ -30,7 +30,7 @@ async fn a_fresh_host_goes_from_add_to_accepting_through_respirate() {
     let id = w.add("host-one", &h, &private, nexus::Frame::default()).await;
     let worker = w.worker();
 
-    let row = w.wait_for(id, "accepting", Duration::from_secs(90), &worker, |r| r.state == "accepting").await;
+    let row = w.wait_for(id, "accepting", Duration::from_secs(180), &worker, |r| r.state == "accepting").await;
     assert_eq!(row.cpus, Some(local_nproc()), "cpus match nproc on the host");
     assert_eq!(row.memory_mib, Some(local_mem_mib()), "memory matches /proc/meminfo");
     assert!(row.storage_free_mib.unwrap_or(0) > 0);
@@ -79,7 +79,7 @@ async fn sshd_killed_during_preparation_is_retried_until_it_is_back() {
     }
     assert_ne!(w.host(id).await.state, "accepting", "nothing was skipped while the host was away");
     h.start_sshd();
-    let row = w.wait_for(id, "accepting", Duration::from_secs(90), &worker, |r| r.state == "accepting").await;
+    let row = w.wait_for(id, "accepting", Duration::from_secs(180), &worker, |r| r.state == "accepting").await;
     assert_eq!(row.cpus, Some(local_nproc()));
     let authorized = std::fs::read_to_string(h.root_dir().join("ssh/authorized_keys")).unwrap();
     assert_eq!(authorized.lines().count(), 1, "the key was authorized once, not once per retry: {authorized}");
@@ -113,7 +113,7 @@ async fn a_host_becomes_unreachable_after_the_threshold_and_recovers() {
     let mut h = TestHost::start(&public);
     let id = w.add("host-sick", &h, &private, quick_checkups()).await;
     let worker = w.worker();
-    w.wait_for(id, "accepting", Duration::from_secs(90), &worker, |r| r.state == "accepting").await;
+    w.wait_for(id, "accepting", Duration::from_secs(180), &worker, |r| r.state == "accepting").await;
 
     h.kill_sshd();
     let tag = format!("host-unreachable:{id}");
@@ -141,7 +141,7 @@ async fn a_changed_host_key_is_refused_and_paged() {
     let mut h = TestHost::start(&public);
     let id = w.add("host-rekeyed", &h, &private, quick_checkups()).await;
     let worker = w.worker();
-    w.wait_for(id, "accepting", Duration::from_secs(90), &worker, |r| r.state == "accepting").await;
+    w.wait_for(id, "accepting", Duration::from_secs(180), &worker, |r| r.state == "accepting").await;
 
     h.rotate_host_key();
     let tag = format!("host-key-mismatch:{id}");
@@ -165,7 +165,7 @@ async fn a_reboot_is_requested_and_the_host_comes_back_with_a_new_boot_id() {
     std::fs::write(h.root_dir().join("simulated-host"), "").unwrap();
     let id = w.add("host-reboot", &h, &private, quick_checkups()).await;
     let worker = w.worker();
-    let before = w.wait_for(id, "accepting", Duration::from_secs(90), &worker, |r| r.state == "accepting" && r.boot_id.is_some()).await;
+    let before = w.wait_for(id, "accepting", Duration::from_secs(180), &worker, |r| r.state == "accepting" && r.boot_id.is_some()).await;
 
     // Something long-running on the host, which a reboot must end.
     let root = h.root_dir().display().to_string();

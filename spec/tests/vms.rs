@@ -41,7 +41,7 @@ async fn a_vm_is_created_answers_ssh_and_is_destroyed_leaving_nothing() {
     let h = TestHost::start(&host_public);
     let host_id = w.add("vm-host", &h, &host_private, host_nexus::Frame::default()).await;
     let worker = w.worker();
-    w.wait_for(host_id, "accepting", Duration::from_secs(90), &worker, |r| r.state == "accepting").await;
+    w.wait_for(host_id, "accepting", Duration::from_secs(180), &worker, |r| r.state == "accepting").await;
 
     let (owner_private, owner_public) = generate_keypair();
     let project = project(&w, 3).await;
@@ -51,7 +51,7 @@ async fn a_vm_is_created_answers_ssh_and_is_destroyed_leaving_nothing() {
     let id = vms::create(&mut tx, project, &spec, nexus::Frame::default()).await.unwrap();
     tx.commit().await.unwrap();
 
-    let row = wait_vm(&w, id, "running", Duration::from_secs(180), &worker).await;
+    let row = wait_vm(&w, id, "running", Duration::from_secs(240), &worker).await;
     eprintln!("create -> running: {:?}", began.elapsed());
     assert_eq!(row.host_id, Some(host_id.uuid()));
     let host_row = w.host(host_id).await;
@@ -112,7 +112,7 @@ async fn ready_host(w: &World) -> (TestHost, skein_spec::procs::Proc, Ubid) {
     let h = TestHost::start(&host_public);
     let host_id = w.add("vm-host", &h, &host_private, host_nexus::Frame::default()).await;
     let worker = w.worker();
-    w.wait_for(host_id, "accepting", Duration::from_secs(90), &worker, |r| r.state == "accepting").await;
+    w.wait_for(host_id, "accepting", Duration::from_secs(180), &worker, |r| r.state == "accepting").await;
     let project = project(w, 5).await;
     (h, worker, project)
 }
@@ -135,7 +135,7 @@ async fn a_dead_qemu_is_noticed_and_started_again_and_stop_start_restart_work() 
     let (_h, worker, project) = ready_host(&w).await;
     let (_, owner_public) = generate_keypair();
     let id = create(&w, project, &owner_public, nexus::Frame { checkup_secs: 1, ..Default::default() }).await;
-    wait_vm(&w, id, "running", Duration::from_secs(120), &worker).await;
+    wait_vm(&w, id, "running", Duration::from_secs(240), &worker).await;
     let name = id.to_string();
     assert_eq!(qemus_of(&name), 1);
 
@@ -146,7 +146,7 @@ async fn a_dead_qemu_is_noticed_and_started_again_and_stop_start_restart_work() 
         assert!(Instant::now() < until, "the dead qemu was not noticed:\n{}", worker.log_text());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    wait_vm(&w, id, "running", Duration::from_secs(120), &worker).await;
+    wait_vm(&w, id, "running", Duration::from_secs(240), &worker).await;
     assert_eq!(qemus_of(&name), 1, "exactly one qemu again");
 
     signal(&w, id, "stop").await;
@@ -156,7 +156,7 @@ async fn a_dead_qemu_is_noticed_and_started_again_and_stop_start_restart_work() 
     assert!(_h.root_dir().join("vms").join(&name).join("disk.qcow2").exists(), "but the disk stays");
 
     signal(&w, id, "start").await;
-    wait_vm(&w, id, "running", Duration::from_secs(120), &worker).await;
+    wait_vm(&w, id, "running", Duration::from_secs(240), &worker).await;
     assert_eq!(qemus_of(&name), 1);
 
     signal(&w, id, "restart").await;
@@ -165,7 +165,7 @@ async fn a_dead_qemu_is_noticed_and_started_again_and_stop_start_restart_work() 
         assert!(Instant::now() < until, "restart not answered:\n{}", worker.log_text());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    wait_vm(&w, id, "running", Duration::from_secs(120), &worker).await;
+    wait_vm(&w, id, "running", Duration::from_secs(240), &worker).await;
     assert_eq!(qemus_of(&name), 1);
 
     signal(&w, id, "destroy").await;
@@ -190,7 +190,7 @@ async fn respirate_killed_at_random_points_of_a_creation_still_converges_to_one_
         drop(worker);
         worker = w.worker();
     }
-    let row = wait_vm(&w, id, "running", Duration::from_secs(180), &worker).await;
+    let row = wait_vm(&w, id, "running", Duration::from_secs(240), &worker).await;
     assert_eq!(qemus_of(&id.to_string()), 1, "exactly one qemu after kills at {points:?} ms");
     assert!(row.host_id.is_some());
     let host_row = sqlx::query_scalar::<_, i32>("SELECT used_cores FROM vm_host").fetch_one(&w.db.pool).await.unwrap();
@@ -240,11 +240,11 @@ async fn a_vm_on_an_unreachable_host_is_unavailable_and_reconciled_when_it_retur
     let quick = host_nexus::Frame { checkup_secs: 1, unreachable_after: 2, ..Default::default() };
     let host_id = w.add("vm-host", &h, &host_private, quick).await;
     let worker = w.worker();
-    w.wait_for(host_id, "accepting", Duration::from_secs(90), &worker, |r| r.state == "accepting").await;
+    w.wait_for(host_id, "accepting", Duration::from_secs(180), &worker, |r| r.state == "accepting").await;
     let project = project(&w, 5).await;
     let (_, owner_public) = generate_keypair();
     let id = create(&w, project, &owner_public, nexus::Frame { checkup_secs: 1, ..Default::default() }).await;
-    wait_vm(&w, id, "running", Duration::from_secs(120), &worker).await;
+    wait_vm(&w, id, "running", Duration::from_secs(240), &worker).await;
 
     // The host vanishes (with everything in its namespace, qemu included).
     h.kill_sshd();
@@ -255,7 +255,7 @@ async fn a_vm_on_an_unreachable_host_is_unavailable_and_reconciled_when_it_retur
     // what runs there (its qemu is gone, it should run: it is started again).
     h.start_sshd();
     w.wait_for(host_id, "accepting again", Duration::from_secs(30), &worker, |r| r.state == "accepting").await;
-    wait_vm(&w, id, "running", Duration::from_secs(120), &worker).await;
+    wait_vm(&w, id, "running", Duration::from_secs(240), &worker).await;
     assert_eq!(qemus_of(&id.to_string()), 1);
     let kinds = event_kinds(&w, id).await;
     let tail: Vec<&str> = kinds.iter().map(String::as_str).skip_while(|k| *k != "unavailable").collect();
@@ -277,8 +277,8 @@ async fn two_vms_on_one_private_subnet_reach_each_other() {
         ids.push(vms::create(&mut tx, project, &spec, nexus::Frame::default()).await.unwrap());
         tx.commit().await.unwrap();
     }
-    let a = wait_vm(&w, ids[0], "running", Duration::from_secs(180), &worker).await;
-    let b = wait_vm(&w, ids[1], "running", Duration::from_secs(180), &worker).await;
+    let a = wait_vm(&w, ids[0], "running", Duration::from_secs(240), &worker).await;
+    let b = wait_vm(&w, ids[1], "running", Duration::from_secs(240), &worker).await;
     assert_eq!((a.private_ip.as_deref(), b.private_ip.as_deref()), (Some("10.9.0.2/24"), Some("10.9.0.3/24")), "addresses from the subnet, recorded");
 
     // From inside the first guest, the second answers on the private segment.
