@@ -2,6 +2,7 @@
 //!
 //! - [`worker`]: the flags, database connection, logging, signals and metrics
 //!   of a worker process (`respirate`, and the one inside `skein up`).
+//! - [`local_host`]: real sshd hosts in network namespaces (tests, the VM demo).
 //! - [`embedded`]: the private Postgres cluster used when no URL is given.
 //! - [`bench`]: `skein bench`, the benchmark with its in-run Postgres baseline.
 //! - [`up`]: `skein up`, the control plane on its defaults, with a demo.
@@ -9,5 +10,7 @@
 pub mod bench;
 pub mod embedded;
 pub mod host_cmd;
+pub mod local_host;
 pub mod up;
+pub mod vm_demo;
 pub mod worker;

@@ -23,6 +23,9 @@ pub struct UpArgs {
     /// Do not run the demo.
     #[arg(long)]
     pub no_demo: bool,
+    /// Run the census demo only, not the VM demo (a local host and a VM on it).
+    #[arg(long)]
+    pub no_vm_demo: bool,
     /// Stop once the demo has finished (for scripts and CI); exit non-zero if it failed.
     #[arg(long)]
     pub exit_after_demo: bool,
@@ -47,8 +50,20 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<anyhow::Result<Value>>();
     if !args.no_demo {
         let pool = pool.clone();
+        let with_vm = !args.no_vm_demo;
         tokio::spawn(async move {
-            let _ = done_tx.send(demo(&pool).await);
+            let census = demo(&pool).await;
+            let result = match census {
+                Ok(v) if with_vm => match crate::vm_demo::unavailable() {
+                    Some(why) => {
+                        println!("\nvm demo: skipped: {why}\n");
+                        Ok(v)
+                    }
+                    None => crate::vm_demo::run(&pool).await.map(|()| v),
+                },
+                other => other,
+            };
+            let _ = done_tx.send(result);
         });
     }
     let exit_after_demo = args.exit_after_demo && !args.no_demo;
@@ -56,7 +71,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let demo_watch = tokio::spawn(async move {
         let result = done_rx.await.unwrap_or_else(|_| Ok(Value::Null));
         match &result {
-            Ok(v) if !v.is_null() => println!("\ndemo: done, the census exited with {v}\n"),
+            Ok(v) if !v.is_null() => println!("\ndemo: done (the census exited with {v})\n"),
             Ok(_) => {}
             Err(e) => eprintln!("\ndemo: failed: {e:#}\n"),
         }

@@ -3,7 +3,8 @@
 //! middle of a step (as another worker or an operator would).
 
 pub mod guest_image;
-pub mod hosts;
+/// Test hosts: real sshd in network namespaces (shared with `skein up`'s demo).
+pub use skein_bin::local_host as hosts;
 pub mod procs;
 pub mod rule_progs;
 pub mod world;

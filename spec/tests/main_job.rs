@@ -16,7 +16,11 @@ async fn skein_up_runs_the_demo_census_to_its_end() {
     for line in [
         "Demo::Census   Start   hop -> Tally  (budded 3)",
         "Demo::Doubler  Start   pop {\"value\":32} -> Demo::Census at Double",
-        "demo: done, the census exited with {\"doubled\":32,\"total\":16}",
+        "demo: done (the census exited with {\"doubled\":32,\"total\":16})",
+        // The VM part: a local host prepared by its strand, a VM on it, a command inside the guest.
+        "vm demo: host accepting VMs",
+        "vm demo: inside the guest, `uname -a` says: Linux vm",
+        "vm demo: done: nothing of the vm or the local host is left on this machine",
     ] {
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
     }

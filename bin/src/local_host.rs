@@ -1,4 +1,5 @@
-//! Real sshd "hosts" for integration tests.
+//! Local hosts: real sshd "hosts" on this machine, for integration tests and
+//! for `skein up`'s VM demo.
 //!
 //! skein drives remote hosts over SSH, and the only honest way to test that
 //! (host keys, authorized keys, SFTP uploads, a host vanishing mid-session,

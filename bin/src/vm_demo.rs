@@ -1,0 +1,186 @@
+//! The VM part of `skein up`'s demo: a local host (a real sshd in a network
+//! namespace on this machine) is added like any host, its strand prepares
+//! it, a VM is created on it and reaches running, a command runs inside the
+//! guest over SSH, and then the VM is destroyed and the host removed.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use skein_models::{vm, vm_host, Ubid};
+use skein_progs::host::{self, nexus as host_nexus, NewHost};
+use skein_progs::vm::{self as vms, nexus as vm_nexus, Spec};
+use sqlx::PgPool;
+
+use crate::local_host::{generate_keypair, TestHost};
+
+/// Why the demo cannot run here, if it cannot.
+pub fn unavailable() -> Option<String> {
+    let uid = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:"))?.split_whitespace().nth(1).map(String::from));
+    if uid.as_deref() != Some("0") {
+        return Some("it needs root (network namespaces, a local sshd, VM users)".into());
+    }
+    for (what, path) in [("sshd", "/usr/sbin/sshd"), ("qemu", "/usr/bin/qemu-system-x86_64"), ("ip", "/usr/sbin/ip")] {
+        if !std::path::Path::new(path).exists() && !std::path::Path::new(&path.replace("/usr/sbin", "/sbin")).exists() {
+            return Some(format!("{what} is not installed ({path}); scripts/install-deps installs it"));
+        }
+    }
+    None
+}
+
+fn say(msg: impl AsRef<str>) {
+    println!("\nvm demo: {}\n", msg.as_ref());
+}
+
+pub async fn run(pool: &PgPool) -> anyhow::Result<()> {
+    let (bootstrap_private, bootstrap_public) = generate_keypair();
+    let local = tokio::task::spawn_blocking(move || TestHost::start(&bootstrap_public)).await?;
+    say(format!(
+        "a local host: sshd in network namespace {} at {} (its files under {})",
+        local.netns(),
+        local.addr(),
+        local.root_dir().display()
+    ));
+    // A local host has no network of its own (it reaches only this machine),
+    // so it cannot download Debian's packages: its guest image is built here,
+    // by the same builder, and placed where the host's own build finds it.
+    let image = seed_image(&local).await?;
+    say(format!("guest image {image} placed in the local host's root (built once, cached)"));
+    let secret = crate::worker::secret_key()?;
+    let name = format!("local-{}", &Ubid::generate(skein_models::UbidType::VmHost).to_string()[20..]);
+    let (addr, root) = (local.addr().to_string(), local.root_dir().display().to_string());
+    let new = NewHost { name: &name, address: &addr, port: local.port(), user: "root", bootstrap_private_key: &bootstrap_private, root_dir: &root };
+    let mut tx = pool.begin().await?;
+    let host_id = host::add(&mut tx, &secret, &new, host_nexus::Frame::default()).await?;
+    tx.commit().await?;
+    say(format!(
+        "host {name} ({host_id}) added: its strand pins the host key, takes it over with its own key, installs the agent, \
+         learns the machine, checks the guest image and probes KVM by booting it"
+    ));
+    let host = wait(Duration::from_secs(600), || async {
+        let h = vm_host::get(&mut *pool.acquire().await?, host_id.uuid()).await?.context("host row gone")?;
+        Ok((h.state == "accepting").then_some(h))
+    })
+    .await
+    .context("the local host did not become ready")?;
+    let kvm = if host.kvm_usable == Some(true) { "yes".to_string() } else { format!("no: {}", host.kvm_reason.unwrap_or_default()) };
+    say(format!("host accepting VMs: {} cpus, {} MiB, KVM {kvm}", host.cpus.unwrap_or(0), host.memory_mib.unwrap_or(0)));
+
+    let (owner_private, owner_public) = generate_keypair();
+    let key_file = key_file(&owner_private)?;
+    let project: Uuid = sqlx::query_scalar(
+        "INSERT INTO project (id, name, vm_quota) VALUES ($1, 'demo', 10) \
+         ON CONFLICT (name) DO UPDATE SET name = excluded.name RETURNING id",
+    )
+    .bind(Ubid::generate(skein_models::UbidType::Project).uuid())
+    .fetch_one(pool)
+    .await?;
+    let spec = Spec { name: "hello", cores: 1, memory_mib: 256, disk_mib: 64, public_key: &owner_public, subnet: None };
+    let began = Instant::now();
+    let mut tx = pool.begin().await?;
+    let vm_id = vms::create(&mut tx, Ubid::from_uuid(project), &spec, vm_nexus::Frame::default()).await?;
+    tx.commit().await?;
+    say(format!("vm {vm_id} created (1 vCPU, 256 MiB); its strand places it, sets it up, boots it, waits for its SSH"));
+    wait(Duration::from_secs(600), || async {
+        let v = vm::get(&mut *pool.acquire().await?, vm_id.uuid()).await?.context("vm row gone")?;
+        Ok((v.state == "running").then_some(()))
+    })
+    .await
+    .context("the vm did not reach running")?;
+    let port = std::fs::read_to_string(local.root_dir().join("vms").join(vm_id.to_string()).join("ssh.port"))?;
+    let ssh = format!("ssh -i {} -p {} root@{}", key_file.display(), port.trim(), local.addr());
+    say(format!("vm running after {:.1} s; reach it with: {ssh}", began.elapsed().as_secs_f64()));
+    let out = Command::new("ssh")
+        .args(["-i", &key_file.display().to_string(), "-p", port.trim()])
+        .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR"])
+        .arg(format!("root@{}", local.addr()))
+        .arg("uname -a")
+        .output()
+        .context("running ssh")?;
+    if !out.status.success() {
+        bail!("ssh into the guest failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    say(format!("inside the guest, `uname -a` says: {}", String::from_utf8_lossy(&out.stdout).trim()));
+
+    say("destroying the vm, then the host");
+    skein_engine::enqueue::incr(&mut *pool.acquire().await?, vm_id, "destroy").await?;
+    wait(Duration::from_secs(120), || async {
+        let v = vm::get(&mut *pool.acquire().await?, vm_id.uuid()).await?.context("vm row gone")?;
+        Ok((v.state == "destroyed").then_some(()))
+    })
+    .await?;
+    skein_engine::enqueue::incr(&mut *pool.acquire().await?, host_id, "destroy").await?;
+    wait(Duration::from_secs(60), || async {
+        let h = vm_host::get(&mut *pool.acquire().await?, host_id.uuid()).await?.context("host row gone")?;
+        Ok((h.state == "destroyed").then_some(()))
+    })
+    .await?;
+    tokio::task::spawn_blocking(move || drop(local)).await?;
+    let _ = std::fs::remove_file(&key_file);
+    say("done: nothing of the vm or the local host is left on this machine");
+    Ok(())
+}
+
+use uuid::Uuid;
+
+/// Poll `check` every half second until it yields something, or fail after `limit`.
+async fn wait<T, F, Fut>(limit: Duration, check: F) -> anyhow::Result<T>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let until = Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await? {
+            return Ok(v);
+        }
+        if Instant::now() > until {
+            bail!("gave up after {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The VM owner's private key, where the printed ssh command can use it.
+fn key_file(private: &str) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let home = crate::embedded::Embedded::from_env()?.home;
+    std::fs::create_dir_all(&home)?;
+    let path = home.join("demo-vm-key");
+    std::fs::write(&path, private)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(path)
+}
+
+/// Build the guest image on this machine (once per agent version, cached in
+/// `$SKEIN_HOME`), and copy it into the local host's root. Returns its version.
+async fn seed_image(local: &TestHost) -> anyhow::Result<String> {
+    let home = crate::embedded::Embedded::from_env()?.home;
+    let cache = home.join("guest-image").join(skein_progs::host::agent::version());
+    let image = cache.join("images/guest");
+    if !image.join("VERSION").exists() {
+        say("building the guest image from Debian's packages (first run only; takes a minute)");
+        std::fs::create_dir_all(&cache)?;
+        let script = cache.join("build-guest-image");
+        let body = skein_progs::host::agent::FILES
+            .iter()
+            .find(|(path, _)| *path == "bin/build-guest-image")
+            .map(|(_, body)| *body)
+            .context("the agent bundle has no build-guest-image")?;
+        std::fs::write(&script, body)?;
+        let out = tokio::process::Command::new("bash").arg(&script).env("SKEIN_ROOT", &cache).output().await?;
+        if !out.status.success() {
+            bail!("building the guest image failed:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    let to = local.root_dir().join("images/guest");
+    std::fs::create_dir_all(&to)?;
+    for entry in std::fs::read_dir(&image)? {
+        let entry = entry?;
+        std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+    }
+    Ok(std::fs::read_to_string(image.join("VERSION"))?.trim().to_string())
+}
