@@ -251,8 +251,12 @@ async fn a_vm_on_an_unreachable_host_is_unavailable_and_reconciled_when_it_retur
     w.wait_for(host_id, "unreachable", Duration::from_secs(30), &worker, |r| r.state == "unreachable").await;
     wait_vm(&w, id, "unavailable", Duration::from_secs(10), &worker).await;
 
+    // Meanwhile something the control plane never made appeared on the host.
+    std::fs::create_dir_all(h.root_dir().join("vms/vmstranger1")).unwrap();
+
     // It comes back: the host accepts again, and the VM is reconciled with
-    // what runs there (its qemu is gone, it should run: it is started again).
+    // what runs there (its qemu is gone, it should run: it is started again);
+    // the stranger is reported, not touched.
     h.start_sshd();
     w.wait_for(host_id, "accepting again", Duration::from_secs(30), &worker, |r| r.state == "accepting").await;
     wait_vm(&w, id, "running", Duration::from_secs(240), &worker).await;
@@ -260,6 +264,8 @@ async fn a_vm_on_an_unreachable_host_is_unavailable_and_reconciled_when_it_retur
     let kinds = event_kinds(&w, id).await;
     let tail: Vec<&str> = kinds.iter().map(String::as_str).skip_while(|k| *k != "unavailable").collect();
     assert_eq!(tail, ["unavailable", "qemu-died", "launched", "running"], "{kinds:?}");
+    assert_eq!(w.open_pages(&format!("host-unknown-vm:{host_id}:vmstranger1")).await, 1, "the unknown VM is reported");
+    assert!(h.root_dir().join("vms/vmstranger1").exists(), "and left alone");
     signal(&w, id, "destroy").await;
     wait_vm(&w, id, "destroyed", Duration::from_secs(60), &worker).await;
 }

@@ -256,10 +256,11 @@ async fn checkup(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
                 // Reconcile its VMs with what actually runs there: each one's
                 // strand checks (alive: running again; gone: per desired state).
                 let vms = vm::on_host(conn, host.row.id).await?;
-                for vm in vms {
-                    cx.incr(Ubid::from_uuid(vm), "checkup").await?;
+                for vm in &vms {
+                    cx.incr(Ubid::from_uuid(*vm), "checkup").await?;
                 }
                 cx.resolve_page(&unreachable_tag(&host)).await?;
+                report_unknown_vms(cx, &host, &vms).await?;
             }
             if version != agent::version() {
                 // Agent drift (an old agent, or someone changed it): reinstall.
@@ -306,6 +307,19 @@ async fn wait_reboot(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
         Err(e) if e.is_unreachable() => nap(2),
         Err(e) => Err(e.into()),
     }
+}
+
+/// VMs found on the host that the control plane does not know (their
+/// directory under the agent root): reported, never touched.
+async fn report_unknown_vms(cx: &mut Ctx<'_, HostNexus>, host: &Host, known: &[uuid::Uuid]) -> anyhow::Result<()> {
+    let listed = host.exec(&crate::cmd!("ls -1 {}/vms 2>/dev/null || true", host.root())?, cx.time_left().min(SSH_LIMIT)).await?;
+    let known: Vec<String> = known.iter().map(|id| Ubid::from_uuid(*id).to_string()).collect();
+    for name in listed.stdout_str().lines().map(str::trim).filter(|n| !n.is_empty() && !known.iter().any(|k| k == n)) {
+        event::record(cx.tx.conn().await?, host.row.id, "unknown-vm", "system", &json!({"name": name})).await?;
+        let summary = format!("host {} has a VM the control plane does not know: {name}", host.row.name);
+        cx.raise_page(&format!("host-unknown-vm:{}:{name}", host.id()), &summary, &json!({"host": host.id(), "name": name})).await?;
+    }
+    Ok(())
 }
 
 async fn missed(cx: &mut Ctx<'_, HostNexus>, host: &Host, e: &SshError) -> Step<HostNexus> {
