@@ -12,6 +12,7 @@ use skein_models::{vm, vm_host, Ubid};
 use skein_progs::host::{self, nexus as host_nexus, NewHost};
 use skein_progs::vm::{self as vms, nexus as vm_nexus, Spec};
 use sqlx::PgPool;
+use uuid::Uuid;
 
 use crate::local_host::{generate_keypair, TestHost};
 
@@ -124,7 +125,6 @@ pub async fn run(pool: &PgPool) -> anyhow::Result<()> {
     Ok(())
 }
 
-use uuid::Uuid;
 
 /// Poll `check` every half second until it yields something, or fail after `limit`.
 async fn wait<T, F, Fut>(limit: Duration, check: F) -> anyhow::Result<T>

@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use skein_engine::prelude::*;
-use skein_progs::demo::doubler;
 
 use crate::SideDoor;
 
@@ -223,9 +222,4 @@ pub fn registry() -> skein_engine::Registry {
         .with::<Waiter>()
         .with::<Late>()
         .with::<Stumbler>()
-}
-
-#[allow(unused)]
-fn _doubler_is_reachable(f: doubler::Frame) -> doubler::Frame {
-    f
 }

@@ -127,6 +127,11 @@ async fn a_host_becomes_unreachable_after_the_threshold_and_recovers() {
     let row = w.wait_for(id, "unreachable", Duration::from_secs(30), &worker, |r| r.state == "unreachable").await;
     assert!(row.missed_checks >= 3, "{row:?}");
     assert_eq!(w.open_pages(&tag).await, 1);
+    // The transition itself records how many misses caused it: exactly the threshold.
+    let events = skein_models::event::of(&mut w.db.pool.acquire().await.unwrap(), id.uuid()).await.unwrap();
+    let unreachable: Vec<_> = events.iter().filter(|e| e.kind == "unreachable").collect();
+    assert_eq!(unreachable.len(), 1, "{events:?}");
+    assert_eq!(unreachable[0].detail["misses"], 3, "unreachable at the third miss, not before");
 
     h.start_sshd();
     let row = w.wait_for(id, "accepting again", Duration::from_secs(30), &worker, |r| r.state == "accepting").await;

@@ -74,7 +74,11 @@ impl Host {
             [] => crate::cmd!("SKEIN_ROOT={} {}/agent/bin/{}", root, root, name),
             [a] => crate::cmd!("SKEIN_ROOT={} {}/agent/bin/{} {}", root, root, name, a),
             [a, b] => crate::cmd!("SKEIN_ROOT={} {}/agent/bin/{} {} {}", root, root, name, a, b),
-            _ => panic!("Host::agent takes at most two arguments; write a template for more"),
+            _ => {
+                // A prog's mistake: fail its step with a message, never crash a worker.
+                let reason = format!("Host::agent takes at most two arguments, got {}; write a template for more", args.len());
+                return Err(SshError::Session { host: self.target.host.clone(), cmd: name.into(), reason });
+            }
         };
         let line = line.map_err(|e| SshError::Session { host: self.target.host.clone(), cmd: name.into(), reason: e.to_string() })?;
         self.exec(&line, timeout).await
