@@ -135,6 +135,11 @@ impl<'a, P: Prog> Ctx<'a, P> {
 
     /// Whether `name` was incremented when this step began.
     pub fn is_set(&self, name: &str) -> bool {
+        debug_assert!(
+            name == "destroy" || P::SEMAPHORES.contains(&name),
+            "{} reads semaphore {name:?} but does not declare it in Prog::SEMAPHORES",
+            P::NAME
+        );
         self.st.sems.iter().any(|(_, n)| n == name)
     }
 

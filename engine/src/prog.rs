@@ -71,6 +71,10 @@ pub trait Prog: Send + Sync + Sized + 'static {
     type Frame: Serialize + DeserializeOwned + Send + Sync;
     /// Where a `destroy` semaphore sends the strand; `None` means it just exits.
     const DESTROY: Option<Self::Label> = None;
+    /// The semaphores this prog answers (besides `destroy`, which every prog
+    /// answers). Operators' tools complete and check names against it, and
+    /// a debug build refuses to read one that is not declared here.
+    const SEMAPHORES: &'static [&'static str] = &[];
 
     /// Run one label.
     async fn run(cx: &mut Ctx<'_, Self>, label: Self::Label) -> Step<Self>;

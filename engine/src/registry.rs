@@ -27,6 +27,7 @@ pub(crate) trait AnyProg: Send + Sync {
     fn labels(&self) -> Vec<&'static str>;
     fn has_label(&self, label: &str) -> bool;
     fn destroy_label(&self) -> Option<&'static str>;
+    fn semaphores(&self) -> &'static [&'static str];
     /// Run `label` with the prog's data read from `frame`; returns the flow and
     /// the frame data to write back.
     async fn run(&self, tx: Tx<'_>, st: &mut StepState, label: &str, frame: &Frame) -> Result<(RawFlow, Value), StepError>;
@@ -46,6 +47,10 @@ impl<P: Prog> AnyProg for Typed<P> {
 
     fn destroy_label(&self) -> Option<&'static str> {
         P::DESTROY.map(Label::name)
+    }
+
+    fn semaphores(&self) -> &'static [&'static str] {
+        P::SEMAPHORES
     }
 
     async fn run(&self, tx: Tx<'_>, st: &mut StepState, label: &str, frame: &Frame) -> Result<(RawFlow, Value), StepError> {
@@ -108,5 +113,10 @@ impl Registry {
     /// The labels of a registered prog (for completion and validation).
     pub fn labels(&self, prog: &str) -> Option<Vec<&'static str>> {
         self.progs.get(prog).map(|p| p.labels())
+    }
+
+    /// The semaphores a registered prog answers: the ones it declares, then `destroy`.
+    pub fn semaphores(&self, prog: &str) -> Option<Vec<&'static str>> {
+        self.progs.get(prog).map(|p| p.semaphores().iter().copied().chain(["destroy"]).collect())
     }
 }

@@ -46,6 +46,7 @@ impl Prog for Meddler {
     const NAME: &'static str = "Spec::Meddler";
     type Label = MeddlerLabel;
     type Frame = MeddlerFrame;
+    const SEMAPHORES: &'static [&'static str] = &["done", "poke", "heal"];
     async fn run(cx: &mut Ctx<'_, Self>, label: MeddlerLabel) -> Step<Self> {
         if label == MeddlerLabel::Done {
             return pop("done");
@@ -176,6 +177,7 @@ impl Prog for Late {
     const NAME: &'static str = "Spec::Late";
     type Label = LateLabel;
     type Frame = LateFrame;
+    const SEMAPHORES: &'static [&'static str] = &["go"];
     async fn run(cx: &mut Ctx<'_, Self>, label: LateLabel) -> Step<Self> {
         match label {
             LateLabel::Start => {

@@ -32,6 +32,7 @@ impl Prog for Census {
     type Label = Label;
     type Frame = Frame;
     const DESTROY: Option<Label> = Some(Label::Cancel);
+    const SEMAPHORES: &'static [&'static str] = &["finish"];
 
     async fn run(cx: &mut Ctx<'_, Self>, label: Label) -> Step<Self> {
         match label {

@@ -65,6 +65,7 @@ impl Prog for Nexus {
     type Label = Label;
     type Frame = Frame;
     const DESTROY: Option<Label> = Some(Label::Destroy);
+    const SEMAPHORES: &'static [&'static str] = &["stop", "start", "restart", "checkup"];
 
     async fn run(cx: &mut Ctx<'_, Self>, label: Label) -> Step<Self> {
         match label {
