@@ -35,3 +35,12 @@ pub async fn record(conn: &mut PgConnection, subject: Uuid, kind: &str, actor: &
 pub async fn of(conn: &mut PgConnection, subject: Uuid) -> Result<Vec<Event>, sqlx::Error> {
     sqlx::query_as("SELECT * FROM event WHERE subject_id = $1 ORDER BY created_at, id").bind(subject).fetch_all(conn).await
 }
+
+/// A subject's latest `limit` events, oldest first.
+pub async fn recent(conn: &mut PgConnection, subject: Uuid, limit: i64) -> Result<Vec<Event>, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM (SELECT * FROM event WHERE subject_id = $1 ORDER BY created_at DESC, id DESC LIMIT $2) e ORDER BY created_at, id")
+        .bind(subject)
+        .bind(limit)
+        .fetch_all(conn)
+        .await
+}

@@ -5,11 +5,14 @@
 //! the engine's API), but they own their own tables, defined here too as the
 //! control plane grows.
 
+pub mod api_token;
 pub mod archive;
 pub mod capacity;
 pub mod db;
 pub mod event;
+pub mod idempotency;
 pub mod page;
+pub mod project;
 pub mod semaphore;
 pub mod sshable;
 pub mod strand;

@@ -104,3 +104,17 @@ pub async fn mark_unavailable_on(conn: &mut PgConnection, host: Uuid) -> Result<
 pub async fn on_host(conn: &mut PgConnection, host: Uuid) -> Result<Vec<Uuid>, sqlx::Error> {
     sqlx::query_scalar("SELECT id FROM vm WHERE host_id = $1 AND state <> 'destroyed' ORDER BY id").bind(host).fetch_all(conn).await
 }
+
+/// One page of VMs in id order (ids are time-ordered UBIDs), after the
+/// cursor `after`, of `project` or of every project. A keyset page: stable
+/// while rows are added, and as cheap for the last page as for the first.
+pub async fn page(conn: &mut PgConnection, project: Option<Uuid>, after: Option<Uuid>, limit: i64) -> Result<Vec<Vm>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM vm WHERE ($1::uuid IS NULL OR project_id = $1) AND ($2::uuid IS NULL OR id > $2) ORDER BY id LIMIT $3"
+    ))
+    .bind(project)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}

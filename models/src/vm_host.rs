@@ -131,3 +131,12 @@ pub async fn checkup_missed(conn: &mut PgConnection, id: Uuid) -> Result<i32, sq
         .fetch_one(conn)
         .await
 }
+
+/// One page of hosts in id order after the cursor `after` (keyset paging).
+pub async fn page(conn: &mut PgConnection, after: Option<Uuid>, limit: i64) -> Result<Vec<VmHost>, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM vm_host WHERE ($1::uuid IS NULL OR id > $1) ORDER BY id LIMIT $2")
+        .bind(after)
+        .bind(limit)
+        .fetch_all(conn)
+        .await
+}

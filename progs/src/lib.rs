@@ -8,6 +8,7 @@
 pub mod bench;
 pub mod demo;
 pub mod host;
+pub mod rules;
 pub mod ssh;
 pub mod vm;
 

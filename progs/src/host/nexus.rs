@@ -10,7 +10,10 @@
 //! (or when `checkup` is set); `reboot` reboots it and waits for a new boot
 //! id (paging if it is not back in ten minutes). A host that misses `unreachable_after`
 //! checkups in a row is marked unreachable and paged; it returns to accepting
-//! when it answers again. `destroy` retires the host.
+//! when it answers again. `drain` stops new VMs from being placed on it
+//! (its VMs keep running): it is 'draining' from then on, and stays so when
+//! it comes back from unreachable or is prepared again. `destroy` retires
+//! the host.
 
 use std::time::Duration;
 
@@ -43,6 +46,9 @@ pub struct Frame {
     /// The boot id before a requested reboot; the reboot is done when it changes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_id_before_reboot: Option<String>,
+    /// Drained by an operator: never accepting again (see [`open_state`]).
+    #[serde(default)]
+    pub draining: bool,
 }
 
 fn default_checkup_secs() -> u64 {
@@ -60,6 +66,7 @@ impl Default for Frame {
             unreachable_after: default_unreachable_after(),
             image_failures: 0,
             boot_id_before_reboot: None,
+            draining: false,
         }
     }
 }
@@ -87,6 +94,7 @@ impl Prog for HostNexus {
             Label::WaitLearn => wait_learn(cx).await,
             Label::PrepImage => prep_image(cx).await,
             Label::ProbeKvm => probe_kvm(cx).await,
+            Label::Wait if cx.take("drain") => drain(cx).await,
             Label::Wait if cx.take("reboot") => hop(Label::Reboot),
             Label::Wait => checkup(cx).await,
             Label::Reboot => reboot(cx).await,
@@ -216,14 +224,43 @@ async fn probe_kvm(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
                 kvm_reason: kvm["reason"].as_str().map(String::from),
                 ..Default::default()
             };
+            let open = open_state(cx);
             let conn = cx.tx.conn().await?;
             vm_host::record_facts(conn, host.row.id, &facts).await?;
-            vm_host::set_state(conn, host.row.id, "accepting").await?;
+            vm_host::set_state(conn, host.row.id, open).await?;
             let image = host.row.image_version.clone().unwrap_or_default();
-            event::record(conn, host.row.id, "accepting", "system", &json!({"image": image, "kvm": kvm})).await?;
+            event::record(conn, host.row.id, open, "system", &json!({"image": image, "kvm": kvm})).await?;
             hop(Label::Wait)
         }
     }
+}
+
+/// The state of a prepared, reachable host: 'accepting', unless an operator
+/// drained it (or asked to, and the Wait label has not taken it yet).
+fn open_state(cx: &Ctx<'_, HostNexus>) -> &'static str {
+    if cx.frame.draining || cx.is_set("drain") {
+        "draining"
+    } else {
+        "accepting"
+    }
+}
+
+/// Place no new VMs here; those on it keep running. An unreachable host
+/// stays 'unreachable' (that is what is true now) and comes back draining.
+async fn drain(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
+    if cx.frame.draining {
+        return hop(Label::Wait);
+    }
+    cx.frame.draining = true;
+    let subject = cx.subject_id();
+    let id = subject.uuid();
+    let conn = cx.tx.conn().await?;
+    let row = vm_host::get(conn, id).await?.ok_or_else(|| anyhow::anyhow!("host {subject} is gone"))?;
+    if row.state == "accepting" {
+        vm_host::set_state(conn, id, "draining").await?;
+    }
+    event::record(conn, id, "draining", "system", &json!({"was": row.state})).await?;
+    hop(Label::Wait)
 }
 
 fn unreachable_tag(host: &Host) -> String {
@@ -248,10 +285,11 @@ async fn checkup(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
             if host.row.boot_id.as_deref().is_some_and(|b| b != boot) {
                 tracing::info!(host = %host.id(), "host rebooted since the last checkup");
             }
+            let open = open_state(cx);
             let conn = cx.tx.conn().await?;
             vm_host::checkup_ok(conn, host.row.id, &boot).await?;
             if host.row.state == "unreachable" {
-                vm_host::set_state(conn, host.row.id, "accepting").await?;
+                vm_host::set_state(conn, host.row.id, open).await?;
                 event::record(conn, host.row.id, "reachable-again", "system", &json!({})).await?;
                 // Reconcile its VMs with what actually runs there: each one's
                 // strand checks (alive: running again; gone: per desired state).

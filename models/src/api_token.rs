@@ -1,0 +1,42 @@
+//! API bearer tokens: only the sha256 of each secret is stored, so a leaked
+//! table does not leak a usable token. A token with no project is an
+//! operator's.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{FromRow, PgConnection};
+use uuid::Uuid;
+
+#[derive(Clone, Debug, FromRow, Serialize)]
+pub struct ApiToken {
+    pub id: Uuid,
+    pub name: String,
+    pub project_id: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+pub async fn insert(conn: &mut PgConnection, id: Uuid, name: &str, project: Option<Uuid>, hash: &[u8]) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO api_token (id, name, project_id, hash) VALUES ($1, $2, $3, $4)")
+        .bind(id)
+        .bind(name)
+        .bind(project)
+        .bind(hash)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// The live (not revoked) token whose secret hashes to `hash`: one index probe.
+pub async fn by_hash(conn: &mut PgConnection, hash: &[u8]) -> Result<Option<ApiToken>, sqlx::Error> {
+    sqlx::query_as("SELECT id, name, project_id, created_at, revoked_at FROM api_token WHERE hash = $1 AND revoked_at IS NULL")
+        .bind(hash)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Revoke a token; false if there is no such live token.
+pub async fn revoke(conn: &mut PgConnection, id: Uuid) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("UPDATE api_token SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL").bind(id).execute(conn).await?;
+    Ok(done.rows_affected() == 1)
+}

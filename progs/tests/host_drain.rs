@@ -1,0 +1,71 @@
+//! `drain` on `Vm::HostNexus`, label by label (no SSH: draining is a
+//! database change in the Wait label). Returning from unreachable and
+//! re-preparing keep a drained host draining: those paths talk to a real
+//! host and are tested end to end in spec/tests/api_e2e.rs.
+
+use skein_engine::enqueue;
+use skein_engine::testing::Harness;
+use skein_models::capacity::{self, Size};
+use skein_models::{event, sshable, vm_host, Ubid, UbidType};
+use skein_progs::host::nexus::{self, HostNexus};
+
+/// A host row in `state` with room for VMs, and its strand waiting in Wait.
+async fn host_in(h: &Harness, state: &str) -> Ubid {
+    let mut conn = h.pool().acquire().await.unwrap();
+    let sh = Ubid::generate(UbidType::Sshable).uuid();
+    sshable::insert(&mut conn, sh, "192.0.2.1", 22, "root", b"sealed").await.unwrap();
+    let id = Ubid::generate(UbidType::VmHost);
+    vm_host::insert(&mut conn, id.uuid(), sh, "h1", "/var/lib/skein").await.unwrap();
+    let facts = vm_host::Facts { cpus: Some(8), memory_mib: Some(16_384), storage_free_mib: Some(100_000), ..Default::default() };
+    vm_host::record_facts(&mut conn, id.uuid(), &facts).await.unwrap();
+    vm_host::set_state(&mut conn, id.uuid(), state).await.unwrap();
+    enqueue::start_for(&mut conn, id, nexus::Frame::default(), nexus::Label::Wait).await.unwrap();
+    id
+}
+
+async fn state(h: &Harness, id: Ubid) -> String {
+    vm_host::get(&mut h.pool().acquire().await.unwrap(), id.uuid()).await.unwrap().unwrap().state
+}
+
+async fn events(h: &Harness, id: Ubid) -> Vec<(String, serde_json::Value)> {
+    event::of(&mut h.pool().acquire().await.unwrap(), id.uuid()).await.unwrap().into_iter().map(|e| (e.kind, e.detail)).collect()
+}
+
+const SMALL: Size = Size { cores: 1, memory_mib: 512, disk_mib: 1000 };
+
+#[tokio::test]
+async fn drain_makes_an_accepting_host_draining_and_placement_passes_it_by() {
+    let h = Harness::new(skein_progs::registry()).await;
+    let id = host_in(&h, "accepting").await;
+    assert!(h.incr(id, "drain").await);
+    h.step(id).await.assert_hop(nexus::Label::Wait);
+    assert_eq!(state(&h, id).await, "draining");
+    assert!(h.frame::<HostNexus>(id).await.draining, "remembered for later checkups and re-preparation");
+    assert_eq!(events(&h, id).await, [("draining".to_string(), serde_json::json!({"was": "accepting"}))]);
+    assert!(h.sems(id).await.is_empty(), "the semaphore is consumed");
+    let placed = capacity::reserve(&mut h.pool().acquire().await.unwrap(), SMALL).await.unwrap();
+    assert_eq!(placed, None, "no VM is placed on a draining host");
+
+    // Draining again changes nothing and records nothing new.
+    assert!(h.incr(id, "drain").await);
+    h.step(id).await.assert_hop(nexus::Label::Wait);
+    assert_eq!(events(&h, id).await.len(), 1);
+    assert_eq!(state(&h, id).await, "draining");
+}
+
+#[tokio::test]
+async fn an_unreachable_host_stays_unreachable_when_drained_but_will_come_back_draining() {
+    let h = Harness::new(skein_progs::registry()).await;
+    let id = host_in(&h, "unreachable").await;
+    assert!(h.incr(id, "drain").await);
+    h.step(id).await.assert_hop(nexus::Label::Wait);
+    assert_eq!(state(&h, id).await, "unreachable", "what is true now");
+    assert!(h.frame::<HostNexus>(id).await.draining);
+    assert_eq!(events(&h, id).await, [("draining".to_string(), serde_json::json!({"was": "unreachable"}))]);
+}
+
+#[tokio::test]
+async fn a_frame_written_before_drain_existed_reads_as_not_draining() {
+    let frame: nexus::Frame = serde_json::from_value(serde_json::json!({"checkup_secs": 60})).unwrap();
+    assert!(!frame.draining);
+}
