@@ -77,6 +77,7 @@ impl Prog for HostNexus {
     type Label = Label;
     type Frame = Frame;
     const DESTROY: Option<Label> = Some(Label::Destroy);
+    const SEMAPHORES: &'static [&'static str] = &["reboot", "checkup", "drain"];
 
     async fn run(cx: &mut Ctx<'_, Self>, label: Label) -> Step<Self> {
         match label {
