@@ -7,10 +7,12 @@
 
 pub mod api_token;
 pub mod archive;
+pub mod audit;
 pub mod capacity;
 pub mod db;
 pub mod event;
 pub mod idempotency;
+pub mod inspect;
 pub mod page;
 pub mod project;
 pub mod semaphore;

@@ -57,3 +57,25 @@ pub async fn open(conn: &mut PgConnection) -> Result<Vec<Page>, sqlx::Error> {
 pub async fn by_tag(conn: &mut PgConnection, tag: &str) -> Result<Vec<Page>, sqlx::Error> {
     sqlx::query_as("SELECT * FROM page WHERE tag = $1 ORDER BY created_at").bind(tag).fetch_all(conn).await
 }
+
+/// Open pages (first), and with `include_resolved` those resolved in the last week; newest first.
+pub async fn recent(conn: &mut PgConnection, include_resolved: bool, limit: i64) -> Result<Vec<Page>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT * FROM page WHERE resolved_at IS NULL OR ($1 AND resolved_at > now() - interval '7 days') \
+         ORDER BY resolved_at IS NULL DESC, created_at DESC LIMIT $2",
+    )
+    .bind(include_resolved)
+    .bind(limit)
+    .fetch_all(conn)
+    .await
+}
+
+pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<Option<Page>, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM page WHERE id = $1").bind(id).fetch_optional(conn).await
+}
+
+/// Resolve a page by id. False if it was not open.
+pub async fn resolve_id(conn: &mut PgConnection, id: Uuid) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("UPDATE page SET resolved_at = now() WHERE id = $1 AND resolved_at IS NULL").bind(id).execute(conn).await?;
+    Ok(done.rows_affected() == 1)
+}

@@ -46,3 +46,16 @@ pub async fn names(conn: &mut PgConnection, strand: Uuid) -> Result<Vec<String>,
         .await?;
     Ok(rows.into_iter().map(|(n,)| n).collect())
 }
+
+/// Take back one increment of `name` (the oldest), as an operator's `decr`.
+/// False if none was set.
+pub async fn decr_one(conn: &mut PgConnection, strand: Uuid, name: &str) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "DELETE FROM semaphore WHERE id = (SELECT id FROM semaphore WHERE strand_id = $1 AND name = $2 ORDER BY id LIMIT 1)",
+    )
+    .bind(strand)
+    .bind(name)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
