@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use skein_progs::host::{self, nexus, NewHost};
+use skein_progs::rules::{self, Refusal};
 
 #[derive(clap::Args, Debug)]
 pub struct AddArgs {
@@ -46,6 +47,7 @@ pub async fn add(args: AddArgs) -> anyhow::Result<()> {
         bootstrap_private_key: &key,
         root_dir: &args.root_dir,
     };
+    rules::new_host(&new).map_err(|e| anyhow::anyhow!(e.cli_message()))?;
     let frame = nexus::Frame { checkup_secs: args.checkup_secs, ..Default::default() };
     let id = host::add(&mut tx, &secret, &new, frame).await.map_err(explain)?;
     tx.commit().await?;
@@ -57,18 +59,12 @@ pub async fn add(args: AddArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Turn constraint violations into what the operator should change.
+/// Turn constraint violations that got past the checks into what the
+/// operator should change (the same words as the API's, see `rules`).
 fn explain(e: anyhow::Error) -> anyhow::Error {
-    let text = format!("{e:#}");
-    if text.contains("vm_host_name_key") {
-        anyhow::anyhow!("a host with that name exists already")
-    } else if text.contains("vm_host_name_check") {
-        anyhow::anyhow!("a host name is 1-63 lowercase letters, digits, dots and dashes, starting with a letter or digit")
-    } else if text.contains("sshable_unix_user_check") {
-        anyhow::anyhow!("--user must be a plain unix user name")
-    } else if text.contains("vm_host_root_dir_check") {
-        anyhow::anyhow!("--root-dir must be an absolute path")
-    } else {
-        e
+    match rules::refusal(&format!("{e:#}")) {
+        Some(Refusal::Conflict(why)) => anyhow::anyhow!(why),
+        Some(Refusal::Invalid(i)) => anyhow::anyhow!(i.cli_message()),
+        None => e,
     }
 }

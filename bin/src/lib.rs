@@ -6,11 +6,17 @@
 //! - [`embedded`]: the private Postgres cluster used when no URL is given.
 //! - [`bench`]: `skein bench`, the benchmark with its in-run Postgres baseline.
 //! - [`up`]: `skein up`, the control plane on its defaults, with a demo.
+//! - [`api`]: the HTTP API (`skein api`, and inside `skein up`); [`api_cmd`],
+//!   [`project_cmd`], [`token_cmd`]: `skein api`, `skein project`, `skein token`.
 
+pub mod api;
+pub mod api_cmd;
 pub mod bench;
 pub mod embedded;
 pub mod host_cmd;
 pub mod local_host;
+pub mod project_cmd;
+pub mod token_cmd;
 pub mod up;
 pub mod vm_demo;
 pub mod worker;

@@ -4,7 +4,7 @@
 //! `skein bench` measures the engine; `skein db` manages the embedded Postgres cluster it uses.
 
 use clap::{Parser, Subcommand};
-use skein_bin::{bench, embedded::Embedded, host_cmd, up, worker};
+use skein_bin::{api_cmd, bench, embedded::Embedded, host_cmd, project_cmd, token_cmd, up, worker};
 
 #[derive(Parser, Debug)]
 #[command(name = "skein", version, about = "A Postgres-backed workflow engine and the VM control plane built on it")]
@@ -27,6 +27,18 @@ enum Command {
         #[command(subcommand)]
         action: HostAction,
     },
+    /// Serve the HTTP API (also served inside `skein up`).
+    Api(api_cmd::ApiArgs),
+    /// Projects (tenants): they own VMs and API tokens.
+    Project {
+        #[command(subcommand)]
+        action: ProjectAction,
+    },
+    /// API bearer tokens, for a project or an operator.
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
     /// Manage the embedded Postgres cluster (used when no --database-url is given).
     Db {
         #[command(subcommand)]
@@ -38,6 +50,22 @@ enum Command {
 enum HostAction {
     /// Register a host reachable over SSH; a strand takes it over and prepares it.
     Add(host_cmd::AddArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum ProjectAction {
+    /// Make a project.
+    Create(project_cmd::CreateArgs),
+    /// List projects and their VM counts.
+    List(project_cmd::ListArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenAction {
+    /// Make a token and print its secret (once).
+    Create(token_cmd::CreateArgs),
+    /// Revoke a token by id.
+    Revoke(token_cmd::RevokeArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -62,6 +90,11 @@ async fn tokio_main() -> anyhow::Result<()> {
         Command::Up(args) => up::run(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Host { action: HostAction::Add(args) } => host_cmd::add(args).await,
+        Command::Api(args) => api_cmd::run(args).await,
+        Command::Project { action: ProjectAction::Create(args) } => project_cmd::create(args).await,
+        Command::Project { action: ProjectAction::List(args) } => project_cmd::list(args).await,
+        Command::Token { action: TokenAction::Create(args) } => token_cmd::create(args).await,
+        Command::Token { action: TokenAction::Revoke(args) } => token_cmd::revoke(args).await,
         Command::Db { action } => {
             let db = Embedded::from_env()?;
             tokio::task::spawn_blocking(move || match action {

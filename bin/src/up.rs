@@ -29,6 +29,12 @@ pub struct UpArgs {
     /// Stop once the demo has finished (for scripts and CI); exit non-zero if it failed.
     #[arg(long)]
     pub exit_after_demo: bool,
+    /// Where the HTTP API listens (port 0: any free port, printed).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub api_addr: String,
+    /// Do not serve the HTTP API.
+    #[arg(long)]
+    pub no_api: bool,
 }
 
 /// The database URL given, or the embedded cluster's (started if need be).
@@ -45,7 +51,18 @@ pub async fn database_url(given: Option<String>) -> anyhow::Result<String> {
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let url = database_url(args.database_url.clone()).await?;
     let pool = worker::connect(&url, args.worker.pool_size()).await?;
-    println!("control plane: {} concurrent steps; Ctrl-C stops it\n", args.worker.concurrency);
+    println!("control plane: {} concurrent steps; Ctrl-C stops it", args.worker.concurrency);
+    if !args.no_api {
+        let listener = crate::api::bind(&args.api_addr).await.context("pass another --api-addr, or --no-api")?;
+        println!("api: listening on http://{} (tokens: `skein token create`)", listener.local_addr()?);
+        let (pool, secret) = (pool.clone(), worker::secret_key()?);
+        tokio::spawn(async move {
+            if let Err(e) = crate::api::serve(listener, pool, secret, std::future::pending()).await {
+                eprintln!("api: stopped: {e:#}");
+            }
+        });
+    }
+    println!();
 
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<anyhow::Result<Value>>();
     if !args.no_demo {

@@ -2,6 +2,7 @@
 //! one engine rule, and a side door for doing things "from outside" in the
 //! middle of a step (as another worker or an operator would).
 
+pub mod api;
 pub mod guest_image;
 /// Test hosts: real sshd in network namespaces (shared with `skein up`'s demo).
 pub use skein_bin::local_host as hosts;

@@ -8,12 +8,13 @@ use skein_engine::testing::TestDb;
 async fn skein_up_runs_the_demo_census_to_its_end() {
     let db = TestDb::new().await;
     let out = Command::new(skein_spec::binary("skein"))
-        .args(["up", "--exit-after-demo", "--database-url", &db.url()])
+        .args(["up", "--exit-after-demo", "--database-url", &db.url(), "--api-addr", "127.0.0.1:0"])
         .output()
         .expect("run skein up");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "skein up failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     for line in [
+        "api: listening on http://127.0.0.1:",
         "Demo::Census   Start   hop -> Tally  (budded 3)",
         "Demo::Doubler  Start   pop {\"value\":32} -> Demo::Census at Double",
         "demo: done (the census exited with {\"doubled\":32,\"total\":16})",
@@ -44,7 +45,10 @@ fn skein_help_is_true_to_its_commands() {
 async fn skein_host_add_refuses_bad_input_clearly_and_writes_nothing() {
     let db = TestDb::new().await;
     let key = std::env::temp_dir().join(format!("skein-cli-key-{}", std::process::id()));
-    std::fs::write(&key, "not really a key, never used").unwrap();
+    std::fs::write(&key, "-----BEGIN OPENSSH PRIVATE KEY-----\nnot really a key, never used\n-----END OPENSSH PRIVATE KEY-----\n").unwrap();
+    let not_a_key = std::env::temp_dir().join(format!("skein-cli-not-a-key-{}", std::process::id()));
+    std::fs::write(&not_a_key, "hello").unwrap();
+    let not_a_key_arg = not_a_key.display().to_string();
     let key_arg = key.display().to_string();
     let secret = "11".repeat(32);
     let run = |args: &[&str]| {
@@ -57,10 +61,11 @@ async fn skein_host_add_refuses_bad_input_clearly_and_writes_nothing() {
             .unwrap()
     };
     for (args, message) in [
-        (vec!["--name", "Bad Name;rm -rf /", "--address", "192.0.2.1", "--key-file", &key_arg], "a host name is"),
+        (vec!["--name", "Bad Name;rm -rf /", "--address", "192.0.2.1", "--key-file", &key_arg], "--name must be 1-63 lowercase letters"),
         (vec!["--name", "ok", "--address", "192.0.2.1", "--key-file", "/nonexistent/key"], "reading /nonexistent/key"),
         (vec!["--name", "ok", "--address", "192.0.2.1", "--key-file", &key_arg, "--root-dir", "relative/dir"], "--root-dir must be an absolute path"),
         (vec!["--name", "ok", "--address", "192.0.2.1", "--key-file", &key_arg, "--user", "root;id"], "--user must be a plain unix user name"),
+        (vec!["--name", "ok", "--address", "192.0.2.1", "--key-file", &not_a_key_arg], "--key-file must be a PEM or OpenSSH private key"),
     ] {
         let out = run(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -80,4 +85,5 @@ async fn skein_host_add_refuses_bad_input_clearly_and_writes_nothing() {
     assert_eq!(line["name"], "good-host");
     assert!(line["id"].as_str().unwrap().starts_with("vh"));
     std::fs::remove_file(key).unwrap();
+    std::fs::remove_file(not_a_key).unwrap();
 }

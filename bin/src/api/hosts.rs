@@ -1,0 +1,213 @@
+//! Hosts, for operator tokens: add (its strand prepares it), list, get,
+//! drain (no new VMs; its VMs keep running) and destroy (refused while VMs
+//! are on it). Input is checked by the same rules as `skein host add`.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use skein_models::vm_host::{self, VmHost};
+use skein_models::{event, sshable, vm, Ubid, UbidType};
+use skein_progs::host::{self, nexus, NewHost};
+use skein_progs::rules;
+use sqlx::PgConnection;
+
+use super::auth::Auth;
+use super::error::ApiError;
+use super::extract::{ApiQuery, JsonBody, Page, PageReq, PathId};
+use super::{idempotency, ApiState};
+
+pub const CHECKUP_SECS: (i64, i64) = (1, 86_400);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddHost {
+    pub name: String,
+    pub address: String,
+    #[serde(default = "default_port")]
+    pub port: i64,
+    #[serde(default = "default_user")]
+    pub user: String,
+    /// A private key the host already authorizes for `user`; skein then
+    /// installs a key of its own and uses only that.
+    pub bootstrap_private_key: String,
+    #[serde(default = "default_root_dir")]
+    pub root_dir: String,
+    #[serde(default = "default_checkup_secs")]
+    pub checkup_secs: i64,
+}
+
+fn default_port() -> i64 {
+    22
+}
+fn default_user() -> String {
+    "root".into()
+}
+fn default_root_dir() -> String {
+    "/var/lib/skein".into()
+}
+fn default_checkup_secs() -> i64 {
+    60
+}
+
+#[derive(Debug, Serialize)]
+pub struct HostView {
+    pub id: Ubid,
+    pub name: String,
+    pub state: String,
+    pub address: Option<String>,
+    pub port: Option<i32>,
+    pub user: Option<String>,
+    pub root_dir: String,
+    pub cpus: Option<i32>,
+    pub memory_mib: Option<i64>,
+    pub storage_free_mib: Option<i64>,
+    pub used_cores: i32,
+    pub used_memory_mib: i64,
+    pub used_disk_mib: i64,
+    pub os: Option<String>,
+    pub arch: Option<String>,
+    pub kvm_usable: Option<bool>,
+    pub agent_version: Option<String>,
+    pub image_version: Option<String>,
+    pub missed_checks: i32,
+    pub last_checkup_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+async fn view(conn: &mut PgConnection, h: VmHost) -> Result<HostView, ApiError> {
+    let ssh = sshable::get(conn, h.sshable_id).await?;
+    Ok(HostView {
+        id: Ubid::from_uuid(h.id),
+        name: h.name,
+        state: h.state,
+        address: ssh.as_ref().map(|s| s.host.clone()),
+        port: ssh.as_ref().map(|s| s.port),
+        user: ssh.map(|s| s.unix_user),
+        root_dir: h.root_dir,
+        cpus: h.cpus,
+        memory_mib: h.memory_mib,
+        storage_free_mib: h.storage_free_mib,
+        used_cores: h.used_cores,
+        used_memory_mib: h.used_memory_mib,
+        used_disk_mib: h.used_disk_mib,
+        os: h.os,
+        arch: h.arch,
+        kvm_usable: h.kvm_usable,
+        agent_version: h.agent_version,
+        image_version: h.image_version,
+        missed_checks: h.missed_checks,
+        last_checkup_at: h.last_checkup_at,
+        created_at: h.created_at,
+    })
+}
+
+async fn find(conn: &mut PgConnection, id: &PathId) -> Result<VmHost, ApiError> {
+    let id = id.parse(UbidType::VmHost)?;
+    vm_host::get(conn, id.uuid()).await?.ok_or_else(|| ApiError::not_found("host"))
+}
+
+/// `POST /v1/hosts`: sshable, host row and strand in one transaction; 201, state `new`.
+pub async fn add(State(st): State<ApiState>, auth: Auth, headers: HeaderMap, body: JsonBody<AddHost>) -> Result<Response, ApiError> {
+    auth.operator()?;
+    let req = &body.value;
+    rules::in_range("port", req.port, (1, 65_535))?;
+    rules::in_range("checkup_secs", req.checkup_secs, CHECKUP_SECS)?;
+    let new = NewHost {
+        name: &req.name,
+        address: &req.address,
+        port: req.port as u16,
+        user: &req.user,
+        bootstrap_private_key: &req.bootstrap_private_key,
+        root_dir: &req.root_dir,
+    };
+    rules::new_host(&new)?;
+    let key = idempotency::from_headers(&headers, &auth, "POST /v1/hosts", &body.json)?;
+    let mut tx = st.pool.begin().await?;
+    if let Some(replay) = idempotency::claim(&mut tx, key.as_ref()).await? {
+        return Ok(replay);
+    }
+    let frame = nexus::Frame { checkup_secs: req.checkup_secs as u64, ..Default::default() };
+    let id = host::add(&mut tx, &st.secret, &new, frame).await.map_err(ApiError::from_anyhow)?;
+    event::record(&mut tx, id.uuid(), "added", auth.actor(), &json!({"token": auth.token})).await?;
+    let row = vm_host::get(&mut tx, id.uuid()).await?.ok_or_else(|| ApiError::internal("the host just added is not there"))?;
+    let response = serde_json::to_value(view(&mut tx, row).await?).map_err(ApiError::internal)?;
+    idempotency::finish(&mut tx, key.as_ref(), id.uuid(), StatusCode::CREATED, &response).await?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(response)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListHosts {
+    pub limit: Option<i64>,
+    pub after: Option<String>,
+}
+
+/// `GET /v1/hosts`, in id order.
+pub async fn list(State(st): State<ApiState>, auth: Auth, ApiQuery(q): ApiQuery<ListHosts>) -> Result<Json<Page<HostView>>, ApiError> {
+    auth.operator()?;
+    let req = PageReq::new(q.limit, q.after.as_deref(), UbidType::VmHost)?;
+    let mut conn = st.pool.acquire().await?;
+    let rows = vm_host::page(&mut conn, req.after, req.fetch()).await?;
+    let page = Page::of(rows, req, |h| h.id, |h| h);
+    let mut items = Vec::with_capacity(page.items.len());
+    for h in page.items {
+        items.push(view(&mut conn, h).await?);
+    }
+    Ok(Json(Page { items, next: page.next }))
+}
+
+/// `GET /v1/hosts/{id}`.
+pub async fn get(State(st): State<ApiState>, auth: Auth, id: PathId) -> Result<Json<HostView>, ApiError> {
+    auth.operator()?;
+    let mut conn = st.pool.acquire().await?;
+    let row = find(&mut conn, &id).await?;
+    Ok(Json(view(&mut conn, row).await?))
+}
+
+/// `POST /v1/hosts/{id}/drain`: its strand stops placements on it; 202.
+pub async fn drain(State(st): State<ApiState>, auth: Auth, id: PathId) -> Result<(StatusCode, Json<HostView>), ApiError> {
+    auth.operator()?;
+    signal(&st, &auth, &id, "drain", |_| Ok(())).await
+}
+
+/// `DELETE /v1/hosts/{id}`: its strand retires it; 202. Refused while VMs
+/// that are not destroyed are placed on it: destroy those first.
+pub async fn destroy(State(st): State<ApiState>, auth: Auth, id: PathId) -> Result<(StatusCode, Json<HostView>), ApiError> {
+    auth.operator()?;
+    signal(&st, &auth, &id, "destroy", |vms| match vms {
+        0 => Ok(()),
+        n => Err(ApiError::conflict("host_has_vms", format!("{n} VMs are on this host; destroy them first"))),
+    })
+    .await
+}
+
+/// Increment `semaphore` on the host's strand (after `allowed` agrees, given
+/// how many VMs are on it) and record who asked, in one transaction.
+async fn signal(
+    st: &ApiState,
+    auth: &Auth,
+    id: &PathId,
+    semaphore: &str,
+    allowed: impl Fn(usize) -> Result<(), ApiError>,
+) -> Result<(StatusCode, Json<HostView>), ApiError> {
+    let mut tx = st.pool.begin().await?;
+    let row = find(&mut tx, id).await?;
+    if row.state == "destroyed" {
+        return Err(ApiError::conflict("host_destroyed", "this host is destroyed"));
+    }
+    allowed(vm::on_host(&mut tx, row.id).await?.len())?;
+    let host_id = Ubid::from_uuid(row.id);
+    if !skein_engine::enqueue::incr(&mut tx, host_id, semaphore).await.map_err(ApiError::from_anyhow)? {
+        return Err(ApiError::conflict("host_destroyed", "this host's strand has ended"));
+    }
+    event::record(&mut tx, row.id, &format!("{semaphore}-requested"), auth.actor(), &json!({"token": auth.token})).await?;
+    let row = vm_host::get(&mut tx, row.id).await?.ok_or_else(|| ApiError::not_found("host"))?;
+    let view = view(&mut tx, row).await?;
+    tx.commit().await?;
+    Ok((StatusCode::ACCEPTED, Json(view)))
+}

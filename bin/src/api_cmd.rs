@@ -1,0 +1,23 @@
+//! `skein api`: serve the HTTP API alone (no workers) until Ctrl-C or SIGTERM.
+
+#[derive(clap::Args, Debug)]
+pub struct ApiArgs {
+    /// Address to listen on (port 0: any free port, printed).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Postgres URL; default: the embedded cluster.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Database connections to keep.
+    #[arg(long, default_value_t = 8)]
+    pub pool_size: u32,
+}
+
+pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
+    let url = crate::up::database_url(args.database_url.clone()).await?;
+    let pool = crate::worker::connect(&url, args.pool_size).await?;
+    let secret = crate::worker::secret_key()?;
+    let listener = crate::api::bind(&args.listen).await?;
+    println!("api: listening on http://{}", listener.local_addr()?);
+    crate::api::serve(listener, pool, secret, crate::worker::shutdown_signal()).await
+}
