@@ -91,6 +91,9 @@ async fn a_vm_is_created_followed_and_destroyed_through_the_api_and_the_host_dra
     invisible(api.get(&vm, &beta).await);
     let kinds: Vec<&str> = done["events"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["created", "placed", "launched", "running", "destroy-requested", "destroyed"]);
+    assert!(!done.to_string().contains(&added.id()), "a project is not told which host ran its VM: {done}");
+    let seen_by_operator = api.get(&progress, &operator).await;
+    assert!(seen_by_operator.body.to_string().contains(&added.id()), "operators are");
     let host_row = api.get(&host, &operator).await;
     assert_eq!((host_row.body["used_cores"].as_i64(), host_row.body["used_memory_mib"].as_i64()), (Some(0), Some(0)), "capacity returned");
 

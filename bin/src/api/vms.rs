@@ -199,7 +199,15 @@ pub async fn progress(State(st): State<ApiState>, auth: Auth, id: PathId) -> Res
     let events: Vec<Value> = event::recent(&mut conn, row.id, PROGRESS_EVENTS)
         .await?
         .into_iter()
-        .map(|e| json!({"kind": e.kind, "actor": e.actor, "detail": e.detail, "at": e.created_at}))
+        .map(|mut e| {
+            // Which host runs a VM is operators' business.
+            if auth.caller != Caller::Operator {
+                if let Some(d) = e.detail.as_object_mut() {
+                    d.remove("host");
+                }
+            }
+            json!({"kind": e.kind, "actor": e.actor, "detail": e.detail, "at": e.created_at})
+        })
         .collect();
     Ok(Json(json!({
         "id": Ubid::from_uuid(row.id), "state": row.state, "desired_state": row.desired_state,
