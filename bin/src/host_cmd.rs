@@ -1,8 +1,13 @@
-//! `skein host add`: register a host and start the strand that prepares it.
+//! `skein host add`: register a host and start the strand that prepares it
+//! (and with `--wait`, follow that strand until the host accepts VMs).
 
 use anyhow::Context;
+use serde_json::json;
 use skein_progs::host::{self, nexus, NewHost};
 use skein_progs::rules::{self, Refusal};
+
+use crate::console::{OpsOptions, Reply, Session};
+use crate::follow::Subject;
 
 #[derive(clap::Args, Debug)]
 pub struct AddArgs {
@@ -26,19 +31,14 @@ pub struct AddArgs {
     /// Seconds between health checkups.
     #[arg(long, default_value_t = 60)]
     pub checkup_secs: u64,
-    /// Postgres URL; default: the embedded cluster.
-    #[arg(long, env = "DATABASE_URL")]
-    pub database_url: Option<String>,
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub wait: crate::follow::WaitArgs,
 }
 
-pub async fn add(args: AddArgs) -> anyhow::Result<()> {
+pub async fn add(s: &Session, args: AddArgs, opts: &OpsOptions) -> anyhow::Result<Reply> {
     let key = std::fs::read_to_string(&args.key_file).with_context(|| format!("reading {}", args.key_file.display()))?;
-    let url = crate::up::database_url(args.database_url.clone()).await?;
-    let pool = crate::worker::connect(&url, 2).await?;
     let secret = crate::worker::secret_key()?;
-    let mut tx = pool.begin().await?;
+    let mut tx = s.pool.begin().await?;
     let new = NewHost {
         name: &args.name,
         address: &args.address,
@@ -51,12 +51,16 @@ pub async fn add(args: AddArgs) -> anyhow::Result<()> {
     let frame = nexus::Frame { checkup_secs: args.checkup_secs, ..Default::default() };
     let id = host::add(&mut tx, &secret, &new, frame).await.map_err(explain)?;
     tx.commit().await?;
-    if args.json {
-        println!("{}", serde_json::json!({"id": id, "name": args.name, "state": "new"}));
-    } else {
-        println!("host {} added as {id}; its strand prepares it (follow it with `skein up` or respirate logs)", args.name);
+    let added = format!("host {} added as {id}", args.name);
+    if !args.wait.wait {
+        let text = format!("{added}; its strand prepares it (`skein host show {id}`, or add --wait)");
+        return Ok(Reply::new(text, json!({"id": id, "name": args.name, "state": "new"})));
     }
-    Ok(())
+    if !opts.json {
+        println!("{added}; following its strand until it accepts VMs");
+    }
+    let end = crate::follow::follow(&s.pool, id, Subject::Host, &args.wait, opts.json).await?;
+    Ok(Reply::new(end.summary(), json!({"id": id, "name": args.name, "state": end.state})))
 }
 
 /// Turn constraint violations that got past the checks into what the

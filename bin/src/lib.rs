@@ -8,15 +8,21 @@
 //! - [`up`]: `skein up`, the control plane on its defaults, with a demo.
 //! - [`api`]: the HTTP API (`skein api`, and inside `skein up`); [`api_cmd`],
 //!   [`project_cmd`], [`token_cmd`]: `skein api`, `skein project`, `skein token`.
+//! - [`console`]: the operator console and the `skein strand|page|host|vm|ubid|audit`
+//!   commands; [`host_cmd`], [`vm_cmd`]: adding hosts and creating VMs;
+//!   [`follow`]: following a strand live (`--wait`).
 
 pub mod api;
 pub mod api_cmd;
 pub mod bench;
+pub mod console;
 pub mod embedded;
+pub mod follow;
 pub mod host_cmd;
 pub mod local_host;
 pub mod project_cmd;
 pub mod token_cmd;
 pub mod up;
+pub mod vm_cmd;
 pub mod vm_demo;
 pub mod worker;

@@ -1,10 +1,12 @@
 //! skein: the control plane's command line.
 //!
-//! `skein up` runs the control plane (and a demo) on its defaults;
+//! `skein up` runs the control plane (and a demo) on its defaults; `skein
+//! console` (and `skein strand|page|host|vm|ubid|audit`) inspect and steer it;
 //! `skein bench` measures the engine; `skein db` manages the embedded Postgres cluster it uses.
 
 use clap::{Parser, Subcommand};
-use skein_bin::{api_cmd, bench, embedded::Embedded, host_cmd, project_cmd, token_cmd, up, worker};
+use skein_bin::console::{self, Ops, OpsOptions};
+use skein_bin::{api_cmd, bench, embedded::Embedded, project_cmd, token_cmd, up, worker};
 
 #[derive(Parser, Debug)]
 #[command(name = "skein", version, about = "A Postgres-backed workflow engine and the VM control plane built on it")]
@@ -22,10 +24,51 @@ enum Command {
     Up(up::UpArgs),
     /// Measure the engine against a raw-Postgres baseline (one JSON line per run).
     Bench(bench::BenchArgs),
-    /// Hosts that run VMs.
+    /// The operator console: inspect and steer strands, pages, hosts and VMs.
+    Console(console::ConsoleArgs),
+    /// Strands: list, count, show, steer (the console's `strand` commands).
+    Strand {
+        #[command(subcommand)]
+        cmd: console::command::StrandCmd,
+        #[command(flatten)]
+        opts: OpsOptions,
+    },
+    /// Pages: problems waiting for an operator.
+    Page {
+        #[command(subcommand)]
+        cmd: console::command::PageCmd,
+        #[command(flatten)]
+        opts: OpsOptions,
+    },
+    /// Hosts that run VMs: add, list, show.
     Host {
         #[command(subcommand)]
-        action: HostAction,
+        cmd: console::command::HostCmd,
+        #[command(flatten)]
+        opts: OpsOptions,
+    },
+    /// VMs: create (and follow), list, show.
+    Vm {
+        #[command(subcommand)]
+        cmd: console::command::VmCmd,
+        #[command(flatten)]
+        opts: OpsOptions,
+    },
+    /// Decode a UBID (its type and time) and look up what it names.
+    Ubid {
+        id: String,
+        #[command(flatten)]
+        opts: OpsOptions,
+    },
+    /// What operators changed by hand, newest first.
+    Audit {
+        /// Only changes to this strand or page.
+        #[arg(long)]
+        target: Option<String>,
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(i64).range(1..=1000))]
+        limit: i64,
+        #[command(flatten)]
+        opts: OpsOptions,
     },
     /// Serve the HTTP API (also served inside `skein up`).
     Api(api_cmd::ApiArgs),
@@ -44,12 +87,6 @@ enum Command {
         #[command(subcommand)]
         action: DbAction,
     },
-}
-
-#[derive(Subcommand, Debug)]
-enum HostAction {
-    /// Register a host reachable over SSH; a strand takes it over and prepares it.
-    Add(host_cmd::AddArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -89,7 +126,13 @@ async fn tokio_main() -> anyhow::Result<()> {
     match cli.command {
         Command::Up(args) => up::run(args).await,
         Command::Bench(args) => bench::run(args).await,
-        Command::Host { action: HostAction::Add(args) } => host_cmd::add(args).await,
+        Command::Console(args) => console::run(args).await,
+        Command::Strand { cmd, opts } => console::run_one(Ops::Strand(cmd), opts).await,
+        Command::Page { cmd, opts } => console::run_one(Ops::Page(cmd), opts).await,
+        Command::Host { cmd, opts } => console::run_one(Ops::Host(cmd), opts).await,
+        Command::Vm { cmd, opts } => console::run_one(Ops::Vm(cmd), opts).await,
+        Command::Ubid { id, opts } => console::run_one(Ops::Ubid { id }, opts).await,
+        Command::Audit { target, limit, opts } => console::run_one(Ops::Audit { target, limit }, opts).await,
         Command::Api(args) => api_cmd::run(args).await,
         Command::Project { action: ProjectAction::Create(args) } => project_cmd::create(args).await,
         Command::Project { action: ProjectAction::List(args) } => project_cmd::list(args).await,

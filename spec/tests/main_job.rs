@@ -33,8 +33,17 @@ async fn skein_up_runs_the_demo_census_to_its_end() {
 fn skein_help_is_true_to_its_commands() {
     let out = Command::new(skein_spec::binary("skein")).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    for cmd in ["up", "db"] {
+    for cmd in ["up", "db", "console", "strand", "page", "host", "vm", "ubid", "audit"] {
         assert!(help.contains(&format!("  {cmd} ")), "--help lacks {cmd}:\n{help}");
+        let sub = Command::new(skein_spec::binary("skein")).args([cmd, "--help"]).output().unwrap();
+        assert!(sub.status.success() && !sub.stdout.is_empty(), "skein {cmd} --help: {}", String::from_utf8_lossy(&sub.stderr));
+    }
+    for (cmd, verbs) in [("strand", &["list", "counts", "show", "incr", "decr", "wake", "reschedule", "step", "retry", "destroy"][..]), ("page", &["list", "show", "resolve"]), ("host", &["add", "list", "show"]), ("vm", &["create", "list", "show"])] {
+        let help = Command::new(skein_spec::binary("skein")).args([cmd, "--help"]).output().unwrap();
+        let help = String::from_utf8_lossy(&help.stdout);
+        for verb in verbs {
+            assert!(help.contains(&format!("  {verb} ")), "skein {cmd} --help lacks {verb}:\n{help}");
+        }
     }
     let out = Command::new(skein_spec::binary("respirate")).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);

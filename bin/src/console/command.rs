@@ -1,0 +1,167 @@
+//! The operator's language, one grammar for three doors: the console's
+//! prompt (`strand show vm1...`), its one-shot form (`skein console -c
+//! '...'`) and the plain CLI (`skein strand show vm1...`). clap gives every
+//! command its `--help` and every mistake its message.
+
+use skein_models::inspect::{StrandSort, StrandState};
+
+#[derive(clap::Subcommand, Debug)]
+pub enum Ops {
+    /// Strands: list, count, show, steer.
+    #[command(subcommand)]
+    Strand(StrandCmd),
+    /// Pages: problems waiting for an operator.
+    #[command(subcommand)]
+    Page(PageCmd),
+    /// Hosts that run VMs.
+    #[command(subcommand)]
+    Host(HostCmd),
+    /// VMs.
+    #[command(subcommand)]
+    Vm(VmCmd),
+    /// Decode a UBID (its type and time) and look up what it names.
+    Ubid {
+        /// A UBID (26 characters) or a uuid.
+        id: String,
+    },
+    /// What operators changed by hand, newest first.
+    Audit {
+        /// Only changes to this strand or page.
+        #[arg(long)]
+        target: Option<String>,
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(i64).range(1..=1000))]
+        limit: i64,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum StrandCmd {
+    /// List strands (soonest due first), filtered and paged.
+    List(ListArgs),
+    /// How many strands each prog and label has, by state.
+    Counts,
+    /// Everything about one strand: schedule, lease, error, stack, semaphores, family.
+    Show {
+        /// The strand's id (a VM's or host's strand has the VM's or host's id).
+        id: String,
+    },
+    /// Set a semaphore on a strand, and wake it.
+    Incr { id: String, semaphore: String },
+    /// Take back one increment of a semaphore.
+    Decr { id: String, semaphore: String },
+    /// Make a strand due now.
+    Wake { id: String },
+    /// Move a strand's schedule: `+10m`, `90s`, `2h` from now, or an RFC 3339 time.
+    Reschedule { id: String, when: String },
+    /// Run one step of a strand here and now, and show the flow it returned.
+    Step { id: String },
+    /// Run a failing strand again now instead of at its backoff.
+    Retry { id: String },
+    /// Destroy a strand's subject: set its `destroy` semaphore.
+    Destroy { id: String },
+}
+
+#[derive(clap::Args, Debug, Default)]
+pub struct ListArgs {
+    /// Only this prog (e.g. Vm::Nexus).
+    #[arg(long)]
+    pub prog: Option<String>,
+    /// Only strands at this label.
+    #[arg(long)]
+    pub label: Option<String>,
+    /// due, napping, leased, failing or exited.
+    #[arg(long)]
+    pub state: Option<StrandState>,
+    /// Only strands that failed at least this many times in a row.
+    #[arg(long, value_parser = clap::value_parser!(i32).range(0..))]
+    pub min_try: Option<i32>,
+    /// Only children of this strand.
+    #[arg(long)]
+    pub parent: Option<String>,
+    /// Only strands created at least this long ago (`90s`, `10m`, `2h`, `1d`).
+    #[arg(long, value_parser = parse_duration)]
+    pub older_than: Option<f64>,
+    /// schedule, created or try.
+    #[arg(long, default_value = "schedule")]
+    pub sort: StrandSort,
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(i64).range(1..=1000))]
+    pub limit: i64,
+    /// Which page of results, from 1.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i64).range(1..=1_000_000))]
+    pub page: i64,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum PageCmd {
+    /// Open pages, newest first (with --all, also those resolved this week).
+    List {
+        #[arg(long)]
+        all: bool,
+    },
+    /// One page with its details.
+    Show { id: String },
+    /// Mark a page resolved.
+    Resolve { id: String },
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum HostCmd {
+    /// Register a host reachable over SSH; a strand takes it over and prepares it.
+    Add(crate::host_cmd::AddArgs),
+    /// Hosts with their state, capacity and strand.
+    List,
+    /// One host: facts, capacity, its strand, its VMs and recent events.
+    Show { id: String },
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum VmCmd {
+    /// Create a VM for a project; its strand places and starts it.
+    Create(crate::vm_cmd::CreateArgs),
+    /// VMs with their state and host.
+    List {
+        /// Only this project's (by name).
+        #[arg(long)]
+        project: Option<String>,
+        /// Include destroyed VMs.
+        #[arg(long)]
+        all: bool,
+    },
+    /// One VM: size, host, its strand and recent events.
+    Show { id: String },
+}
+
+/// Seconds from `90`, `90s`, `10m`, `2h`, `1d` (a leading `+` is allowed).
+pub fn parse_duration(s: &str) -> Result<f64, String> {
+    let t = s.trim().trim_start_matches('+');
+    let (num, unit) = t.split_at(t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len()));
+    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a duration: use e.g. 90s, 10m, 2h, 1d"))?;
+    let scale = match unit {
+        "" | "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        "d" => 86_400.0,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?}: use s, m, h or d")),
+    };
+    let secs = n * scale;
+    if !secs.is_finite() || secs > 10.0 * 365.0 * 86_400.0 {
+        return Err(format!("{s:?} is too long"));
+    }
+    Ok(secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+
+    #[test]
+    fn durations_parse_with_units_and_refuse_nonsense() {
+        assert_eq!(parse_duration("90").unwrap(), 90.0);
+        assert_eq!(parse_duration("+10m").unwrap(), 600.0);
+        assert_eq!(parse_duration("2h").unwrap(), 7200.0);
+        assert_eq!(parse_duration("1.5d").unwrap(), 129_600.0);
+        assert!(parse_duration("10 parsecs").unwrap_err().contains("unit"));
+        assert!(parse_duration("soon").unwrap_err().contains("not a duration"));
+        assert!(parse_duration("99999999d").unwrap_err().contains("too long"));
+    }
+}

@@ -1,0 +1,127 @@
+//! The operator console: inspect and steer strands, pages, hosts and VMs.
+//!
+//! One grammar ([`command::Ops`]) is reachable three ways: the interactive
+//! prompt (`skein console`: history, tab completion, `help`), one-shot
+//! (`skein console -c 'strand list --state failing'`) and plain
+//! subcommands (`skein strand list --state failing`). Every command answers
+//! as text or, with `--json`, as one JSON document; every change asks first
+//! (unless `--yes`) and lands in the `operator_audit` table.
+
+pub mod command;
+mod fleet;
+mod render;
+mod repl;
+mod session;
+mod strands;
+
+use clap::Parser;
+
+pub use command::Ops;
+pub use session::{OpsOptions, Reply, Session};
+
+#[derive(clap::Args, Debug)]
+pub struct ConsoleArgs {
+    /// Run this command instead of prompting (repeatable; `;` also separates commands).
+    #[arg(short = 'c', long = "command")]
+    pub commands: Vec<String>,
+    /// Where the prompt keeps its history across sessions [default: ~/.skein_history].
+    #[arg(long, env = "SKEIN_HISTORY")]
+    pub history: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub opts: OpsOptions,
+}
+
+/// One line typed at the console: a command and the per-line flags.
+#[derive(Parser, Debug)]
+#[command(name = "skein>", no_binary_name = true, disable_version_flag = true)]
+#[command(after_help = "Every command has its own help: `help strand`, `strand list --help`. `exit` or Ctrl-D leaves.")]
+pub struct Line {
+    #[command(subcommand)]
+    pub ops: Ops,
+    /// Print this command's answer as JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Do not ask before changing anything.
+    #[arg(long, short = 'y', global = true)]
+    pub yes: bool,
+}
+
+/// Run one command and say what it answered.
+pub async fn execute(s: &Session, ops: Ops, opts: &OpsOptions) -> anyhow::Result<Reply> {
+    match ops {
+        Ops::Strand(cmd) => strands::run(s, cmd, opts.yes).await,
+        Ops::Page(cmd) => fleet::pages(s, cmd, opts.yes).await,
+        Ops::Host(cmd) => fleet::hosts(s, cmd, opts).await,
+        Ops::Vm(cmd) => fleet::vms(s, cmd, opts).await,
+        Ops::Ubid { id } => fleet::ubid(s, &id).await,
+        Ops::Audit { target, limit } => fleet::audit_list(s, target, limit).await,
+    }
+}
+
+/// `skein strand ...` and friends: one command, printed.
+pub async fn run_one(ops: Ops, opts: OpsOptions) -> anyhow::Result<()> {
+    let session = Session::open(&opts).await?;
+    execute(&session, ops, &opts).await?.print(opts.json);
+    Ok(())
+}
+
+/// `skein console`: the prompt, or the `-c` commands one after another
+/// (stopping at the first that fails).
+pub async fn run(args: ConsoleArgs) -> anyhow::Result<()> {
+    let session = Session::open(&args.opts).await?;
+    if args.commands.is_empty() {
+        return repl::run(&session, &args.opts, args.history).await;
+    }
+    for words in args.commands.iter().flat_map(|c| split_commands(c)) {
+        let words = words?;
+        let line = Line::try_parse_from(&words).map_err(|e| anyhow::anyhow!("{}", e.render().to_string().trim_end()))?;
+        let opts = OpsOptions { json: args.opts.json || line.json, yes: args.opts.yes || line.yes, ..args.opts.clone() };
+        execute(&session, line.ops, &opts).await?.print(opts.json);
+    }
+    Ok(())
+}
+
+/// Shell-like words, one list per command (`;` between commands).
+fn split_commands(text: &str) -> Vec<anyhow::Result<Vec<String>>> {
+    let Some(words) = shlex::split(text) else {
+        return vec![Err(anyhow::anyhow!("unbalanced quotes in {text:?}"))];
+    };
+    let mut out = vec![];
+    let mut cur = vec![];
+    for mut w in words {
+        // `;` at either end of a word ends a command; inside one (a quoted
+        // `'a;b'`) it is part of the word.
+        while let Some(rest) = w.strip_prefix(';') {
+            out.push(std::mem::take(&mut cur));
+            w = rest.to_string();
+        }
+        let ends = w.ends_with(';');
+        let w = w.trim_end_matches(';');
+        if !w.is_empty() {
+            cur.push(w.to_string());
+        }
+        if ends {
+            out.push(std::mem::take(&mut cur));
+        }
+    }
+    out.push(cur);
+    out.into_iter().filter(|c| !c.is_empty()).map(Ok).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_split_on_semicolons_and_respect_quotes() {
+        let got: Vec<Vec<String>> = split_commands("strand list; page list ;ubid 'a;b'").into_iter().map(|c| c.unwrap()).collect();
+        assert_eq!(got, vec![vec!["strand", "list"], vec!["page", "list"], vec!["ubid", "a;b"]]);
+        assert!(split_commands("ubid 'open").pop().unwrap().is_err());
+    }
+
+    #[test]
+    fn the_console_grammar_is_consistent() {
+        use clap::CommandFactory;
+        Line::command().debug_assert();
+    }
+}

@@ -1,0 +1,163 @@
+//! What every console command runs against: the database, the prog
+//! registry, who the operator is, and how a change gets confirmed. Also the
+//! `Reply` every command returns, printed as text or as JSON.
+
+use std::io::{BufRead, IsTerminal, Write};
+
+use anyhow::{bail, Context};
+use serde_json::Value;
+use skein_engine::{Registry, Runner};
+use sqlx::PgPool;
+
+/// Options every operator command takes, wherever it is typed.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct OpsOptions {
+    /// Postgres URL; default: the embedded cluster (see `skein db`).
+    #[arg(long, env = "DATABASE_URL", global = true)]
+    pub database_url: Option<String>,
+    /// Print JSON (one document per command) instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Do not ask before changing anything.
+    #[arg(long, short = 'y', global = true)]
+    pub yes: bool,
+    /// Who is acting, for the audit trail; default: $SKEIN_OPERATOR, else the login name.
+    #[arg(long, env = "SKEIN_OPERATOR", global = true)]
+    pub operator: Option<String>,
+}
+
+pub struct Session {
+    pub pool: PgPool,
+    pub registry: Registry,
+    pub operator: String,
+    runner: std::sync::OnceLock<Runner>,
+}
+
+impl Session {
+    /// Connect (once: a console is for a database that is up) and migrate.
+    pub async fn open(opts: &OpsOptions) -> anyhow::Result<Session> {
+        let url = match &opts.database_url {
+            Some(url) => url.clone(),
+            None => {
+                let embedded = crate::embedded::Embedded::from_env()?;
+                tokio::task::spawn_blocking(move || embedded.ensure_running()).await??
+            }
+        };
+        // A person is waiting: say so after a few seconds rather than thirty.
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect_with(skein_models::db::options(&url).with_context(|| format!("bad database URL {:?}", redact(&url)))?)
+            .await
+            .with_context(|| format!("cannot reach the database at {}: start it, or pass --database-url", redact(&url)))?;
+        skein_models::db::migrate(&pool).await.context("applying migrations")?;
+        Ok(Session { pool, registry: skein_progs::registry(), operator: operator_name(opts), runner: Default::default() })
+    }
+
+    /// A runner for inline steps, with what progs need to reach hosts.
+    pub fn runner(&self) -> &Runner {
+        self.runner.get_or_init(|| Runner::new(self.pool.clone(), self.registry.clone()).with_resources(crate::worker::resources()))
+    }
+}
+
+/// `--operator`, else the login name: $USER, $LOGNAME, or this process's
+/// uid looked up in /etc/passwd (containers often set neither variable).
+fn operator_name(opts: &OpsOptions) -> String {
+    let given = [opts.operator.clone(), std::env::var("USER").ok(), std::env::var("LOGNAME").ok()];
+    given.into_iter().flatten().map(|n| n.trim().to_string()).find(|n| !n.is_empty()).unwrap_or_else(login_from_uid)
+}
+
+fn login_from_uid() -> String {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(uid) = std::fs::metadata("/proc/self").map(|m| m.uid()) else {
+        return "unknown".into();
+    };
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() > 2 && f[2] == uid.to_string())
+        .map(|f| f[0].to_string())
+        .unwrap_or_else(|| format!("uid {uid}"))
+}
+
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
+        _ => url.to_string(),
+    }
+}
+
+/// Ask before a change: `--yes` says yes; a terminal is asked; anything else
+/// (a script without `--yes`) is refused, so nothing changes by accident.
+pub fn confirm(yes: bool, what: &str) -> anyhow::Result<()> {
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("{what}: not confirmed (stdin is not a terminal); pass --yes to confirm");
+    }
+    eprint!("{what}? [y/N] ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    match answer.trim() {
+        "y" | "Y" | "yes" => Ok(()),
+        _ => bail!("cancelled: nothing changed"),
+    }
+}
+
+/// What a command says: the same facts as text for people and JSON for scripts.
+pub struct Reply {
+    pub text: String,
+    pub json: Value,
+}
+
+impl Reply {
+    pub fn new(text: impl Into<String>, mut json: Value) -> Reply {
+        ubids(&mut json);
+        Reply { text: text.into(), json }
+    }
+
+    pub fn print(&self, json: bool) {
+        if json {
+            println!("{}", serde_json::to_string_pretty(&self.json).unwrap_or_default());
+        } else if !self.text.is_empty() {
+            println!("{}", self.text.trim_end());
+        }
+    }
+}
+
+/// Ids print as UBIDs everywhere an operator reads them, JSON included: any
+/// `id` or `*_id` field holding a uuid is rewritten.
+fn ubids(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            for (k, item) in map.iter_mut() {
+                if k == "id" || k.ends_with("_id") {
+                    if let Some(u) = item.as_str().and_then(|s| uuid::Uuid::parse_str(s).ok()) {
+                        *item = Value::String(skein_models::Ubid::from_uuid(u).to_string());
+                        continue;
+                    }
+                }
+                ubids(item);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(ubids),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use skein_models::{Ubid, UbidType};
+
+    #[test]
+    fn ids_in_json_replies_are_ubids() {
+        let vm = Ubid::generate(UbidType::Vm);
+        let reply = super::Reply::new("", json!({"vms": [{"id": vm.uuid(), "host_id": null, "name": vm.uuid()}]}));
+        assert_eq!(reply.json["vms"][0]["id"], vm.to_string());
+        assert_eq!(reply.json["vms"][0]["name"], vm.uuid().to_string(), "only id fields are rewritten");
+    }
+}
