@@ -87,7 +87,7 @@ fn events_text(events: &[event::Event]) -> String {
     }
     let mut text = "recent events:\n".to_string();
     for e in events {
-        text.push_str(&format!("  {}  {:<16} {:<8} {}\n", e.created_at.format("%H:%M:%S"), e.kind, e.actor, e.detail));
+        text.push_str(&format!("  {}  {:<18} {:<8} {}\n", e.created_at.format("%H:%M:%S"), e.kind, e.actor, e.detail));
     }
     text
 }
