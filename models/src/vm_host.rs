@@ -51,6 +51,13 @@ pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<Option<VmHost>, sq
     sqlx::query_as("SELECT * FROM vm_host WHERE id = $1").bind(id).fetch_optional(conn).await
 }
 
+/// The host, locked until the caller's transaction ends: a capacity
+/// reservation on it (an UPDATE of this row) waits until then, so what the
+/// caller decides from the host's VMs cannot be overtaken by a placement.
+pub async fn get_for_update(conn: &mut PgConnection, id: Uuid) -> Result<Option<VmHost>, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM vm_host WHERE id = $1 FOR UPDATE").bind(id).fetch_optional(conn).await
+}
+
 pub async fn list(conn: &mut PgConnection) -> Result<Vec<VmHost>, sqlx::Error> {
     sqlx::query_as("SELECT * FROM vm_host ORDER BY name").fetch_all(conn).await
 }

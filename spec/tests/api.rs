@@ -350,6 +350,16 @@ async fn create_returns_at_once_and_progress_shows_the_strand_and_its_events() {
     assert_eq!((s.body["prog"].as_str(), s.body["label"].as_str(), s.body["exited"].as_bool()), (Some("Vm::Nexus"), Some("Start"), Some(false)));
     api.get(&format!("/v1/strands/{}", Ubid::generate(UbidType::Strand)), &operator).await.assert(404, "not_found");
     api.get("/v1/strands/not-an-id", &operator).await.assert(404, "not_found");
+
+    // A failing step's error names hosts and addresses: operators read it, the project does not.
+    let failure = "ssh to 192.0.2.10:22 (host rack-7) refused";
+    sqlx::query("UPDATE strand SET try = 2, last_error = $2 WHERE id = $1").bind(id.parse::<Ubid>().unwrap().uuid()).bind(failure).execute(&api.pool).await.unwrap();
+    let seen_by_project = api.get(&format!("/v1/vms/{id}/progress"), &token).await;
+    assert_eq!(seen_by_project.body["strand"]["try"], 2);
+    let told = seen_by_project.body["strand"]["last_error"].as_str().unwrap();
+    assert!(told.contains("failed") && !told.contains("192.0.2.10") && !told.contains("rack-7"), "{told}");
+    let seen_by_operator = api.get(&format!("/v1/vms/{id}/progress"), &operator).await;
+    assert_eq!(seen_by_operator.body["strand"]["last_error"], failure);
 }
 
 #[tokio::test]
@@ -520,4 +530,47 @@ async fn the_openapi_document_matches_the_routes_both_ways() {
     assert_eq!(served_doc.raw, openapi::DOCUMENT.as_bytes());
     let on_disk = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../bin/openapi.json")).unwrap();
     assert_eq!(on_disk, openapi::DOCUMENT, "the served document is the one in the repo");
+}
+
+/// A destroy and a placement on the same host, in both orders: the destroy
+/// either sees the VM (409) or takes the host out of placement first.
+#[tokio::test]
+async fn a_host_destroy_and_a_placement_never_interleave() {
+    use skein_models::capacity::{self, Size};
+    let (_db, api) = setup().await;
+    let operator = api.token(None).await;
+    let id: Ubid = api.post("/v1/hosts", &operator, &host_body("h1")).await.id().parse().unwrap();
+    let accepting = || async {
+        sqlx::query("UPDATE vm_host SET state = 'accepting', cpus = 8, memory_mib = 8192, storage_free_mib = 100000 WHERE id = $1")
+            .bind(id.uuid())
+            .execute(&api.pool)
+            .await
+            .unwrap();
+    };
+    accepting().await;
+    let (_, token) = api.project("alpha", 5).await;
+    let vm: Ubid = api.post("/v1/vms", &token, &vm_body("web")).await.id().parse().unwrap();
+    let size = Size { cores: 1, memory_mib: 256, disk_mib: 64 };
+
+    // A placement in flight (capacity reserved, VM placed, not committed yet)...
+    let mut placing = api.pool.begin().await.unwrap();
+    assert_eq!(capacity::reserve(&mut placing, size).await.unwrap(), Some(id.uuid()));
+    skein_models::vm::place(&mut placing, vm.uuid(), id.uuid()).await.unwrap();
+    // ...holds the destroy until it commits, which then sees the VM.
+    let destroy = {
+        let (api, operator) = (api.clone(), operator.clone());
+        tokio::spawn(async move { api.delete(&format!("/v1/hosts/{id}"), &operator).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!destroy.is_finished(), "the destroy waits for the placement's lock");
+    placing.commit().await.unwrap();
+    destroy.await.unwrap().assert(409, "host_has_vms");
+
+    // The other order: once a destroy is accepted, nothing is placed there.
+    sqlx::query("UPDATE vm SET host_id = NULL, state = 'destroyed'").execute(&api.pool).await.unwrap();
+    accepting().await;
+    api.delete(&format!("/v1/hosts/{id}"), &operator).await.assert(202, "");
+    let mut conn = api.pool.acquire().await.unwrap();
+    assert_eq!(capacity::reserve(&mut conn, size).await.unwrap(), None, "a host being destroyed takes no VM");
+    assert_eq!(vm_host::get(&mut conn, id.uuid()).await.unwrap().unwrap().state, "draining");
 }

@@ -196,7 +196,10 @@ async fn signal(
     allowed: impl Fn(usize) -> Result<(), ApiError>,
 ) -> Result<(StatusCode, Json<HostView>), ApiError> {
     let mut tx = st.pool.begin().await?;
-    let row = find(&mut tx, id).await?;
+    let host = id.parse(UbidType::VmHost)?;
+    // Locked, so no VM is placed on it between counting its VMs and
+    // (for destroy) taking it out of placement.
+    let row = vm_host::get_for_update(&mut tx, host.uuid()).await?.ok_or_else(|| ApiError::not_found("host"))?;
     if row.state == "destroyed" {
         return Err(ApiError::conflict("host_destroyed", "this host is destroyed"));
     }
@@ -204,6 +207,10 @@ async fn signal(
     let host_id = Ubid::from_uuid(row.id);
     if !skein_engine::enqueue::incr(&mut tx, host_id, semaphore).await.map_err(ApiError::from_anyhow)? {
         return Err(ApiError::conflict("host_destroyed", "this host's strand has ended"));
+    }
+    if semaphore == "destroy" && row.state == "accepting" {
+        // Its strand destroys it soon, but until then no VM may land on it.
+        vm_host::set_state(&mut tx, row.id, "draining").await?;
     }
     event::record(&mut tx, row.id, &format!("{semaphore}-requested"), auth.actor(), &json!({"token": auth.token})).await?;
     let row = vm_host::get(&mut tx, row.id).await?.ok_or_else(|| ApiError::not_found("host"))?;

@@ -180,6 +180,15 @@ pub async fn destroy(State(st): State<ApiState>, auth: Auth, id: PathId) -> Resu
     Ok((StatusCode::ACCEPTED, Json(view(row, &auth))))
 }
 
+/// A step's error names hosts, addresses and paths: operators' business. A
+/// project hears that its VM's work is failing and being retried, not why.
+fn shown_error(error: Option<String>, auth: &Auth) -> Option<String> {
+    match auth.caller {
+        Caller::Operator => error,
+        Caller::Project(_) => error.map(|_| "the last step failed; it is retried (operators see why)".to_string()),
+    }
+}
+
 /// `GET /v1/vms/{id}/progress`: where its strand is (label, tries, last
 /// error, next run) and its latest events, oldest first.
 pub async fn progress(State(st): State<ApiState>, auth: Auth, id: PathId) -> Result<Json<Value>, ApiError> {
@@ -187,7 +196,7 @@ pub async fn progress(State(st): State<ApiState>, auth: Auth, id: PathId) -> Res
     let row = visible(&mut conn, &auth, &id).await?;
     let strand = match strand::get(&mut conn, row.id).await? {
         Some(s) => json!({
-            "prog": s.prog, "label": s.label, "try": s.try_, "last_error": s.last_error,
+            "prog": s.prog, "label": s.label, "try": s.try_, "last_error": shown_error(s.last_error, &auth),
             "last_error_at": s.last_error_at, "schedule": s.schedule, "exited": s.exitval.is_some(),
         }),
         None => match archive::get(&mut conn, row.id).await? {
