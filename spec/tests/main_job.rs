@@ -96,3 +96,35 @@ async fn skein_host_add_refuses_bad_input_clearly_and_writes_nothing() {
     std::fs::remove_file(key).unwrap();
     std::fs::remove_file(not_a_key).unwrap();
 }
+
+/// `skein api` on its own: it serves over real HTTP, answers the document
+/// without a token and anything else only with one, and stops on SIGTERM.
+#[tokio::test]
+async fn skein_api_serves_over_http_and_stops_on_sigterm() {
+    use std::io::{Read, Write};
+    let db = TestDb::new().await;
+    let port = skein_spec::procs::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut api = skein_spec::procs::Proc::start("skein", &["api", "--listen", &listen, "--database-url", &db.url()]);
+    let get = |path: &str| -> Option<String> {
+        let mut conn = std::net::TcpStream::connect(&listen).ok()?;
+        write!(conn, "GET {path} HTTP/1.1\r\nHost: {listen}\r\nConnection: close\r\n\r\n").ok()?;
+        let mut reply = String::new();
+        conn.read_to_string(&mut reply).ok()?;
+        Some(reply)
+    };
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let doc = loop {
+        if let Some(reply) = get("/openapi.json") {
+            break reply;
+        }
+        assert!(std::time::Instant::now() < until, "skein api never listened:\n{}", api.log_text());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(doc.starts_with("HTTP/1.1 200") && doc.contains("\"openapi\""), "{doc}");
+    let anonymous = get("/v1/vms").unwrap();
+    assert!(anonymous.starts_with("HTTP/1.1 401") && anonymous.contains("\"code\":\"unauthenticated\""), "{anonymous}");
+    api.signal("TERM");
+    let status = api.wait_for(std::time::Duration::from_secs(10)).expect("skein api stops on SIGTERM");
+    assert!(status.success(), "{status:?}\n{}", api.log_text());
+}
