@@ -35,13 +35,15 @@ pub enum Scenario {
     Latency,
     /// one-step with --sleepers napping strands in the table.
     Sleepers,
+    /// --strands VM creates through the API's router vs straight through vm::create.
+    ApiCreate,
 }
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     #[arg(long, value_enum)]
     pub scenario: Scenario,
-    /// Strands (children for fanout). Default: 20000; 5000 for hops; 10000 for fanout; 1000 for latency.
+    /// Strands (children for fanout). Default: 20000; 5000 for hops; 10000 for fanout; 1000 for latency; 2000 for api-create.
     #[arg(long)]
     pub strands: Option<u64>,
     /// Hops per strand in the hops scenario.
@@ -75,6 +77,9 @@ pub struct BenchArgs {
     /// Strands per second enqueued in the latency scenario.
     #[arg(long, default_value_t = 200.0)]
     pub rate: f64,
+    /// Projects the api-create scenario spreads its creates over.
+    #[arg(long, default_value_t = 24)]
+    pub projects: usize,
     /// Seconds the baseline runs.
     #[arg(long, default_value_t = 3.0)]
     pub baseline_secs: f64,
@@ -90,6 +95,7 @@ impl BenchArgs {
             Scenario::Hops => 5_000,
             Scenario::Fanout => 10_000,
             Scenario::Latency => 1_000,
+            Scenario::ApiCreate => 2_000,
         })
     }
 
@@ -116,6 +122,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let url = crate::up::database_url(args.database_url.clone()).await?;
     let pool = worker::connect(&url, args.connections as u32).await?;
     prepare_tables(&pool).await?;
+    if args.scenario == Scenario::ApiCreate && (args.verify || args.enqueue_only) {
+        bail!("api-create runs in this process only: it has no --enqueue-only or --verify");
+    }
     let line = if args.verify {
         let line = verify(&pool, &args).await?;
         println!("{line}");
@@ -141,6 +150,7 @@ fn scenario_name(s: Scenario) -> &'static str {
         Scenario::Fanout => "fanout",
         Scenario::Latency => "latency",
         Scenario::Sleepers => "sleepers",
+        Scenario::ApiCreate => "api-create",
     }
 }
 
@@ -264,6 +274,9 @@ async fn measure(pool: &PgPool, args: &BenchArgs) -> anyhow::Result<Value> {
     args.say(format!("baseline: single-row UPDATE transactions, {} clients, {}s", args.connections, args.baseline_secs));
     let baseline_tx_per_s = baseline(pool, args.connections, args.baseline_secs).await?;
     args.say(format!("baseline: {baseline_tx_per_s:.0} tx/s"));
+    if args.scenario == Scenario::ApiCreate {
+        return crate::bench_api::measure(pool, args.strands(), args.connections, args.projects, baseline_tx_per_s, |m| args.say(m)).await;
+    }
 
     let n = args.strands();
     let expect_exits = if args.scenario == Scenario::Fanout { 1 } else { n };

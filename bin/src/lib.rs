@@ -4,7 +4,8 @@
 //!   of a worker process (`respirate`, and the one inside `skein up`).
 //! - [`local_host`]: real sshd hosts in network namespaces (tests, the VM demo).
 //! - [`embedded`]: the private Postgres cluster used when no URL is given.
-//! - [`bench`]: `skein bench`, the benchmark with its in-run Postgres baseline.
+//! - [`bench`]: `skein bench`, the benchmark with its in-run Postgres baseline
+//!   ([`bench_api`]: its scenario for creates through the HTTP API).
 //! - [`up`]: `skein up`, the control plane on its defaults, with a demo.
 //! - [`api`]: the HTTP API (`skein api`, and inside `skein up`); [`api_cmd`],
 //!   [`project_cmd`], [`token_cmd`]: `skein api`, `skein project`, `skein token`.
@@ -15,6 +16,7 @@
 pub mod api;
 pub mod api_cmd;
 pub mod bench;
+pub mod bench_api;
 pub mod console;
 pub mod embedded;
 pub mod follow;

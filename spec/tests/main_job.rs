@@ -128,3 +128,26 @@ async fn skein_api_serves_over_http_and_stops_on_sigterm() {
     let status = api.wait_for(std::time::Duration::from_secs(10)).expect("skein api stops on SIGTERM");
     assert!(status.success(), "{status:?}\n{}", api.log_text());
 }
+
+/// The API scenario of `skein bench` creates through the router and
+/// straight through `vm::create`, reports both, and leaves nothing behind.
+#[tokio::test]
+async fn bench_api_create_reports_both_paths_and_cleans_up() {
+    let db = TestDb::new().await;
+    let out = Command::new(skein_spec::binary("skein"))
+        .args(["bench", "--scenario", "api-create", "--strands", "60", "--connections", "4", "--baseline-secs", "0.2", "--json"])
+        .args(["--database-url", &db.url()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(line["creates"], 60);
+    for key in ["api_creates_per_s", "direct_creates_per_s", "api_over_direct", "ratio", "p50_ms"] {
+        assert!(line[key].as_f64().is_some_and(|v| v > 0.0), "{key} in {line}");
+    }
+    let left: i64 = sqlx::query_scalar("SELECT (SELECT count(*) FROM vm) + (SELECT count(*) FROM strand) + (SELECT count(*) FROM project) + (SELECT count(*) FROM api_token) + (SELECT count(*) FROM event)")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "the bench removes what it made");
+}
