@@ -206,7 +206,9 @@ impl Completer for Completion {
 
     fn complete(&self, line: &str, pos: usize, _: &Context<'_>) -> rustyline::Result<(usize, Vec<Pair>)> {
         let head = &line[..pos];
-        let start = head.rfind(char::is_whitespace).map(|i| i + 1).unwrap_or(0);
+        // The word being typed starts after the last whitespace (which may be
+        // more than one byte: U+3000 is whitespace too).
+        let start = head.char_indices().rev().find(|(_, c)| c.is_whitespace()).map(|(i, c)| i + c.len_utf8()).unwrap_or(0);
         let partial = &head[start..];
         let before: Vec<&str> = head[..start].split_whitespace().collect();
         let mut found: Vec<Pair> = self
@@ -256,5 +258,26 @@ mod tests {
         assert_eq!(complete(&c, "strand show vm0"), ["vm0000000000000000000000ab"]);
         assert_eq!(complete(&c, "strand incr vm0000000000000000000000ab re"), ["restart"]);
         assert_eq!(complete(&c, "strand incr vm0000000000000000000000ab d"), ["destroy"]);
+        assert_eq!(complete(&c, "strand\u{3000}li"), ["list"], "a wide space separates words too");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn completion_never_panics_on_any_line(line in "\\PC{0,40}", cut in 0usize..60) {
+            let c = completion();
+            let pos = line.char_indices().map(|(i, _)| i).chain([line.len()]).nth(cut).unwrap_or(line.len());
+            let history = DefaultHistory::new();
+            let (start, found) = c.complete(&line, pos, &Context::new(&history)).unwrap();
+            proptest::prop_assert!(line.is_char_boundary(start) && start <= pos);
+            for pair in found {
+                proptest::prop_assert!(pair.replacement.to_lowercase().starts_with(&line[start..pos].to_lowercase()));
+            }
+        }
+
+        #[test]
+        fn any_console_line_parses_or_is_refused_without_panicking(words in proptest::collection::vec("\\PC{0,12}|strand|list|show|--state|--prog|--limit|-y|--json|help", 0..6)) {
+            let _ = Line::try_parse_from(&words);
+            let _ = super::super::split_commands(&words.join(" "));
+        }
     }
 }
