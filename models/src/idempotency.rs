@@ -2,6 +2,10 @@
 //! create's transaction: a concurrent create with the same key blocks on the
 //! primary key until this one commits (and then sees the finished row) or
 //! rolls back (and then goes ahead itself). So one key makes one resource.
+//!
+//! A key is remembered for [`RETAIN_HOURS`]: after that the same key is new
+//! again, and each claim deletes a few expired keys, so the table holds
+//! about a day of keys however long the API runs.
 
 use serde_json::Value;
 use sqlx::PgConnection;
@@ -17,13 +21,32 @@ pub enum Claim {
     Used { request_hash: Vec<u8>, status: i16, response: Value },
 }
 
+/// How long a key is remembered.
+pub const RETAIN_HOURS: i32 = 24;
+
+/// Expired keys each claim deletes (more than one, so pruning outpaces creating).
+const PRUNE_PER_CLAIM: i64 = 16;
+
 pub async fn claim(conn: &mut PgConnection, scope: Uuid, key: &str, request_hash: &[u8]) -> Result<Claim, sqlx::Error> {
+    sqlx::query(
+        "DELETE FROM idempotency_key WHERE (scope, key) IN (SELECT scope, key FROM idempotency_key \
+         WHERE created_at < now() - make_interval(hours => $1) ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+    )
+    .bind(RETAIN_HOURS)
+    .bind(PRUNE_PER_CLAIM)
+    .execute(&mut *conn)
+    .await?;
+    // An expired row of this very key is taken over as if it were new.
     let inserted = sqlx::query(
-        "INSERT INTO idempotency_key (scope, key, request_hash) VALUES ($1, $2, $3) ON CONFLICT (scope, key) DO NOTHING",
+        "INSERT INTO idempotency_key (scope, key, request_hash) VALUES ($1, $2, $3) \
+         ON CONFLICT (scope, key) DO UPDATE SET request_hash = EXCLUDED.request_hash, resource_id = NULL, \
+             status = NULL, response = NULL, created_at = now() \
+         WHERE idempotency_key.created_at < now() - make_interval(hours => $4)",
     )
     .bind(scope)
     .bind(key)
     .bind(request_hash)
+    .bind(RETAIN_HOURS)
     .execute(&mut *conn)
     .await?;
     if inserted.rows_affected() == 1 {

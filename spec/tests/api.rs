@@ -224,6 +224,17 @@ async fn the_same_idempotency_key_and_body_return_the_same_vm_and_another_body_i
     assert_ne!(theirs.id(), first.id());
     // Without a key, a retry is a new request (here: the name is taken).
     api.post("/v1/vms", &token, &vm_body("web")).await.assert(409, "conflict");
+
+    // A day later the key is forgotten: new again, and old keys are pruned.
+    sqlx::query("INSERT INTO idempotency_key (scope, key, request_hash, created_at) VALUES (gen_random_uuid(), 'stale', '\\x00', now() - interval '3 days')")
+        .execute(&api.pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE idempotency_key SET created_at = now() - interval '25 hours' WHERE key = 'create-web-1'").execute(&api.pool).await.unwrap();
+    let later = api.call_with("POST", "/v1/vms", Some(&token), Some(&vm_body("other")), &key).await;
+    later.assert(201, "");
+    assert_ne!(later.id(), first.id());
+    assert_eq!(count(&api, "SELECT count(*) FROM idempotency_key WHERE key = 'stale'").await, 0, "expired keys are pruned");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
