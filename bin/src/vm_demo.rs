@@ -67,8 +67,8 @@ pub async fn run(pool: &PgPool) -> anyhow::Result<()> {
     })
     .await
     .context("the local host did not become ready")?;
-    let kvm = if host.kvm_usable == Some(true) { "yes".to_string() } else { format!("no: {}", host.kvm_reason.unwrap_or_default()) };
-    say(format!("host accepting VMs: {} cpus, {} MiB, KVM {kvm}", host.cpus.unwrap_or(0), host.memory_mib.unwrap_or(0)));
+    let kvm = if host.facts.kvm_usable == Some(true) { "yes".to_string() } else { format!("no: {}", host.facts.kvm_reason.unwrap_or_default()) };
+    say(format!("host accepting VMs: {} cpus, {} MiB, KVM {kvm}", host.facts.cpus.unwrap_or(0), host.facts.memory_mib.unwrap_or(0)));
 
     let (owner_private, owner_public) = generate_keypair();
     let key_file = key_file(&owner_private)?;

@@ -12,18 +12,10 @@ pub struct VmHost {
     pub name: String,
     pub root_dir: String,
     pub state: String,
-    pub cpus: Option<i32>,
-    pub cores: Option<i32>,
-    pub sockets: Option<i32>,
-    pub cpu_model: Option<String>,
-    pub memory_mib: Option<i64>,
-    pub storage_total_mib: Option<i64>,
-    pub storage_free_mib: Option<i64>,
-    pub os: Option<String>,
-    pub kernel: Option<String>,
-    pub arch: Option<String>,
-    pub kvm_usable: Option<bool>,
-    pub kvm_reason: Option<String>,
+    /// What the host's learn children found (None until they did).
+    #[sqlx(flatten)]
+    #[serde(flatten)]
+    pub facts: Facts,
     pub agent_version: Option<String>,
     pub image_version: Option<String>,
     pub boot_id: Option<String>,
@@ -58,10 +50,6 @@ pub async fn get_for_update(conn: &mut PgConnection, id: Uuid) -> Result<Option<
     sqlx::query_as("SELECT * FROM vm_host WHERE id = $1 FOR UPDATE").bind(id).fetch_optional(conn).await
 }
 
-pub async fn list(conn: &mut PgConnection) -> Result<Vec<VmHost>, sqlx::Error> {
-    sqlx::query_as("SELECT * FROM vm_host ORDER BY name").fetch_all(conn).await
-}
-
 pub async fn set_state(conn: &mut PgConnection, id: Uuid, state: &str) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE vm_host SET state = $2 WHERE id = $1").bind(id).bind(state).execute(conn).await?;
     Ok(())
@@ -78,7 +66,7 @@ pub async fn set_agent_version(conn: &mut PgConnection, id: Uuid, version: &str)
 }
 
 /// What the host's learn children found.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, FromRow, Serialize)]
 pub struct Facts {
     pub cpus: Option<i32>,
     pub cores: Option<i32>,

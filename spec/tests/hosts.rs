@@ -31,11 +31,11 @@ async fn a_fresh_host_goes_from_add_to_accepting_through_respirate() {
     let worker = w.worker();
 
     let row = w.wait_for(id, "accepting", Duration::from_secs(180), &worker, |r| r.state == "accepting").await;
-    assert_eq!(row.cpus, Some(local_nproc()), "cpus match nproc on the host");
-    assert_eq!(row.memory_mib, Some(local_mem_mib()), "memory matches /proc/meminfo");
-    assert!(row.storage_free_mib.unwrap_or(0) > 0);
-    assert!(row.os.as_deref().unwrap_or("").contains("Debian"), "{:?}", row.os);
-    assert!(row.kvm_usable.is_some(), "the KVM probe answered");
+    assert_eq!(row.facts.cpus, Some(local_nproc()), "cpus match nproc on the host");
+    assert_eq!(row.facts.memory_mib, Some(local_mem_mib()), "memory matches /proc/meminfo");
+    assert!(row.facts.storage_free_mib.unwrap_or(0) > 0);
+    assert!(row.facts.os.as_deref().unwrap_or("").contains("Debian"), "{:?}", row.facts.os);
+    assert!(row.facts.kvm_usable.is_some(), "the KVM probe answered");
     assert_eq!(row.agent_version.as_deref(), Some(agent::version().as_str()));
     assert!(h.root_dir().join("agent/bin/daemonizer").exists(), "the agent is installed under the host's root");
     assert_eq!(std::fs::read_to_string(h.root_dir().join("agent/VERSION")).unwrap().trim(), agent::version());
@@ -80,7 +80,7 @@ async fn sshd_killed_during_preparation_is_retried_until_it_is_back() {
     assert_ne!(w.host(id).await.state, "accepting", "nothing was skipped while the host was away");
     h.start_sshd();
     let row = w.wait_for(id, "accepting", Duration::from_secs(180), &worker, |r| r.state == "accepting").await;
-    assert_eq!(row.cpus, Some(local_nproc()));
+    assert_eq!(row.facts.cpus, Some(local_nproc()));
     let authorized = std::fs::read_to_string(h.root_dir().join("ssh/authorized_keys")).unwrap();
     assert_eq!(authorized.lines().count(), 1, "the key was authorized once, not once per retry: {authorized}");
 }

@@ -101,7 +101,7 @@ pub async fn hosts(s: &Session, cmd: HostCmd, opts: &OpsOptions) -> anyhow::Resu
             let mut rows = Vec::new();
             for h in hosts {
                 let st = strand_of(s, h.id).await?;
-                let used = format!("{}/{} cores, {}/{} MiB", h.used_cores, h.cpus.unwrap_or(0), h.used_memory_mib, h.memory_mib.unwrap_or(0));
+                let used = format!("{}/{} cores, {}/{} MiB", h.used_cores, h.facts.cpus.unwrap_or(0), h.used_memory_mib, h.facts.memory_mib.unwrap_or(0));
                 let label = st.as_ref().map(|st| format!("{} ({})", st.label, st.state)).unwrap_or("-".into());
                 cells.push(vec![render::id(h.id), h.name.clone(), h.state.clone(), used, label]);
                 rows.push(json!({"host": h, "strand": st}));
@@ -122,11 +122,11 @@ pub async fn hosts(s: &Session, cmd: HostCmd, opts: &OpsOptions) -> anyhow::Resu
             let mut text = format!("host {id} {} ({})\n", h.name, h.state);
             text.push_str(&render::fields(&[
                 ("strand", strand_text(&st)),
-                ("cpus", h.cpus.map(|c| c.to_string()).unwrap_or("?".into())),
-                ("memory", format!("{} MiB ({} used)", h.memory_mib.unwrap_or(0), h.used_memory_mib)),
+                ("cpus", h.facts.cpus.map(|c| c.to_string()).unwrap_or("?".into())),
+                ("memory", format!("{} MiB ({} used)", h.facts.memory_mib.unwrap_or(0), h.used_memory_mib)),
                 ("cores used", h.used_cores.to_string()),
-                ("kvm", h.kvm_usable.map(|k| if k { "usable" } else { "not usable (TCG)" }.to_string()).unwrap_or("?".into())),
-                ("os", format!("{} {}", h.os.clone().unwrap_or_default(), h.kernel.clone().unwrap_or_default())),
+                ("kvm", h.facts.kvm_usable.map(|k| if k { "usable" } else { "not usable (TCG)" }.to_string()).unwrap_or("?".into())),
+                ("os", format!("{} {}", h.facts.os.clone().unwrap_or_default(), h.facts.kernel.clone().unwrap_or_default())),
                 ("vms", if vms.is_empty() { "none".into() } else { vms.iter().map(|v| render::id(*v)).collect::<Vec<_>>().join(", ") }),
             ]));
             text.push_str(&events_text(&events));
