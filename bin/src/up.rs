@@ -38,13 +38,14 @@ pub struct UpArgs {
 }
 
 /// The database URL given, or the embedded cluster's (started if need be).
+/// Says which on stderr: stdout is for what a command answers (`--json`).
 pub async fn database_url(given: Option<String>) -> anyhow::Result<String> {
     if let Some(url) = given {
         return Ok(url);
     }
     let embedded = Embedded::from_env()?;
     let url = tokio::task::spawn_blocking(move || embedded.ensure_running()).await??;
-    println!("database: embedded Postgres at {url}");
+    eprintln!("database: embedded Postgres at {url}");
     Ok(url)
 }
 

@@ -36,13 +36,7 @@ pub struct Session {
 impl Session {
     /// Connect (once: a console is for a database that is up) and migrate.
     pub async fn open(opts: &OpsOptions) -> anyhow::Result<Session> {
-        let url = match &opts.database_url {
-            Some(url) => url.clone(),
-            None => {
-                let embedded = crate::embedded::Embedded::from_env()?;
-                tokio::task::spawn_blocking(move || embedded.ensure_running()).await??
-            }
-        };
+        let url = crate::up::database_url(opts.database_url.clone()).await?;
         // A person is waiting: say so after a few seconds rather than thirty.
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(4)
