@@ -4,7 +4,7 @@
 use anyhow::Context;
 use serde_json::json;
 use skein_progs::host::{self, nexus, NewHost};
-use skein_progs::rules::{self, Refusal};
+use skein_progs::rules;
 
 use crate::console::{OpsOptions, Reply, Session};
 use crate::follow::Subject;
@@ -49,7 +49,7 @@ pub async fn add(s: &Session, args: AddArgs, opts: &OpsOptions) -> anyhow::Resul
     };
     rules::new_host(&new).map_err(|e| anyhow::anyhow!(e.cli_message()))?;
     let frame = nexus::Frame { checkup_secs: args.checkup_secs, ..Default::default() };
-    let id = host::add(&mut tx, &secret, &new, frame).await.map_err(explain)?;
+    let id = host::add(&mut tx, &secret, &new, frame).await.map_err(rules::explain)?;
     tx.commit().await?;
     let added = format!("host {} added as {id}", args.name);
     if !args.wait.wait {
@@ -61,14 +61,4 @@ pub async fn add(s: &Session, args: AddArgs, opts: &OpsOptions) -> anyhow::Resul
     }
     let end = crate::follow::follow(&s.pool, id, Subject::Host, &args.wait, opts.json).await?;
     Ok(Reply::new(end.summary(), json!({"id": id, "name": args.name, "state": end.state})))
-}
-
-/// Turn constraint violations that got past the checks into what the
-/// operator should change (the same words as the API's, see `rules`).
-fn explain(e: anyhow::Error) -> anyhow::Error {
-    match rules::refusal(&format!("{e:#}")) {
-        Some(Refusal::Conflict(why)) => anyhow::anyhow!(why),
-        Some(Refusal::Invalid(i)) => anyhow::anyhow!(i.cli_message()),
-        None => e,
-    }
 }

@@ -1,7 +1,7 @@
 //! `skein project create|list`: the tenants that own VMs and API tokens.
 
 use skein_models::{project, Ubid, UbidType};
-use skein_progs::rules::{self, Refusal};
+use skein_progs::rules;
 
 #[derive(clap::Args, Debug)]
 pub struct CreateArgs {
@@ -30,17 +30,7 @@ pub async fn create(args: CreateArgs) -> anyhow::Result<()> {
     let url = crate::up::database_url(args.database_url.clone()).await?;
     let pool = crate::worker::connect(&url, 2).await?;
     let id = Ubid::generate(UbidType::Project);
-    project::insert(&mut *pool.acquire().await?, id.uuid(), &args.name, args.vm_quota).await.map_err(|e| {
-        let constraint = match &e {
-            sqlx::Error::Database(d) => d.constraint().map(str::to_string),
-            _ => None,
-        };
-        match constraint.as_deref().and_then(rules::refusal) {
-            Some(Refusal::Conflict(why)) => anyhow::anyhow!(why),
-            Some(Refusal::Invalid(i)) => anyhow::anyhow!(i.cli_message()),
-            None => e.into(),
-        }
-    })?;
+    project::insert(&mut *pool.acquire().await?, id.uuid(), &args.name, args.vm_quota).await.map_err(|e| rules::explain(e.into()))?;
     if args.json {
         println!("{}", serde_json::json!({"id": id, "name": args.name, "vm_quota": args.vm_quota}));
     } else {

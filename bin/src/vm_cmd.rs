@@ -4,7 +4,7 @@
 use anyhow::{anyhow, Context};
 use serde_json::json;
 use skein_models::{project, Ubid, UbidType};
-use skein_progs::rules::{self, Refusal};
+use skein_progs::rules;
 use skein_progs::vm::{self as vms, nexus, Spec};
 
 use crate::console::{OpsOptions, Reply, Session};
@@ -53,13 +53,7 @@ pub async fn create(s: &Session, args: CreateArgs, opts: &OpsOptions) -> anyhow:
     let owner = project::by_name(&mut tx, &args.project)
         .await?
         .ok_or_else(|| anyhow!("no project {:?} (`skein project list` shows them)", args.project))?;
-    let id = vms::create(&mut tx, Ubid::from_uuid(owner.id), &spec, nexus::Frame::default()).await.map_err(|e| {
-        match rules::refusal(&format!("{e:#}")) {
-            Some(Refusal::Conflict(why)) => anyhow!(why),
-            Some(Refusal::Invalid(i)) => anyhow!(i.cli_message()),
-            None => anyhow!(e),
-        }
-    })?;
+    let id = vms::create(&mut tx, Ubid::from_uuid(owner.id), &spec, nexus::Frame::default()).await.map_err(|e| rules::explain(e.into()))?;
     tx.commit().await?;
     let made = format!("vm {} created as {id} in project {}", args.name, args.project);
     if !args.wait.wait {

@@ -137,6 +137,25 @@ pub enum Refusal {
     Invalid(Invalid),
 }
 
+impl Refusal {
+    /// As the CLI says it.
+    pub fn cli_message(&self) -> String {
+        match self {
+            Refusal::Conflict(why) => why.clone(),
+            Refusal::Invalid(i) => i.cli_message(),
+        }
+    }
+}
+
+/// For the CLI: an error that is a refusal becomes what the user should
+/// change; any other error is returned as it was.
+pub fn explain(error: anyhow::Error) -> anyhow::Error {
+    match refusal(&format!("{error:#}")) {
+        Some(r) => anyhow::anyhow!(r.cli_message()),
+        None => error,
+    }
+}
+
 /// A constraint violation named in `error` (any error whose text carries
 /// the constraint's name), as a refusal; None for anything else.
 pub fn refusal(error: &str) -> Option<Refusal> {
