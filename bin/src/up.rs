@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use serde_json::Value;
-use skein_engine::{enqueue, Outcome, StepReport, Ubid};
+use skein_engine::{enqueue, StepReport, Ubid};
 use skein_progs::demo::census;
 use sqlx::PgPool;
 
@@ -113,23 +113,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 }
 
 fn print_step(r: &StepReport) {
-    let what = match &r.outcome {
-        Outcome::Hop { to } => format!("hop -> {to}"),
-        Outcome::Nap { secs } => format!("nap {secs}s"),
-        Outcome::Push { prog, label } => format!("push {prog} at {label}"),
-        Outcome::Pop { to_prog, to_label, retval } => format!("pop {retval} -> {to_prog} at {to_label}"),
-        Outcome::Exit { exitval } => format!("exit {exitval}"),
-        Outcome::Failed { error, tries } => format!("FAILED (try {tries}): {error}"),
-        Outcome::LeaseLost => "lease lost, rolled back".into(),
-    };
-    let budded = if r.budded.is_empty() { String::new() } else { format!("  (budded {})", r.budded.len()) };
-    println!(
-        "{}  {}  {:<14} {:<7} {what}{budded}",
-        chrono::Local::now().format("%H:%M:%S%.3f"),
-        r.strand,
-        r.prog,
-        r.label
-    );
+    let at = chrono::Local::now().format("%H:%M:%S%.3f");
+    println!("{at}  {}  {:<14} {:<7} {}", r.strand, r.prog, r.label, r.flow());
 }
 
 /// Start a census, let it count and double, tell it to finish, and return

@@ -105,6 +105,31 @@ pub enum Outcome {
     LeaseLost,
 }
 
+/// The flow as people read it: `hop -> Tally`, `nap 30s`, `pop {..} -> Census at Double`.
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Hop { to } => write!(f, "hop -> {to}"),
+            Outcome::Nap { secs } => write!(f, "nap {secs}s"),
+            Outcome::Push { prog, label } => write!(f, "push -> {prog} at {label}"),
+            Outcome::Pop { to_prog, to_label, retval } => write!(f, "pop {retval} -> {to_prog} at {to_label}"),
+            Outcome::Exit { exitval } => write!(f, "exit {exitval}"),
+            Outcome::Failed { error, tries } => write!(f, "FAILED (try {tries}): {error}"),
+            Outcome::LeaseLost => write!(f, "lease lost; nothing written"),
+        }
+    }
+}
+
+impl StepReport {
+    /// The outcome and, if the step budded children, how many.
+    pub fn flow(&self) -> String {
+        match self.budded.len() {
+            0 => self.outcome.to_string(),
+            n => format!("{}  (budded {n})", self.outcome),
+        }
+    }
+}
+
 /// A pure hop quicker than this is carried on in memory, unwritten: a label
 /// this quick made no remote call worth protecting from a replay.
 const COALESCE_UNDER: Duration = Duration::from_millis(10);

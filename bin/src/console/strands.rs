@@ -5,7 +5,7 @@
 use anyhow::{anyhow, bail, Context};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
-use skein_engine::{Outcome, StepReport};
+use skein_engine::Outcome;
 use skein_models::inspect::{self, StrandFilter, StrandSummary};
 use skein_models::{archive, audit, semaphore, strand, Ubid};
 use uuid::Uuid;
@@ -325,23 +325,13 @@ async fn step(s: &Session, id: &str, yes: bool) -> anyhow::Result<Reply> {
         .step_now(r.id)
         .await?
         .ok_or_else(|| anyhow!("strand {id} is leased by a worker (or exited just now); try again when its step is done"))?;
-    let flow = describe(&report);
+    let flow = match &report.outcome {
+        // An error can be long and many lines; `strand show` has all of it.
+        Outcome::Failed { error, tries } => format!("FAILED (try {tries}): {}", render::line(error, 200)),
+        _ => report.flow(),
+    };
     let mut conn = s.pool.acquire().await?;
     audit::record(&mut conn, &s.operator, "step", Some(r.id), &json!({"label": report.label, "outcome": report.outcome})).await?;
     let text = format!("{} at {}: {flow} ({} ms)", report.prog, report.label, report.micros / 1000);
     Ok(Reply::new(text, json!({"strand": report.strand, "prog": report.prog, "label": report.label, "outcome": report.outcome, "budded": report.budded, "micros": report.micros})))
-}
-
-pub fn describe(r: &StepReport) -> String {
-    let buds = if r.budded.is_empty() { String::new() } else { format!(" (budded {})", r.budded.len()) };
-    let flow = match &r.outcome {
-        Outcome::Hop { to } => format!("hop -> {to}"),
-        Outcome::Nap { secs } => format!("nap {}", render::duration(*secs)),
-        Outcome::Push { prog, label } => format!("push -> {prog} at {label}"),
-        Outcome::Pop { to_prog, to_label, retval } => format!("pop {retval} -> {to_prog} at {to_label}"),
-        Outcome::Exit { exitval } => format!("exit {exitval}"),
-        Outcome::Failed { error, tries } => format!("FAILED (try {tries}): {}", render::line(error, 200)),
-        Outcome::LeaseLost => "lease lost; nothing written".into(),
-    };
-    flow + &buds
 }
