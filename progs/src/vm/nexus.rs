@@ -314,6 +314,8 @@ async fn destroy(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
     let conn = cx.tx.conn().await?;
     capacity::return_quota(conn, vm.project_id).await?;
     vm::set_state(conn, vm.id, "destroyed").await?;
+    // However the destroy was asked for (API, console, a parent strand), it is what the VM now wants.
+    vm::set_desired(conn, vm.id, "destroyed").await?;
     cx.resolve_page(&waiting_tag(&vm)).await?;
     happened(cx, &vm, "destroyed", json!({})).await?;
     pop(json!({ "msg": "vm destroyed" }))
