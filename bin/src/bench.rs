@@ -258,7 +258,7 @@ async fn claim_uses_partial_index(pool: &PgPool) -> anyhow::Result<bool> {
     Ok(plan.to_string().contains("strand_due"))
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -426,10 +426,10 @@ async fn verify(pool: &PgPool, args: &BenchArgs) -> anyhow::Result<Value> {
     }))
 }
 
-fn round1(x: f64) -> f64 {
+pub(crate) fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
 }
 
-fn round3(x: f64) -> f64 {
+pub(crate) fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }

@@ -22,6 +22,7 @@ use sqlx::PgPool;
 use tower::ServiceExt;
 
 use crate::api::{self, auth, ApiState};
+use crate::bench::{percentile, round1, round3};
 
 const PUBLIC_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl bench";
 
@@ -151,18 +152,17 @@ pub async fn measure(pool: &PgPool, n: u64, clients: usize, projects: usize, bas
     remove_all(pool, &api_tenants).await?;
     let (api_per_s, times) = through_api?;
 
-    let pct = |p: f64| if times.is_empty() { 0.0 } else { times[((times.len() - 1) as f64 * p).round() as usize] };
     Ok(json!({
         "scenario": "api-create",
         "creates": n,
         "clients": clients,
         "projects": projects,
-        "api_creates_per_s": (api_per_s * 10.0).round() / 10.0,
-        "direct_creates_per_s": (direct_per_s * 10.0).round() / 10.0,
-        "api_over_direct": (api_per_s / direct_per_s * 1000.0).round() / 1000.0,
-        "baseline_tx_per_s": (baseline_tx_per_s * 10.0).round() / 10.0,
-        "ratio": (api_per_s / baseline_tx_per_s * 1000.0).round() / 1000.0,
-        "p50_ms": (pct(0.50) * 1000.0).round() / 1000.0,
-        "p99_ms": (pct(0.99) * 1000.0).round() / 1000.0,
+        "api_creates_per_s": round1(api_per_s),
+        "direct_creates_per_s": round1(direct_per_s),
+        "api_over_direct": round3(api_per_s / direct_per_s),
+        "baseline_tx_per_s": round1(baseline_tx_per_s),
+        "ratio": round3(api_per_s / baseline_tx_per_s),
+        "p50_ms": round3(percentile(&times, 0.50)),
+        "p99_ms": round3(percentile(&times, 0.99)),
     }))
 }
