@@ -9,7 +9,7 @@ use anyhow::bail;
 use serde_json::json;
 use skein_models::inspect::{self, StrandSummary};
 use skein_models::{event, vm, vm_host, Ubid};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct WaitArgs {
@@ -39,11 +39,10 @@ impl Subject {
         }
     }
 
-    async fn state(self, pool: &PgPool, id: Ubid) -> anyhow::Result<Option<String>> {
-        let mut conn = pool.acquire().await?;
+    async fn state(self, conn: &mut PgConnection, id: Ubid) -> anyhow::Result<Option<String>> {
         Ok(match self {
-            Subject::Vm => vm::get(&mut conn, id.uuid()).await?.map(|v| v.state),
-            Subject::Host => vm_host::get(&mut conn, id.uuid()).await?.map(|h| h.state),
+            Subject::Vm => vm::get(conn, id.uuid()).await?.map(|v| v.state),
+            Subject::Host => vm_host::get(conn, id.uuid()).await?.map(|h| h.state),
         })
     }
 }
@@ -76,7 +75,8 @@ pub async fn follow(pool: &PgPool, id: Ubid, subject: Subject, args: &WaitArgs, 
     let mut last_error: Option<String> = None;
     let mut seen_events = 0;
     loop {
-        let strand: Option<StrandSummary> = inspect::summary(&mut *pool.acquire().await?, id.uuid()).await?;
+        let mut conn = pool.acquire().await?;
+        let strand: Option<StrandSummary> = inspect::summary(&mut conn, id.uuid()).await?;
         if let Some(st) = &strand {
             let at = format!("{} at {}", st.prog, st.label);
             if at != last_label {
@@ -88,13 +88,14 @@ pub async fn follow(pool: &PgPool, id: Ubid, subject: Subject, args: &WaitArgs, 
             }
             last_error = st.last_error.clone();
         }
-        let events = event::of(&mut *pool.acquire().await?, id.uuid()).await?;
+        let events = event::of(&mut conn, id.uuid()).await?;
         for e in events.iter().skip(seen_events) {
             let detail = if e.detail == json!({}) { String::new() } else { format!(" {}", e.detail) };
             say(format!("event: {}{detail}", e.kind));
         }
         seen_events = events.len();
-        let state = subject.state(pool, id).await?.unwrap_or_else(|| "gone".into());
+        let state = subject.state(&mut conn, id).await?.unwrap_or_else(|| "gone".into());
+        drop(conn);
         let ended = || Ended { id, state: state.clone(), secs: began.elapsed().as_secs_f64() };
         if state == goal {
             say(state.clone());

@@ -208,6 +208,12 @@ pub async fn summary(conn: &mut PgConnection, id: Uuid) -> Result<Option<StrandS
     sqlx::query_as(&format!("SELECT {} FROM strand WHERE id = $1", summary_columns())).bind(id).fetch_optional(conn).await
 }
 
+/// The summaries of those of `ids` that are live strands (a subject's
+/// strand has the subject's id), in one query.
+pub async fn summaries(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<StrandSummary>, sqlx::Error> {
+    sqlx::query_as(&format!("SELECT {} FROM strand WHERE id = ANY($1)", summary_columns())).bind(ids).fetch_all(conn).await
+}
+
 /// A strand's descendants, depth first, each with its depth under `root`
 /// (children are 1). At most `limit` of them.
 #[derive(Clone, Debug, FromRow, Serialize)]
@@ -245,22 +251,35 @@ pub async fn semaphore_counts(conn: &mut PgConnection, id: Uuid) -> Result<Vec<(
 /// Make a live strand due now. The new schedule differs from the one any
 /// running step leased it with, so that step's nap keeps this wake-up.
 pub async fn wake(conn: &mut PgConnection, id: Uuid) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-    reschedule_to(conn, id, None).await
+    reschedule_to(conn, id, None, false).await
 }
 
 /// Move a live strand's schedule to `at`.
 pub async fn reschedule(conn: &mut PgConnection, id: Uuid, at: DateTime<Utc>) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-    reschedule_to(conn, id, Some(at)).await
+    reschedule_to(conn, id, Some(at), false).await
 }
 
 /// Run a failing strand again now instead of at its backoff. Its failure
 /// count stays: if it fails again, the backoff goes on growing.
 pub async fn retry(conn: &mut PgConnection, id: Uuid) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    reschedule_to(conn, id, None, true).await
+}
+
+/// `at`, or now (`None`); only if the strand is live (and, with
+/// `failing_only`, failing). Returns the new schedule, or None if nothing changed.
+async fn reschedule_to(
+    conn: &mut PgConnection,
+    id: Uuid,
+    at: Option<DateTime<Utc>>,
+    failing_only: bool,
+) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
     let at: Option<DateTime<Utc>> = sqlx::query_scalar(
-        "UPDATE strand SET schedule = least(schedule, now()) - interval '1 microsecond' \
-         WHERE id = $1 AND exitval IS NULL AND last_error IS NOT NULL RETURNING schedule",
+        "UPDATE strand SET schedule = coalesce($2, least(schedule, now()) - interval '1 microsecond') \
+         WHERE id = $1 AND exitval IS NULL AND (NOT $3 OR last_error IS NOT NULL) RETURNING schedule",
     )
     .bind(id)
+    .bind(at)
+    .bind(failing_only)
     .fetch_optional(&mut *conn)
     .await?;
     if at.is_some() {
@@ -269,17 +288,24 @@ pub async fn retry(conn: &mut PgConnection, id: Uuid) -> Result<Option<DateTime<
     Ok(at)
 }
 
-async fn reschedule_to(conn: &mut PgConnection, id: Uuid, at: Option<DateTime<Utc>>) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-    let at: Option<DateTime<Utc>> = sqlx::query_scalar(
-        "UPDATE strand SET schedule = coalesce($2, least(schedule, now()) - interval '1 microsecond') \
-         WHERE id = $1 AND exitval IS NULL RETURNING schedule",
-    )
-    .bind(id)
-    .bind(at)
-    .fetch_optional(&mut *conn)
-    .await?;
-    if at.is_some() {
-        crate::strand::notify_due(conn).await?;
-    }
-    Ok(at)
+/// Ids an operator is likely to type next (the console completes them).
+#[derive(Debug, Default)]
+pub struct RecentIds {
+    /// Live strands with their progs, latest schedule first.
+    pub strands: Vec<(Uuid, String)>,
+    /// Open pages first, then recently resolved ones.
+    pub pages: Vec<Uuid>,
+    pub hosts: Vec<Uuid>,
+    /// VMs not destroyed.
+    pub vms: Vec<Uuid>,
+}
+
+pub async fn recent_ids(conn: &mut PgConnection) -> Result<RecentIds, sqlx::Error> {
+    let ids = |q: &'static str| sqlx::query_scalar::<_, Uuid>(q);
+    Ok(RecentIds {
+        strands: sqlx::query_as("SELECT id, prog FROM strand ORDER BY schedule DESC LIMIT 500").fetch_all(&mut *conn).await?,
+        pages: ids("SELECT id FROM page ORDER BY resolved_at IS NULL DESC, created_at DESC LIMIT 200").fetch_all(&mut *conn).await?,
+        hosts: ids("SELECT id FROM vm_host ORDER BY id LIMIT 500").fetch_all(&mut *conn).await?,
+        vms: ids("SELECT id FROM vm WHERE state <> 'destroyed' ORDER BY id LIMIT 500").fetch_all(&mut *conn).await?,
+    })
 }

@@ -2,6 +2,8 @@
 //! VMs (each with its strand's state and recent events), UBIDs, and the
 //! audit trail.
 
+use std::collections::HashMap;
+
 use anyhow::{anyhow, bail};
 use serde_json::json;
 use skein_models::inspect::{self, StrandSummary};
@@ -66,9 +68,13 @@ pub async fn pages(s: &Session, cmd: PageCmd, yes: bool) -> anyhow::Result<Reply
     }
 }
 
-/// The strand that drives a subject has the subject's id.
-async fn strand_of(s: &Session, id: Uuid) -> anyhow::Result<Option<StrandSummary>> {
-    Ok(inspect::summary(&mut *s.pool.acquire().await?, id).await?)
+/// The strands that drive these subjects (a subject's strand has its id), by id.
+async fn strands_of(conn: &mut sqlx::PgConnection, ids: &[Uuid]) -> anyhow::Result<HashMap<Uuid, StrandSummary>> {
+    Ok(inspect::summaries(conn, ids).await?.into_iter().map(|st| (st.id, st)).collect())
+}
+
+fn label_cell(st: Option<&StrandSummary>) -> String {
+    st.map(|st| format!("{} ({})", st.label, st.state)).unwrap_or("-".into())
 }
 
 fn strand_text(st: &Option<StrandSummary>) -> String {
@@ -96,14 +102,15 @@ pub async fn hosts(s: &Session, cmd: HostCmd, opts: &OpsOptions) -> anyhow::Resu
     match cmd {
         HostCmd::Add(args) => crate::host_cmd::add(s, args, opts).await,
         HostCmd::List => {
-            let hosts = vm_host::page(&mut *s.pool.acquire().await?, None, 1000).await?;
+            let mut conn = s.pool.acquire().await?;
+            let hosts = vm_host::page(&mut conn, None, 1000).await?;
+            let strands = strands_of(&mut conn, &hosts.iter().map(|h| h.id).collect::<Vec<_>>()).await?;
             let mut cells = Vec::new();
             let mut rows = Vec::new();
             for h in hosts {
-                let st = strand_of(s, h.id).await?;
+                let st = strands.get(&h.id);
                 let used = format!("{}/{} cores, {}/{} MiB", h.used_cores, h.facts.cpus.unwrap_or(0), h.used_memory_mib, h.facts.memory_mib.unwrap_or(0));
-                let label = st.as_ref().map(|st| format!("{} ({})", st.label, st.state)).unwrap_or("-".into());
-                cells.push(vec![render::id(h.id), h.name.clone(), h.state.clone(), used, label]);
+                cells.push(vec![render::id(h.id), h.name.clone(), h.state.clone(), used, label_cell(st)]);
                 rows.push(json!({"host": h, "strand": st}));
             }
             let n = rows.len();
@@ -117,8 +124,7 @@ pub async fn hosts(s: &Session, cmd: HostCmd, opts: &OpsOptions) -> anyhow::Resu
             let h = vm_host::get(&mut conn, uuid).await?.ok_or_else(|| anyhow!("no host {id}"))?;
             let vms = vm::on_host(&mut conn, uuid).await?;
             let events = event::recent(&mut conn, uuid, 10).await?;
-            drop(conn);
-            let st = strand_of(s, uuid).await?;
+            let st = inspect::summary(&mut conn, uuid).await?;
             let mut text = format!("host {id} {} ({})\n", h.name, h.state);
             text.push_str(&render::fields(&[
                 ("strand", strand_text(&st)),
@@ -149,15 +155,14 @@ pub async fn vms(s: &Session, cmd: VmCmd, opts: &OpsOptions) -> anyhow::Result<R
             };
             let rows: Vec<vm::Vm> =
                 vm::page(&mut conn, project_id, None, 1000).await?.into_iter().filter(|v| all || v.state != "destroyed").collect();
-            drop(conn);
+            let strands = strands_of(&mut conn, &rows.iter().map(|v| v.id).collect::<Vec<_>>()).await?;
             let mut cells = Vec::new();
             let mut out = Vec::new();
             for v in rows {
-                let st = strand_of(s, v.id).await?;
+                let st = strands.get(&v.id);
                 let host = v.host_id.map(render::id).unwrap_or("-".into());
-                let label = st.as_ref().map(|st| format!("{} ({})", st.label, st.state)).unwrap_or("-".into());
                 let size = format!("{}c/{}M", v.cores, v.memory_mib);
-                cells.push(vec![render::id(v.id), v.name.clone(), v.state.clone(), size, host, label]);
+                cells.push(vec![render::id(v.id), v.name.clone(), v.state.clone(), size, host, label_cell(st)]);
                 out.push(json!({"vm": v, "strand": st}));
             }
             let n = out.len();
@@ -170,8 +175,7 @@ pub async fn vms(s: &Session, cmd: VmCmd, opts: &OpsOptions) -> anyhow::Result<R
             let mut conn = s.pool.acquire().await?;
             let v = vm::get(&mut conn, uuid).await?.ok_or_else(|| anyhow!("no vm {id}"))?;
             let events = event::recent(&mut conn, uuid, 10).await?;
-            drop(conn);
-            let st = strand_of(s, uuid).await?;
+            let st = inspect::summary(&mut conn, uuid).await?;
             let mut text = format!("vm {id} {} ({}, wants {})\n", v.name, v.state, v.desired_state);
             text.push_str(&render::fields(&[
                 ("strand", strand_text(&st)),
@@ -195,25 +199,24 @@ pub async fn ubid(s: &Session, id: &str) -> anyhow::Result<Reply> {
     let mut conn = s.pool.acquire().await?;
     let strand = inspect::summary(&mut conn, u.uuid()).await?;
     let archived = if strand.is_none() { archive::get(&mut conn, u.uuid()).await? } else { None };
-    let (row, hint) = match u.kind() {
-        Some(UbidType::Vm) => (vm::get(&mut conn, u.uuid()).await?.map(|v| json!(v)), "vm show"),
-        Some(UbidType::VmHost) => (vm_host::get(&mut conn, u.uuid()).await?.map(|h| json!(h)), "host show"),
-        Some(UbidType::Page) => (page::get(&mut conn, u.uuid()).await?.map(|p| json!(p)), "page show"),
-        Some(UbidType::Project) => (skein_models::project::get(&mut conn, u.uuid()).await?.map(|p| json!(p)), ""),
-        _ => (None, ""),
+    // The kinds of row this console can show; for those, say whether the row exists.
+    let (row, show) = match u.kind() {
+        Some(UbidType::Vm) => (vm::get(&mut conn, u.uuid()).await?.map(|v| json!(v)), Some("vm show")),
+        Some(UbidType::VmHost) => (vm_host::get(&mut conn, u.uuid()).await?.map(|h| json!(h)), Some("host show")),
+        Some(UbidType::Page) => (page::get(&mut conn, u.uuid()).await?.map(|p| json!(p)), Some("page show")),
+        Some(UbidType::Project) => (skein_models::project::get(&mut conn, u.uuid()).await?.map(|p| json!(p)), None),
+        _ => (None, None),
     };
+    let looked_up = matches!(u.kind(), Some(UbidType::Vm | UbidType::VmHost | UbidType::Page | UbidType::Project));
     let mut pairs = vec![("type", format!("{kind} ({})", u.kind().map(|k| k.prefix()).unwrap_or("-"))), ("uuid", u.uuid().to_string())];
     if let Some(t) = made {
         pairs.push(("made", render::when(t)));
     }
-    let names = match (&row, &strand, &archived) {
-        (Some(_), _, _) if !hint.is_empty() => format!("a {kind}: `{hint} {u}`"),
-        (Some(_), _, _) => format!("a {kind}"),
-        (None, _, _) if u.kind() == Some(UbidType::Vm) || u.kind() == Some(UbidType::VmHost) => format!("no {kind} with this id"),
-        _ => String::new(),
-    };
-    if !names.is_empty() {
-        pairs.push(("names", names));
+    match (&row, show) {
+        (Some(_), Some(cmd)) => pairs.push(("names", format!("a {kind}: `{cmd} {u}`"))),
+        (Some(_), None) => pairs.push(("names", format!("a {kind}"))),
+        (None, _) if looked_up => pairs.push(("names", format!("no {kind} with this id"))),
+        (None, _) => {}
     }
     pairs.push((
         "strand",

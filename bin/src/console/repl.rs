@@ -16,7 +16,7 @@ use rustyline::history::DefaultHistory;
 use rustyline::validate::Validator;
 use rustyline::{Context, Editor, Helper};
 use skein_engine::Registry;
-use skein_models::inspect::{StrandSort, StrandState};
+use skein_models::inspect::{self, StrandSort, StrandState};
 use skein_models::Ubid;
 
 use super::session::{OpsOptions, Session};
@@ -33,16 +33,13 @@ struct Known {
 }
 
 async fn refresh(s: &Session) -> Result<Known, sqlx::Error> {
-    let mut conn = s.pool.acquire().await?;
-    let strands: Vec<(uuid::Uuid, String)> =
-        sqlx::query_as("SELECT id, prog FROM strand ORDER BY schedule DESC LIMIT 500").fetch_all(&mut *conn).await?;
-    let ids = |q: &'static str| sqlx::query_scalar::<_, uuid::Uuid>(q);
+    let recent = inspect::recent_ids(&mut *s.pool.acquire().await?).await?;
     let show = |v: Vec<uuid::Uuid>| v.into_iter().map(|u| Ubid::from_uuid(u).to_string()).collect();
     Ok(Known {
-        strands: strands.into_iter().map(|(id, prog)| (Ubid::from_uuid(id).to_string(), prog)).collect(),
-        pages: show(ids("SELECT id FROM page ORDER BY resolved_at IS NULL DESC, created_at DESC LIMIT 200").fetch_all(&mut *conn).await?),
-        hosts: show(ids("SELECT id FROM vm_host ORDER BY id LIMIT 500").fetch_all(&mut *conn).await?),
-        vms: show(ids("SELECT id FROM vm WHERE state <> 'destroyed' ORDER BY id LIMIT 500").fetch_all(&mut *conn).await?),
+        strands: recent.strands.into_iter().map(|(id, prog)| (Ubid::from_uuid(id).to_string(), prog)).collect(),
+        pages: show(recent.pages),
+        hosts: show(recent.hosts),
+        vms: show(recent.vms),
     })
 }
 
