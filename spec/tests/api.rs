@@ -36,7 +36,7 @@ async fn setup() -> (TestDb, Api) {
 #[tokio::test]
 async fn requests_without_a_valid_token_are_401_and_the_document_needs_none() {
     let (_db, api) = setup().await;
-    let (project, token) = api.project("alpha", 5).await;
+    let (_, token) = api.project("alpha", 5).await;
     api.call("GET", "/v1/vms", None, None).await.assert(401, "unauthenticated");
     for bad in ["Basic dXNlcjpwYXNz", "Bearer", "Bearer nope", "Bearer skein_zz", &format!("Token {token}")] {
         let r = api.call_with("GET", "/v1/vms", None, None, &[("authorization", bad)]).await;
@@ -56,7 +56,6 @@ async fn requests_without_a_valid_token_are_401_and_the_document_needs_none() {
     let doc = api.call("GET", "/openapi.json", None, None).await;
     assert_eq!(doc.status, 200);
     assert_eq!(doc.body["openapi"], "3.1.0");
-    let _ = project;
 }
 
 #[tokio::test]
