@@ -1,5 +1,6 @@
 //! The `respirate` daemon and the `skein` CLI share these modules.
 //!
+//! - [`respirate`]: the `respirate` process, over any registry of progs.
 //! - [`worker`]: the flags, database connection, logging, signals and metrics
 //!   of a worker process (`respirate`, and the one inside `skein up`).
 //! - [`local_host`]: real sshd hosts in network namespaces (tests, the VM demo).
@@ -23,6 +24,7 @@ pub mod follow;
 pub mod host_cmd;
 pub mod local_host;
 pub mod project_cmd;
+pub mod respirate;
 pub mod token_cmd;
 pub mod up;
 pub mod vm_cmd;
