@@ -221,7 +221,7 @@ impl Runner {
     }
 
     fn terms(&self) -> LeaseTerms {
-        LeaseTerms { lease_secs: self.config.lease.as_secs_f64(), backoff_cap_secs: self.config.backoff_cap.as_secs_f64() }
+        LeaseTerms { lease_secs: self.config.lease.as_secs_f64() }
     }
 
     /// Lease up to `limit` due strands in one round trip, skipping `exclude`.

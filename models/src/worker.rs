@@ -128,7 +128,7 @@ pub async fn reap_dead(
              RETURNING w.holder, w.process, w.seen_at >= now() - make_interval(secs => $2) AS session_ended), \
          broken AS ( \
              UPDATE strand s SET lease = $5::timestamptz, lease_holder = NULL, \
-                 schedule = least(s.schedule, now() + random() * least(power(2, s.try - 1) - 1, $4) * interval '1 second'), \
+                 schedule = now() + random() * least(power(2, s.try - 1) - 1, $4) * interval '1 second', \
                  last_error = 'its worker ' || d.holder || CASE WHEN d.session_ended THEN ' died' ELSE ' hung' END \
                               || ' during this step', \
                  last_error_at = now() \
