@@ -6,7 +6,8 @@
 //! - [`local_host`]: real sshd hosts in network namespaces (tests, the VM demo).
 //! - [`embedded`]: the private Postgres cluster used when no URL is given.
 //! - [`bench`]: `skein bench`, the benchmark with its in-run Postgres baseline
-//!   ([`bench_api`]: its scenario for creates through the HTTP API).
+//!   ([`bench_api`]: its scenario for creates through the HTTP API;
+//!   [`bench_takeover`]: how fast a killed worker's strands move on).
 //! - [`up`]: `skein up`, the control plane on its defaults, with a demo.
 //! - [`api`]: the HTTP API (`skein api`, and inside `skein up`); [`api_cmd`],
 //!   [`project_cmd`], [`token_cmd`]: `skein api`, `skein project`, `skein token`.
@@ -18,6 +19,7 @@ pub mod api;
 pub mod api_cmd;
 pub mod bench;
 pub mod bench_api;
+pub mod bench_takeover;
 pub mod console;
 pub mod embedded;
 pub mod follow;
