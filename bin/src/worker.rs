@@ -200,9 +200,11 @@ pub fn exit_with(result: anyhow::Result<()>) -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            // Errors can quote what a person typed: escape control characters.
+            let clean = |t: String| crate::console::render::clean(&t);
+            eprintln!("error: {}", clean(e.to_string()));
             for cause in e.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
+                eprintln!("  caused by: {}", clean(cause.to_string()));
             }
             std::process::ExitCode::FAILURE
         }

@@ -101,9 +101,10 @@ fn events_text(events: &[event::Event]) -> String {
 pub async fn hosts(s: &Session, cmd: HostCmd, opts: &OpsOptions) -> anyhow::Result<Reply> {
     match cmd {
         HostCmd::Add(args) => crate::host_cmd::add(s, args, opts).await,
-        HostCmd::List => {
+        HostCmd::List { all } => {
             let mut conn = s.pool.acquire().await?;
-            let hosts = vm_host::page(&mut conn, None, 1000).await?;
+            let hosts: Vec<vm_host::VmHost> =
+                vm_host::page(&mut conn, None, 1000).await?.into_iter().filter(|h| all || h.state != "destroyed").collect();
             let strands = strands_of(&mut conn, &hosts.iter().map(|h| h.id).collect::<Vec<_>>()).await?;
             let mut cells = Vec::new();
             let mut rows = Vec::new();
@@ -176,17 +177,19 @@ pub async fn vms(s: &Session, cmd: VmCmd, opts: &OpsOptions) -> anyhow::Result<R
             let v = vm::get(&mut conn, uuid).await?.ok_or_else(|| anyhow!("no vm {id}"))?;
             let events = event::recent(&mut conn, uuid, 10).await?;
             let st = inspect::summary(&mut conn, uuid).await?;
+            let project = skein_models::project::get(&mut conn, v.project_id).await?;
+            let project_name = project.as_ref().map(|p| p.name.clone());
             let mut text = format!("vm {id} {} ({}, wants {})\n", v.name, v.state, v.desired_state);
             text.push_str(&render::fields(&[
                 ("strand", strand_text(&st)),
-                ("project", render::id(v.project_id)),
+                ("project", format!("{} ({})", project_name.as_deref().unwrap_or("?"), render::id(v.project_id))),
                 ("size", format!("{} cores, {} MiB memory, {} MiB disk", v.cores, v.memory_mib, v.disk_mib)),
                 ("host", v.host_id.map(render::id).unwrap_or("not placed".into())),
                 ("private ip", v.private_ip.clone().unwrap_or("-".into())),
                 ("created", render::when(v.created_at)),
             ]));
             text.push_str(&events_text(&events));
-            Ok(Reply::new(text, json!({"vm": v, "strand": st, "events": events})))
+            Ok(Reply::new(text, json!({"vm": v, "project": project_name, "strand": st, "events": events})))
         }
     }
 }
