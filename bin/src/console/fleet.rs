@@ -38,7 +38,7 @@ pub async fn pages(s: &Session, cmd: PageCmd, yes: bool) -> anyhow::Result<Reply
         PageCmd::Show { id } => {
             let p = page::get(&mut conn, parse_as(&id, UbidType::Page)?).await?.ok_or_else(|| anyhow!("no page {id}"))?;
             let state = p.resolved_at.map(|t| format!("resolved {}", render::when(t))).unwrap_or("open".into());
-            let mut text = format!("page {id}: {}\n", p.summary);
+            let mut text = format!("page {id}: {}\n", render::clean(&p.summary));
             text.push_str(&render::fields(&[
                 ("severity", p.severity.clone()),
                 ("state", state),
