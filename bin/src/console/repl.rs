@@ -240,6 +240,7 @@ impl Helper for Completion {}
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
 
     fn completion() -> Completion {
         let mut known = Known::default();
