@@ -109,6 +109,13 @@ pub fn fields(pairs: &[(&str, String)]) -> String {
     pairs.iter().map(|(k, v)| format!("{k:>w$}: {}\n", clean(v))).collect()
 }
 
+
+/// JSON, pretty, indented under a heading.
+pub fn indented_json(v: &serde_json::Value, indent: usize) -> String {
+    let pad = " ".repeat(indent);
+    serde_json::to_string_pretty(v).unwrap_or_default().lines().map(|l| format!("{pad}{l}\n")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -120,10 +127,4 @@ mod tests {
         assert_eq!(super::clean_lines("a\nb\u{7}"), "a\nb\\u{7}");
         assert_eq!(super::clean("zoë ok"), "zoë ok");
     }
-}
-
-/// JSON, pretty, indented under a heading.
-pub fn indented_json(v: &serde_json::Value, indent: usize) -> String {
-    let pad = " ".repeat(indent);
-    serde_json::to_string_pretty(v).unwrap_or_default().lines().map(|l| format!("{pad}{l}\n")).collect()
 }
