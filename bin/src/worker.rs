@@ -96,12 +96,29 @@ pub async fn connect(url: &str, pool_size: u32) -> anyhow::Result<PgPool> {
                 return Ok(pool);
             }
             Err(e @ sqlx::Error::Configuration(_)) => return Err(e).context("bad database URL"),
+            Err(e) if permanent(&e).is_some() => {
+                let advice = permanent(&e).unwrap_or_default();
+                return Err(e).context(format!("the database refused us, and waiting will not change that: {advice}"));
+            }
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?wait, "database not reachable yet");
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+/// What to do about an error no retry will fix (Postgres's SQLSTATE says
+/// which): a database or role that does not exist, a password refused.
+/// Anything else (refused connection, server starting or shutting down) may
+/// pass, and is waited out.
+fn permanent(e: &sqlx::Error) -> Option<&'static str> {
+    let code = e.as_database_error()?.code()?;
+    match code.as_ref() {
+        "3D000" => Some("create that database, or point --database-url (or DATABASE_URL) at the right one; without either, the embedded cluster is used"),
+        "28000" | "28P01" => Some("check the user and password in --database-url (or DATABASE_URL) and the server's pg_hba.conf"),
+        _ => None,
     }
 }
 
