@@ -132,31 +132,9 @@ pub async fn shutdown_signal() {
 }
 
 /// Serve Prometheus metrics, and sample the database's view (due strands,
-/// the oldest one's lag, open pages) every few seconds.
+/// the oldest one's lag, open pages) and the pool every few seconds.
 pub fn serve_metrics(addr: SocketAddr, pool: PgPool) -> anyhow::Result<()> {
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .install()
-        .with_context(|| format!("serving metrics on {addr}"))?;
-    tokio::spawn(async move {
-        loop {
-            let sampled: Result<(i64, f64, i64), sqlx::Error> = sqlx::query_as(
-                "SELECT (SELECT count(*) FROM strand WHERE exitval IS NULL AND lease < now() AND schedule <= now()), \
-                        coalesce((SELECT extract(epoch FROM now() - min(schedule))::float8 FROM strand \
-                                  WHERE exitval IS NULL AND lease < now() AND schedule <= now()), 0), \
-                        (SELECT count(*) FROM page WHERE resolved_at IS NULL)",
-            )
-            .fetch_one(&pool)
-            .await;
-            if let Ok((due, lag, pages)) = sampled {
-                metrics::gauge!("skein_due_strands").set(due as f64);
-                metrics::gauge!("skein_oldest_due_lag_seconds").set(lag);
-                metrics::gauge!("skein_open_pages").set(pages as f64);
-            }
-            tokio::time::sleep(Duration::from_secs(5)).await;
-        }
-    });
-    Ok(())
+    crate::metrics::serve(addr, pool)
 }
 
 /// Run a dispatcher over `pool` until `shutdown`, then stop cleanly.
@@ -171,7 +149,9 @@ pub async fn run_dispatcher(
         serve_metrics(addr, pool.clone())?;
     }
     let runner = Runner::new(pool, registry).with_config(args.engine_config()).with_resources(resources());
-    let dispatcher = configure(Dispatcher::new(runner, args.dispatch_config()));
+    // Step metrics; a `configure` that sets its own on_step calls
+    // `crate::metrics::record_step` itself.
+    let dispatcher = configure(Dispatcher::new(runner, args.dispatch_config()).on_step(crate::metrics::record_step));
     let summary = dispatcher.run(shutdown).await;
     tracing::info!(steps = summary.steps, failed = summary.failed, abandoned = summary.abandoned_on_shutdown, "stopped");
     Ok(())

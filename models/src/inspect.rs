@@ -288,6 +288,16 @@ async fn reschedule_to(
     Ok(at)
 }
 
+/// How many strands are due and free, and how long the oldest has waited (s).
+pub async fn due_and_lag(pool: &sqlx::PgPool) -> Result<(i64, f64), sqlx::Error> {
+    sqlx::query_as(
+        "SELECT count(*), coalesce(extract(epoch FROM now() - min(schedule))::float8, 0) FROM strand \
+         WHERE exitval IS NULL AND lease < now() AND schedule <= now()",
+    )
+    .fetch_one(pool)
+    .await
+}
+
 /// Ids an operator is likely to type next (the console completes them).
 #[derive(Debug, Default)]
 pub struct RecentIds {

@@ -79,3 +79,8 @@ pub async fn resolve_id(conn: &mut PgConnection, id: Uuid) -> Result<bool, sqlx:
     let done = sqlx::query("UPDATE page SET resolved_at = now() WHERE id = $1 AND resolved_at IS NULL").bind(id).execute(conn).await?;
     Ok(done.rows_affected() == 1)
 }
+
+/// How many pages are open, per severity (those with none are absent).
+pub async fn open_by_severity(pool: &sqlx::PgPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as("SELECT severity, count(*) FROM page WHERE resolved_at IS NULL GROUP BY severity").fetch_all(pool).await
+}
