@@ -389,10 +389,10 @@ async fn operator_names_are_checked_and_printed_text_cannot_forge_lines() {
     assert_eq!(c.sql_i64("SELECT count(*) FROM operator_audit").await, 0);
 
     // Rows written before names were checked, and text from elsewhere.
-    skein_models::audit::record(&mut *c.h.pool().acquire().await.unwrap(), evil, "wake", Some(id.uuid()), &serde_json::json!({}))
+    skein_models::audit::record(&mut c.h.pool().acquire().await.unwrap(), evil, "wake", Some(id.uuid()), &serde_json::json!({}))
         .await
         .unwrap();
-    page::raise(&mut *c.h.pool().acquire().await.unwrap(), "evil", evil, "error", &serde_json::json!({"why": evil})).await.unwrap();
+    page::raise(&mut c.h.pool().acquire().await.unwrap(), "evil", evil, "error", &serde_json::json!({"why": evil})).await.unwrap();
     c.set(id, &format!("last_error = E'{}'", evil.replace('\u{1b}', "\\x1b").replace('\n', "\\n"))).await;
     for args in [vec!["audit"], vec!["page", "list"], vec!["strand", "list"], vec!["strand", "show", &id.to_string()]] {
         let text = c.text(&args);

@@ -38,7 +38,7 @@ async fn the_documented_worker_series_are_served() {
     skein_ok(&["bench", "--scenario", "hops", "--strands", "5", "--hops", "1", "--enqueue-only", "--database-url", &url]);
     // A strand of a prog no worker knows fails at once, every time.
     sqlx::query("INSERT INTO strand (id, prog, label) VALUES (gen_random_uuid(), 'No::Such', 'Start')").execute(&db.pool).await.unwrap();
-    skein_models::page::raise(&mut *db.pool.acquire().await.unwrap(), "m", "a test page", "critical", &serde_json::json!({})).await.unwrap();
+    skein_models::page::raise(&mut db.pool.acquire().await.unwrap(), "m", "a test page", "critical", &serde_json::json!({})).await.unwrap();
     let addr = format!("127.0.0.1:{}", free_port());
     let worker = Proc::respirate(&url, &["--metrics-addr", &addr, "--backoff-cap-secs", "1"]);
     scrape_until(
