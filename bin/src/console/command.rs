@@ -115,6 +115,18 @@ pub enum PageCmd {
     Show { id: String },
     /// Mark a page resolved.
     Resolve { id: String },
+    /// Where new and resolved pages are forwarded: show it, or set or clear it.
+    Hook {
+        /// POST each change as JSON to this http:// URL.
+        #[arg(long, conflicts_with_all = ["command", "clear"])]
+        url: Option<String>,
+        /// Run this shell command with each change as JSON on stdin (e.g. `curl` for https).
+        #[arg(long, conflicts_with = "clear")]
+        command: Option<String>,
+        /// Stop forwarding.
+        #[arg(long)]
+        clear: bool,
+    },
 }
 
 #[derive(clap::Subcommand, Debug)]

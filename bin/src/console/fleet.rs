@@ -65,7 +65,41 @@ pub async fn pages(s: &Session, cmd: PageCmd, yes: bool) -> anyhow::Result<Reply
             tx.commit().await?;
             Ok(Reply::new(format!("page {id} resolved"), json!({"page": id, "resolved": true})))
         }
+        PageCmd::Hook { url, command, clear } => page_hook(s, url, command, clear, yes).await,
     }
+}
+
+/// `page hook`: where pages are forwarded; a change is confirmed and audited.
+async fn page_hook(s: &Session, url: Option<String>, command: Option<String>, clear: bool, yes: bool) -> anyhow::Result<Reply> {
+    let was = page::hook(&mut *s.pool.acquire().await?).await?;
+    let describe = |h: &Option<page::Hook>| match h {
+        Some(page::Hook { url: Some(u), .. }) => format!("POST to {u}"),
+        Some(page::Hook { command: Some(c), .. }) => format!("run `{c}`"),
+        _ => "not forwarded".into(),
+    };
+    if url.is_none() && command.is_none() && !clear {
+        let text = format!("new and resolved pages: {}", describe(&was));
+        return Ok(Reply::new(text, json!({"hook": was})));
+    }
+    if let Some(u) = url.as_deref().filter(|u| !u.starts_with("http://") || u.len() <= "http://".len()) {
+        bail!("{u:?} is not an http:// URL; for https, use --command (e.g. `curl -fsS -d @- https://...`)");
+    }
+    if command.as_deref().is_some_and(|c| c.trim().is_empty()) {
+        bail!("--command is empty");
+    }
+    let to = if clear { "stop forwarding pages".to_string() } else if let Some(u) = &url { format!("forward pages: POST to {u}") } else { format!("forward pages: run `{}`", command.clone().unwrap_or_default()) };
+    confirm(yes, &format!("{to} (now: {})", describe(&was)))?;
+    let mut tx = s.pool.begin().await?;
+    if clear {
+        if !page::clear_hook(&mut tx).await? {
+            bail!("no hook is set; nothing changed");
+        }
+    } else {
+        page::set_hook(&mut tx, url.as_deref(), command.as_deref()).await?;
+    }
+    audit::record(&mut tx, &s.operator, "page-hook", None, &json!({"url": url, "command": command, "clear": clear, "was": was})).await?;
+    tx.commit().await?;
+    Ok(Reply::new(format!("{to}: done"), json!({"hook": if clear { None } else { Some(json!({"url": url, "command": command})) }})))
 }
 
 /// The strands that drive these subjects (a subject's strand has its id), by id.
