@@ -108,12 +108,23 @@ pub(crate) fn parse_line(words: &[String]) -> Parsed {
     if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
         return Parsed::Help(text.trim_end().to_string());
     }
-    let said: Vec<&str> = text
-        .lines()
-        .map(|l| l.strip_prefix("error: ").unwrap_or(l))
-        .filter(|l| !l.trim().is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information"))
-        .collect();
-    Parsed::Refused(format!("{} (`help` lists the commands, `<command> --help` explains one)", said.join("; ")))
+    if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        let typed = words.join(" ");
+        return Parsed::Refused(format!("`{typed}` needs a subcommand: `{typed} --help` lists them"));
+    }
+    // clap's text, on one line: its own `error:` and usage lines dropped
+    // (the usage would name the prompt), its tips kept.
+    let mut said = String::new();
+    for line in text.lines().map(|l| l.strip_prefix("error: ").unwrap_or(l).trim()) {
+        if line.is_empty() || line.starts_with("Usage:") || line.starts_with("For more information") {
+            continue;
+        }
+        if !said.is_empty() {
+            said.push_str(if line.starts_with("tip:") { "; " } else { " " });
+        }
+        said.push_str(line);
+    }
+    Parsed::Refused(format!("{said} (`help` lists the commands, `<command> --help` explains one)"))
 }
 
 /// Shell-like words, one list per command (`;` between commands).
@@ -169,6 +180,8 @@ mod tests {
             }
             _ => panic!("an unknown command is refused"),
         }
+        assert!(matches!(parsed("strand show"), Parsed::Refused(m) if m.starts_with("the following required arguments were not provided: <ID>")));
+        assert!(matches!(parsed("strand"), Parsed::Refused(m) if m == "`strand` needs a subcommand: `strand --help` lists them"));
     }
 
     #[test]
