@@ -113,8 +113,10 @@ pub fn confirm(yes: bool, what: &str) -> anyhow::Result<()> {
         bail!("{what}: not confirmed (stdin is not a terminal); pass --yes to confirm");
     }
     // Read the answer as the prompt reads lines, so Ctrl-C (and Ctrl-D)
-    // cancel at once instead of being echoed as `^C` while it waits.
-    let mut editor = rustyline::DefaultEditor::new()?;
+    // cancel at once instead of being echoed as `^C` while it waits; on the
+    // terminal itself, so the question stays out of a piped stdout.
+    let config = rustyline::Config::builder().behavior(rustyline::Behavior::PreferTerm).build();
+    let mut editor = rustyline::DefaultEditor::with_config(config)?;
     match editor.readline(&format!("{}? [y/N] ", super::render::clean(what))) {
         Ok(answer) if matches!(answer.trim(), "y" | "Y" | "yes") => Ok(()),
         Ok(_) | Err(ReadlineError::Interrupted | ReadlineError::Eof) => bail!("cancelled: nothing changed"),
