@@ -1,5 +1,6 @@
 //! The `respirate` daemon and the `skein` CLI share these modules.
 //!
+//! - [`respirate`]: the `respirate` process, over any registry of progs.
 //! - [`worker`]: the flags, database connection, logging, signals and metrics
 //!   of a worker process (`respirate`, and the one inside `skein up`).
 //! - [`metrics`]: the Prometheus series of a process (steps, API, pool, pages).
@@ -25,6 +26,7 @@ pub mod host_cmd;
 pub mod local_host;
 pub mod metrics;
 pub mod project_cmd;
+pub mod respirate;
 pub mod token_cmd;
 pub mod up;
 pub mod vm_cmd;

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
-use skein_engine::{Config, DispatchConfig, Dispatcher, Registry, Resources, Runner};
+use skein_engine::{Config, DispatchConfig, Dispatcher, LivenessConfig, Registry, Resources, Runner};
 use skein_progs::ssh::keys::SecretKey;
 use skein_progs::ssh::SshPool;
 use sqlx::PgPool;
@@ -35,6 +35,11 @@ pub struct WorkerArgs {
     /// On SIGTERM, seconds running steps get to finish.
     #[arg(long, default_value_t = 20)]
     pub shutdown_grace_secs: u64,
+    /// A peer that has not shown a sign of life for this long is declared
+    /// hung: its claims are broken and its sessions ended. (A dead peer, its
+    /// database session gone, is noticed within about 250 ms.)
+    #[arg(long, default_value_t = 5.0)]
+    pub hung_after_secs: f64,
     /// Cap of the retry backoff after failures, in seconds.
     #[arg(long, default_value_t = 600)]
     pub backoff_cap_secs: u64,
@@ -66,6 +71,10 @@ impl WorkerArgs {
             poll: Duration::from_millis(self.poll_ms.max(10)),
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             lanes: self.lanes.max(1),
+            liveness: Some(LivenessConfig {
+                hung_after: Duration::from_secs_f64(self.hung_after_secs.max(1.0)),
+                ..LivenessConfig::default()
+            }),
         }
     }
 }
@@ -90,7 +99,9 @@ pub fn init_logging(json: bool) {
 pub async fn connect(url: &str, pool_size: u32) -> anyhow::Result<PgPool> {
     let mut wait = Duration::from_millis(200);
     loop {
-        match skein_models::db::connect(url, pool_size).await {
+        // Every connection carries this process's name, so that a peer that
+        // finds it hung can end them all.
+        match skein_models::db::connect_as(url, pool_size, &skein_engine::liveness::application_name()).await {
             Ok(pool) => {
                 skein_models::db::migrate(&pool).await.context("applying migrations")?;
                 return Ok(pool);
