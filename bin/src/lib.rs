@@ -3,6 +3,7 @@
 //! - [`respirate`]: the `respirate` process, over any registry of progs.
 //! - [`worker`]: the flags, database connection, logging, signals and metrics
 //!   of a worker process (`respirate`, and the one inside `skein up`).
+//! - [`metrics`]: the Prometheus series of a process (steps, API, pool, pages).
 //! - [`local_host`]: real sshd hosts in network namespaces (tests, the VM demo).
 //! - [`embedded`]: the private Postgres cluster used when no URL is given.
 //! - [`bench`]: `skein bench`, the benchmark with its in-run Postgres baseline
@@ -25,6 +26,7 @@ pub mod embedded;
 pub mod follow;
 pub mod host_cmd;
 pub mod local_host;
+pub mod metrics;
 pub mod project_cmd;
 pub mod respirate;
 pub mod token_cmd;

@@ -39,17 +39,22 @@ pub async fn create(args: CreateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One JSON document with `--json`, like every other command.
 pub async fn list(args: ListArgs) -> anyhow::Result<()> {
-    let url = crate::up::database_url(args.database_url.clone()).await?;
+    let (url, _) = crate::embedded::given_or_embedded(args.database_url.clone()).await?;
     let pool = crate::worker::connect(&url, 2).await?;
     let projects = project::list(&mut *pool.acquire().await?).await?;
-    for p in projects {
-        let id = Ubid::from_uuid(p.id);
-        if args.json {
-            println!("{}", serde_json::json!({"id": id, "name": p.name, "vm_quota": p.vm_quota, "vm_count": p.vm_count}));
-        } else {
-            println!("{id}  {:<24} {}/{} VMs", p.name, p.vm_count, p.vm_quota);
-        }
+    if args.json {
+        let rows: Vec<_> = projects
+            .iter()
+            .map(|p| serde_json::json!({"id": Ubid::from_uuid(p.id), "name": p.name, "vm_quota": p.vm_quota, "vm_count": p.vm_count}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"projects": rows}))?);
+        return Ok(());
     }
+    for p in &projects {
+        println!("{}  {:<24} {}/{} VMs", Ubid::from_uuid(p.id), p.name, p.vm_count, p.vm_quota);
+    }
+    println!("{} projects", projects.len());
     Ok(())
 }

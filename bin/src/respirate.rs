@@ -10,9 +10,10 @@ use crate::worker::{self, WorkerArgs};
 #[derive(Parser, Debug)]
 #[command(name = "respirate", version, about = "Run due strands from a skein database until SIGTERM")]
 struct Args {
-    /// Postgres URL, e.g. postgres://postgres@127.0.0.1:5432/skein
+    /// Postgres URL, e.g. postgres://postgres@127.0.0.1:5432/skein; default: the
+    /// embedded cluster `skein` uses (see `skein db`), started if need be.
     #[arg(long, env = "DATABASE_URL")]
-    database_url: String,
+    database_url: Option<String>,
     #[command(flatten)]
     worker: WorkerArgs,
     /// Log as JSON lines.
@@ -29,8 +30,12 @@ pub fn main(registry: impl FnOnce() -> Registry) -> std::process::ExitCode {
 async fn serve(registry: impl FnOnce() -> Registry) -> anyhow::Result<()> {
     let args = Args::parse();
     worker::init_logging(args.log_json);
+    let (url, embedded) = crate::embedded::given_or_embedded(args.database_url.clone()).await?;
+    if embedded {
+        tracing::info!(%url, "database: the embedded cluster");
+    }
     let pool = tokio::select! {
-        pool = worker::connect(&args.database_url, args.worker.pool_size()) => pool?,
+        pool = worker::connect(&url, args.worker.pool_size()) => pool?,
         _ = worker::shutdown_signal() => return Ok(()),
     };
     tracing::info!(concurrency = args.worker.concurrency, "respirate running");

@@ -8,7 +8,8 @@
 //! `route_not_found` (404); `method_not_allowed` (405); `conflict`,
 //! `quota_exceeded`, `subnet_full`, `host_has_vms`, `host_destroyed` (409);
 //! `body_too_large` (413); `unsupported_media_type` (415); `invalid_field`,
-//! `idempotency_key_reused` (422); `internal` (500).
+//! `idempotency_key_reused` (422); `internal` (500); `timeout` (503: not
+//! answered within the server's request timeout, nothing committed).
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
