@@ -3,9 +3,11 @@
 //!
 //! A pure step's whole transaction is its strand row update, so many of them
 //! can share one statement: each row is still fenced on its own lease and
-//! written atomically. Writes queue while a flush is in flight and go out in
+//! written atomically. Writes queue while flushes are in flight and go out in
 //! the next one, so under load one statement carries many steps, and when
-//! idle a write goes out at once (no timer, no added latency).
+//! idle a write goes out at once (no timer, no added latency). A few flushes
+//! run at once, so one flush's wait for its WAL flush overlaps the next
+//! one's work; each strand is in exactly one flush, so they never conflict.
 
 use skein_models::strand::{self, Continued, ExitWrite, StepWrite};
 use sqlx::PgPool;
@@ -22,6 +24,9 @@ enum Job {
 
 /// The most writes one flush carries.
 const MAX_FLUSH: usize = 1024;
+
+/// Flushes in flight at once.
+const FLUSHES: usize = 3;
 
 #[derive(Clone)]
 pub(crate) struct GroupCommit {
@@ -58,7 +63,11 @@ impl GroupCommit {
 }
 
 async fn flush_loop(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Job>) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(FLUSHES));
     while let Some(first) = rx.recv().await {
+        // Wait for a free slot first: jobs keep queueing meanwhile, so the
+        // next flush carries everything that arrived while all were busy.
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
         let mut jobs = vec![first];
         while jobs.len() < MAX_FLUSH {
             match rx.try_recv() {
@@ -66,66 +75,75 @@ async fn flush_loop(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Job>) {
                 Err(_) => break,
             }
         }
-        let flush_began = std::time::Instant::now();
-        let flushed = jobs.len();
-        let mut writes = Vec::new();
-        let mut write_replies = Vec::new();
-        let mut exits = Vec::new();
-        let mut exit_replies = Vec::new();
-        let mut child_exits = Vec::new();
-        let mut child_replies = Vec::new();
-        for job in jobs {
-            match job {
-                Job::Write(w, reply) => {
-                    write_replies.push((w.id, reply));
-                    writes.push(w);
-                }
-                Job::Exit(e, reply) => {
-                    exit_replies.push((e.id, reply));
-                    exits.push(e);
-                }
-                Job::ChildExit(e, reply) => {
-                    child_replies.push((e.id, reply));
-                    child_exits.push(e);
-                }
-            }
-        }
-        if !child_exits.is_empty() {
-            let result = async {
-                let mut tx = pool.begin().await?;
-                let (written, recheck) = strand::exit_children(&mut tx, &child_exits).await?;
-                tx.commit().await?;
-                let mut conn = pool.acquire().await?;
-                for parent in recheck {
-                    strand::wake_parent_if_idle(&mut conn, parent).await?;
-                }
-                Ok::<_, sqlx::Error>(written)
-            }
-            .await;
-            reply_exits(child_replies, result);
-        }
-        if !writes.is_empty() {
-            let result = async { strand::write_steps(&mut *pool.acquire().await?, &writes).await }.await;
-            match result {
-                Ok(rows) => {
-                    let mut rows: std::collections::HashMap<Uuid, Continued> = rows.into_iter().map(|r| (r.id, r)).collect();
-                    for (id, reply) in write_replies {
-                        let _ = reply.send(Ok(rows.remove(&id)));
-                    }
-                }
-                Err(e) => {
-                    for (_, reply) in write_replies {
-                        let _ = reply.send(Err(e.to_string()));
-                    }
-                }
-            }
-        }
-        if !exits.is_empty() {
-            let result = async { strand::exit_top_level(&mut *pool.acquire().await?, &exits).await }.await;
-            reply_exits(exit_replies, result);
-        }
-        tracing::trace!(steps = flushed, micros = flush_began.elapsed().as_micros() as u64, "group commit");
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            flush(&pool, jobs).await;
+            drop(slot);
+        });
     }
+}
+
+/// Write one batch of jobs and answer each.
+async fn flush(pool: &PgPool, jobs: Vec<Job>) {
+    let flush_began = std::time::Instant::now();
+    let flushed = jobs.len();
+    let mut writes = Vec::new();
+    let mut write_replies = Vec::new();
+    let mut exits = Vec::new();
+    let mut exit_replies = Vec::new();
+    let mut child_exits = Vec::new();
+    let mut child_replies = Vec::new();
+    for job in jobs {
+        match job {
+            Job::Write(w, reply) => {
+                write_replies.push((w.id, reply));
+                writes.push(w);
+            }
+            Job::Exit(e, reply) => {
+                exit_replies.push((e.id, reply));
+                exits.push(e);
+            }
+            Job::ChildExit(e, reply) => {
+                child_replies.push((e.id, reply));
+                child_exits.push(e);
+            }
+        }
+    }
+    if !child_exits.is_empty() {
+        let result = async {
+            let mut tx = pool.begin().await?;
+            let (written, recheck) = strand::exit_children(&mut tx, &child_exits).await?;
+            tx.commit().await?;
+            let mut conn = pool.acquire().await?;
+            for parent in recheck {
+                strand::wake_parent_if_idle(&mut conn, parent).await?;
+            }
+            Ok::<_, sqlx::Error>(written)
+        }
+        .await;
+        reply_exits(child_replies, result);
+    }
+    if !writes.is_empty() {
+        let result = async { strand::write_steps(&mut *pool.acquire().await?, &writes).await }.await;
+        match result {
+            Ok(rows) => {
+                let mut rows: std::collections::HashMap<Uuid, Continued> = rows.into_iter().map(|r| (r.id, r)).collect();
+                for (id, reply) in write_replies {
+                    let _ = reply.send(Ok(rows.remove(&id)));
+                }
+            }
+            Err(e) => {
+                for (_, reply) in write_replies {
+                    let _ = reply.send(Err(e.to_string()));
+                }
+            }
+        }
+    }
+    if !exits.is_empty() {
+        let result = async { strand::exit_top_level(&mut *pool.acquire().await?, &exits).await }.await;
+        reply_exits(exit_replies, result);
+    }
+    tracing::trace!(steps = flushed, micros = flush_began.elapsed().as_micros() as u64, "group commit");
 }
 
 fn reply_exits(replies: Vec<(Uuid, oneshot::Sender<Result<bool, String>>)>, result: Result<Vec<Uuid>, sqlx::Error>) {

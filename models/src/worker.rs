@@ -106,7 +106,8 @@ pub struct Broken {
     pub holder: String,
 }
 
-/// Find the workers other than `me` whose lock is gone or who have not beaten
+/// Find the workers other than `me` whose lock is gone (advisory locks are
+/// per database: another skein database on the same server has its own ids) or who have not beaten
 /// for `hung_after_secs`; delete them and free their claims, in one
 /// statement. A freed strand keeps its attempt count (the claim's `try + 1`),
 /// so a label that kills its worker every time backs off: its first retry is
@@ -124,7 +125,8 @@ pub async fn reap_dead(
                AND (w.seen_at < now() - make_interval(secs => $2) \
                     OR NOT EXISTS (SELECT 1 FROM pg_locks l \
                                    WHERE l.locktype = 'advisory' AND l.granted AND l.classid = $3::oid \
-                                     AND l.objid = w.id::oid AND l.objsubid = 2)) \
+                                     AND l.objid = w.id::oid AND l.objsubid = 2 \
+                                     AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()))) \
              RETURNING w.holder, w.process, w.seen_at >= now() - make_interval(secs => $2) AS session_ended), \
          broken AS ( \
              UPDATE strand s SET lease = $5::timestamptz, lease_holder = NULL, \
