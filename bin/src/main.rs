@@ -70,6 +70,11 @@ enum Command {
         #[command(flatten)]
         opts: OpsOptions,
     },
+    /// Live worker processes (respirate, skein up) and the claims each holds.
+    Workers {
+        #[command(flatten)]
+        opts: OpsOptions,
+    },
     /// Serve the HTTP API (also served inside `skein up`).
     Api(api_cmd::ApiArgs),
     /// Projects (tenants): they own VMs and API tokens.
@@ -151,6 +156,7 @@ async fn tokio_main() -> anyhow::Result<()> {
         Command::Vm { cmd, opts } => console::run_one(Ops::Vm(cmd), opts).await,
         Command::Ubid { id, opts } => console::run_one(Ops::Ubid { id }, opts).await,
         Command::Audit { target, limit, opts } => console::run_one(Ops::Audit { target, limit }, opts).await,
+        Command::Workers { opts } => console::run_one(Ops::Workers, opts).await,
         Command::Api(args) => api_cmd::run(args).await,
         Command::Project { action: ProjectAction::Create(args) } => project_cmd::create(args).await,
         Command::Project { action: ProjectAction::List(args) } => project_cmd::list(args).await,

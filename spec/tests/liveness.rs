@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use skein_engine::testing::TestDb;
-use skein_spec::procs::Proc;
+use skein_spec::procs::{skein_ok, Proc};
 use skein_spec::worker_progs::{JournalFrame, JournalLabel, PoisonFrame, PoisonLabel};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -199,8 +199,12 @@ async fn r22_a_worker_that_loses_its_database_session_stops_committing() {
     let worst = resumed.values().map(|t| (*t - cut_at).num_milliseconds()).max().unwrap_or(0);
     assert!(worst < 10_000, "its strands waited {worst} ms\n{log}");
     // It registered again under a new identity and went on working.
-    let workers: i64 = sqlx::query_scalar("SELECT count(*) FROM worker").fetch_one(&db.pool).await.unwrap();
-    assert_eq!(workers, 1, "the old identity is gone, the new one lives");
+    // Operators see the same: one live worker, its new identity.
+    let shown: serde_json::Value =
+        serde_json::from_str(&skein_ok(&["workers", "--json", "--database-url", &url])).expect("workers --json");
+    let live = shown["workers"].as_array().expect("a list of workers");
+    assert_eq!(live.len(), 1, "the old identity is gone, the new one lives: {shown}");
+    assert!(live[0]["holder"].as_str().is_some_and(|h| h.contains(&format!(":{}#", worker.pid()))), "{shown}");
 }
 
 // R23 ---------------------------------------------------------------------

@@ -24,6 +24,8 @@ pub enum Ops {
         /// A UBID (26 characters) or a uuid.
         id: String,
     },
+    /// Live worker processes (respirate, skein up) and the claims each holds.
+    Workers,
     /// What operators changed by hand, newest first.
     Audit {
         /// Only changes to this strand or page.

@@ -270,6 +270,18 @@ pub async fn ubid(s: &Session, id: &str) -> anyhow::Result<Reply> {
     ))
 }
 
+/// Who is alive: each registered worker, when it last beat, and what it holds.
+pub async fn workers(s: &Session) -> anyhow::Result<Reply> {
+    let rows = skein_models::worker::list(&mut *s.pool.acquire().await?).await?;
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|w| vec![w.holder.clone(), render::relative(w.started_at), render::relative(w.seen_at), w.claims.to_string()])
+        .collect();
+    let mut text = render::table(&["worker", "started", "last beat", "claims"], &cells);
+    text.push_str(&format!("{} live workers", rows.len()));
+    Ok(Reply::new(text, json!({"workers": rows})))
+}
+
 pub async fn audit_list(s: &Session, target: Option<String>, limit: i64) -> anyhow::Result<Reply> {
     let target = target.as_deref().map(super::strands::parse_id).transpose()?;
     let rows = audit::recent(&mut *s.pool.acquire().await?, target, limit).await?;

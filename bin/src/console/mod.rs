@@ -55,6 +55,7 @@ pub async fn execute(s: &Session, ops: Ops, opts: &OpsOptions) -> anyhow::Result
         Ops::Vm(cmd) => fleet::vms(s, cmd, opts).await,
         Ops::Ubid { id } => fleet::ubid(s, &id).await,
         Ops::Audit { target, limit } => fleet::audit_list(s, target, limit).await,
+        Ops::Workers => fleet::workers(s).await,
     }
 }
 
