@@ -55,6 +55,9 @@ async fn the_documented_worker_series_are_served() {
             "skein_open_pages{severity=\"error\"}",
             "skein_due_strands",
             "skein_oldest_due_lag_seconds",
+            "skein_claim_seconds_count",
+            "skein_claimed_total",
+            "skein_takeovers_total",
         ],
         &worker,
     );
