@@ -81,7 +81,7 @@ pub async fn measure(pool: &PgPool, url: &str, rounds: u32, strands: u64, say: i
         let mut moved: HashMap<Uuid, f64> = HashMap::new();
         while moved.len() < held.len() && killed.elapsed() < Duration::from_secs(150) {
             let rows: Vec<(Uuid, bool)> = sqlx::query_as(
-                "SELECT h.id, s.id IS NULL OR s.lease_holder LIKE '%:' || $2 || '#%' \
+                "SELECT h.id, s.id IS NULL OR coalesce(s.lease_holder LIKE '%:' || $2 || '#%', false) \
                  FROM unnest($1::uuid[]) AS h(id) LEFT JOIN strand s ON s.id = h.id",
             )
             .bind(&held)

@@ -179,6 +179,10 @@ async fn reap(conn: &mut PgConnection, me: &worker::Registered, config: &Livenes
         }
     }
     metrics::counter!("skein_takeovers_total").increment(broken.len() as u64);
+    if !broken.is_empty() {
+        // Idle workers sleep until told: tell them these strands are due.
+        skein_models::strand::notify_due(conn).await?;
+    }
     for b in broken.iter().filter(|b| b.try_ >= terms.page_after_failures) {
         let ubid = Ubid::from_uuid(b.id);
         let summary = format!(
