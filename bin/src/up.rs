@@ -84,7 +84,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             let _ = done_tx.send(result);
         });
     }
-    let exit_after_demo = args.exit_after_demo && !args.no_demo;
+    let (exit_after_demo, no_demo) = (args.exit_after_demo && !args.no_demo, args.no_demo);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let demo_watch = tokio::spawn(async move {
         let result = done_rx.await.unwrap_or_else(|_| Ok(Value::Null));
@@ -95,14 +95,23 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         }
         if exit_after_demo {
             let _ = stop_tx.send(());
+        } else if !no_demo {
+            println!("control plane: still serving (the API, the workers); Ctrl-C stops it\n");
         }
         result
     });
 
+    // Only a sent stop ends the run: the demo's end drops the sender
+    // unsent (unless --exit-after-demo), and then this waits for a signal.
     let shutdown = async move {
+        let stopped_by_demo = async {
+            if stop_rx.await.is_err() {
+                std::future::pending::<()>().await
+            }
+        };
         tokio::select! {
             _ = worker::shutdown_signal() => {}
-            _ = stop_rx => {}
+            _ = stopped_by_demo => {}
         }
     };
     worker::run_dispatcher(pool, skein_progs::registry(), &args.worker, |d| d.on_step(print_step), shutdown).await?;
