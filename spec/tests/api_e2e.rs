@@ -142,11 +142,11 @@ async fn skein_up_serves_the_api_and_skein_token_makes_and_revokes_tokens() {
     let url = db.url();
     let env = [("SKEIN_SECRET_KEY", "22".repeat(32))];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let made: Value = serde_json::from_str(&skein(&["project", "create", "acme", "--vm-quota", "2", "--json", "--database-url", &url], &env)).unwrap();
+    let made: Value = serde_json::from_str(&skein(&["project", "create", "acme", "--vm-quota", "2", "--json", "--yes", "--database-url", &url], &env)).unwrap();
     assert!(made["id"].as_str().unwrap().starts_with("pj"));
     assert!(skein(&["project", "list", "--database-url", &url], &env).contains("acme"));
     let token: Value =
-        serde_json::from_str(&skein(&["token", "create", "--project", "acme", "--name", "ci", "--json", "--database-url", &url], &env)).unwrap();
+        serde_json::from_str(&skein(&["token", "create", "--project", "acme", "--name", "ci", "--json", "--yes", "--database-url", &url], &env)).unwrap();
     let secret = token["token"].as_str().unwrap().to_string();
     assert!(secret.starts_with("skein_"));
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM api_token WHERE hash = sha256($1::text::bytea)")
@@ -175,7 +175,7 @@ async fn skein_up_serves_the_api_and_skein_token_makes_and_revokes_tokens() {
     let (status, list) = http(&addr, "GET", "/v1/vms", Some(&secret));
     assert_eq!((status, &list), (200, &json!({"items": [], "next": null})));
 
-    let revoked = skein(&["token", "revoke", token["id"].as_str().unwrap(), "--database-url", &url], &env);
+    let revoked = skein(&["token", "revoke", token["id"].as_str().unwrap(), "--yes", "--database-url", &url], &env);
     assert!(revoked.contains("revoked"), "{revoked}");
     let (status, err) = http(&addr, "GET", "/v1/vms", Some(&secret));
     assert_eq!((status, err["error"]["code"].as_str()), (401, Some("unauthenticated")));

@@ -13,7 +13,7 @@ use skein_spec::world::World;
 fn skein(w: &World, args: &[&str]) -> Output {
     Command::new(skein_spec::binary("skein"))
         .args(args)
-        .args(["--database-url", &w.db.url()])
+        .args(["--database-url", &w.db.url(), "--yes"])
         .env("SKEIN_SECRET_KEY", w.secret.to_hex())
         .output()
         .expect("run skein")

@@ -62,7 +62,7 @@ async fn skein_host_add_refuses_bad_input_clearly_and_writes_nothing() {
     let secret = "11".repeat(32);
     let run = |args: &[&str]| {
         Command::new(skein_spec::binary("skein"))
-            .args(["host", "add", "--database-url", &db.url()])
+            .args(["host", "add", "--database-url", &db.url(), "--yes"])
             .args(args)
             .env("SKEIN_SECRET_KEY", &secret)
             .env("RUST_BACKTRACE", "1")
