@@ -216,7 +216,8 @@ fn key_file(private: &str) -> anyhow::Result<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let home = crate::embedded::Embedded::from_env()?.home;
     std::fs::create_dir_all(&home)?;
-    let path = home.join("demo-vm-key");
+    // Its own file per run: two demos on one machine never share one.
+    let path = home.join(format!("demo-vm-key-{}", suffix()));
     std::fs::write(&path, private)?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
     Ok(path)
