@@ -141,5 +141,5 @@ pub async fn host(conn: &mut PgConnection, id: Uuid, action: HostAction, actor: 
         vm_host::set_state(conn, row.id, "draining").await?;
     }
     event::record(conn, row.id, &format!("{semaphore}-requested"), actor, &json!(detail)).await?;
-    Ok(vm_host::get(conn, row.id).await?.ok_or(Refused::NotFound("host"))?)
+    vm_host::get(conn, row.id).await?.ok_or(Refused::NotFound("host"))
 }

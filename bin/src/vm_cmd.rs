@@ -9,7 +9,7 @@ use anyhow::anyhow;
 use serde_json::json;
 use skein_models::{project, vm, Ubid, UbidType};
 use skein_progs::rules;
-use skein_progs::vm::{self as vms, nexus, Spec};
+use skein_progs::vm::{self as vms, console as vm_console, nexus, Spec};
 
 use crate::cli::{self, Change};
 use crate::console::{command::VmCmd, OpsOptions, Reply, Session};
@@ -29,6 +29,13 @@ pub enum VmCli {
     Restart { id: String },
     /// Destroy a VM: its strand takes it off its host; the row stays as history.
     Destroy { id: String },
+    /// The end of a VM's serial console (what the guest printed), read from its host.
+    Console {
+        id: String,
+        /// How many bytes of the end, at most 65536.
+        #[arg(long, default_value_t = 16 * 1024, value_parser = clap::value_parser!(u64).range(1..=65536))]
+        bytes: u64,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -63,6 +70,11 @@ pub async fn run(cmd: VmCli, opts: OpsOptions) -> anyhow::Result<()> {
         VmCli::Start { id } => (id, VmAction::Start),
         VmCli::Restart { id } => (id, VmAction::Restart),
         VmCli::Destroy { id } => (id, VmAction::Destroy),
+        VmCli::Console { id, bytes } => {
+            let s = Session::open(&opts).await?;
+            console(&s, &id, bytes).await?.print(opts.json);
+            return Ok(());
+        }
     };
     let s = Session::open(&opts).await?;
     signal(&s, &id, action, &opts).await?.print(opts.json);
@@ -82,6 +94,23 @@ async fn signal(s: &Session, id: &str, action: VmAction, opts: &OpsOptions) -> a
     }
     change.commit(&format!("vm-{verb}"), Some(vm_id.uuid()), &json!({"name": now.name})).await?;
     Ok(Reply::new(format!("vm {}: {verb} asked; its strand does it (`skein vm show {id}`)", now.name), answer))
+}
+
+/// The console's tail, with terminal escapes and other control characters
+/// shown escaped, so a guest cannot rewrite the operator's terminal.
+async fn console(s: &Session, id: &str, bytes: u64) -> anyhow::Result<Reply> {
+    let vm_id = Ubid::parse_as(id, UbidType::Vm).map_err(|e| anyhow!("{e}"))?;
+    let row = vm::get(&mut *s.pool.acquire().await?, vm_id.uuid()).await?.ok_or_else(|| anyhow!("no vm {id}"))?;
+    let at = vm_console::locate(&mut *s.pool.acquire().await?, &crate::worker::secret_key()?, &row).await?;
+    let tail = vm_console::read(&skein_progs::ssh::SshPool::new(), &at, bytes, std::time::Duration::from_secs(15)).await?;
+    let shown: String = tail.text.chars().flat_map(|c| if c.is_control() && c != '\n' && c != '\t' { c.escape_default().collect::<Vec<_>>() } else { vec![c] }).collect();
+    let head = match (tail.size, tail.truncated) {
+        (0, _) => format!("vm {}: its console is empty so far", row.name),
+        (size, true) => format!("vm {}: the last {} of {size} bytes of its console:", row.name, tail.text.len()),
+        (size, false) => format!("vm {}: its console ({size} bytes):", row.name),
+    };
+    let answer = json!({"id": vm_id, "size": tail.size, "truncated": tail.truncated, "text": tail.text});
+    Ok(Reply::new(format!("{head}\n{shown}"), answer))
 }
 
 pub async fn create(s: &Session, args: CreateArgs, opts: &OpsOptions) -> anyhow::Result<Reply> {

@@ -281,7 +281,7 @@ async fn skein_up_vm_demo_runs_twice_on_one_cluster_and_a_failed_one_cleans_up()
     let hosts: Vec<(String, String)> = sqlx::query_as("SELECT name, state FROM vm_host").fetch_all(&db.pool).await.unwrap();
     assert_eq!(hosts.len(), 3);
     assert!(hosts.iter().all(|(_, s)| s == "destroyed"), "no host left accepting: {hosts:?}");
-    let files = stdout.split("its files under ").nth(3).and_then(|rest| rest.split(')').next()).expect("the third run's host directory").to_string();
+    let files = stdout.split("its files under ").nth(1).and_then(|rest| rest.split(')').next()).expect("the third run's host directory").to_string();
     assert!(!std::path::Path::new(&files).exists(), "{files} is removed");
     let dir = std::path::Path::new(&files).parent().unwrap().display().to_string();
     let procs = Command::new("pgrep").args(["-f", &dir]).output().unwrap();

@@ -5,7 +5,7 @@
 //! - [`error`]: the one error shape and its stable codes;
 //! - [`extract`]: strict bodies, path ids, queries and pagination;
 //! - [`idempotency`]: `Idempotency-Key` on creates;
-//! - [`vms`], [`hosts`], [`strands`]: the resources;
+//! - [`vms`], [`hosts`], [`strands`]: the resources; [`vm_console`]: a VM's console;
 //! - [`openapi`]: the document served at `/openapi.json`.
 //!
 //! Every write a request makes (rows, events, strands, its idempotency key)
@@ -18,6 +18,7 @@ pub mod hosts;
 pub mod idempotency;
 pub mod openapi;
 pub mod strands;
+pub mod vm_console;
 pub mod vms;
 
 use axum::extract::DefaultBodyLimit;
@@ -60,6 +61,7 @@ routes! {
     POST "/v1/vms/{id}/stop" => vms::stop,
     POST "/v1/vms/{id}/start" => vms::start,
     POST "/v1/vms/{id}/restart" => vms::restart,
+    GET "/v1/vms/{id}/console" => vm_console::get,
     GET "/v1/hosts" => hosts::list,
     POST "/v1/hosts" => hosts::add,
     GET "/v1/hosts/{id}" => hosts::get,

@@ -76,7 +76,7 @@ fn view(v: Vm, auth: &Auth) -> VmView {
 }
 
 /// The VM `id` if this caller may see it; 404 otherwise, whichever the reason.
-async fn visible(conn: &mut PgConnection, auth: &Auth, id: &PathId) -> Result<Vm, ApiError> {
+pub(super) async fn visible(conn: &mut PgConnection, auth: &Auth, id: &PathId) -> Result<Vm, ApiError> {
     let id = id.parse(UbidType::Vm)?;
     match vm::get(conn, id.uuid()).await? {
         Some(v) if auth.sees(v.project_id) => Ok(v),
