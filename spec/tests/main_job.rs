@@ -220,7 +220,7 @@ async fn skein_up_keeps_serving_after_its_demo_until_sigterm() {
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     // A census started now is still run by its workers.
     let id = skein_engine::enqueue::start(
-        &mut *db.pool.acquire().await.unwrap(),
+        &mut db.pool.acquire().await.unwrap(),
         skein_progs::demo::census::Frame { districts: vec![2], ..Default::default() },
         skein_progs::demo::census::Label::Start,
     )
