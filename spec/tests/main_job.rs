@@ -38,7 +38,7 @@ fn skein_help_is_true_to_its_commands() {
         let sub = Command::new(skein_spec::binary("skein")).args([cmd, "--help"]).output().unwrap();
         assert!(sub.status.success() && !sub.stdout.is_empty(), "skein {cmd} --help: {}", String::from_utf8_lossy(&sub.stderr));
     }
-    for (cmd, verbs) in [("strand", &["list", "counts", "show", "incr", "decr", "wake", "reschedule", "step", "retry", "destroy"][..]), ("page", &["list", "show", "resolve"]), ("host", &["add", "list", "show"]), ("vm", &["create", "list", "show"])] {
+    for (cmd, verbs) in [("strand", &["list", "counts", "show", "incr", "decr", "wake", "reschedule", "step", "retry", "destroy"][..]), ("page", &["list", "show", "resolve"]), ("host", &["add", "list", "show", "drain", "destroy"]), ("vm", &["create", "list", "show", "stop", "start", "restart", "destroy", "console"]), ("project", &["create", "list", "set-quota", "delete"]), ("token", &["create", "list", "revoke"])] {
         let help = Command::new(skein_spec::binary("skein")).args([cmd, "--help"]).output().unwrap();
         let help = String::from_utf8_lossy(&help.stdout);
         for verb in verbs {
