@@ -11,13 +11,21 @@ pub struct ApiArgs {
     /// Database connections to keep.
     #[arg(long, default_value_t = 8)]
     pub pool_size: u32,
+    /// Serve Prometheus metrics at this address (e.g. 127.0.0.1:9188).
+    #[arg(long)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    #[command(flatten)]
+    pub limits: crate::api::Limits,
 }
 
 pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
     let url = crate::up::database_url(args.database_url.clone()).await?;
     let pool = crate::worker::connect(&url, args.pool_size).await?;
     let secret = crate::worker::secret_key()?;
+    if let Some(addr) = args.metrics_addr {
+        crate::worker::serve_metrics(addr, pool.clone())?;
+    }
     let listener = crate::api::bind(&args.listen).await?;
     println!("api: listening on http://{}", listener.local_addr()?);
-    crate::api::serve(listener, pool, secret, crate::worker::shutdown_signal()).await
+    crate::api::serve_with(listener, pool, secret, args.limits, crate::worker::shutdown_signal()).await
 }

@@ -37,6 +37,8 @@ pub enum Scenario {
     Sleepers,
     /// --strands VM creates through the API's router vs straight through vm::create.
     ApiCreate,
+    /// Time from a respirate's SIGKILL to its strands' next step elsewhere (--rounds).
+    Takeover,
 }
 
 #[derive(clap::Args, Debug)]
@@ -80,6 +82,9 @@ pub struct BenchArgs {
     /// Projects the api-create scenario spreads its creates over.
     #[arg(long, default_value_t = 24)]
     pub projects: usize,
+    /// Kill-and-watch rounds of the takeover scenario.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: u32,
     /// Seconds the baseline runs.
     #[arg(long, default_value_t = 3.0)]
     pub baseline_secs: f64,
@@ -96,6 +101,7 @@ impl BenchArgs {
             Scenario::Fanout => 10_000,
             Scenario::Latency => 1_000,
             Scenario::ApiCreate => 2_000,
+            Scenario::Takeover => 200,
         })
     }
 
@@ -122,8 +128,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let url = crate::up::database_url(args.database_url.clone()).await?;
     let pool = worker::connect(&url, args.connections as u32).await?;
     prepare_tables(&pool).await?;
-    if args.scenario == Scenario::ApiCreate && (args.verify || args.enqueue_only) {
-        bail!("api-create runs in this process only: it has no --enqueue-only or --verify");
+    if matches!(args.scenario, Scenario::ApiCreate | Scenario::Takeover) && (args.verify || args.enqueue_only) {
+        bail!("{} has no --enqueue-only or --verify", scenario_name(args.scenario));
+    }
+    if args.scenario == Scenario::Takeover {
+        clean(&pool, &args).await?;
+        let line = crate::bench_takeover::measure(&pool, &url, args.rounds.max(1), args.strands(), |m| args.say(m)).await?;
+        println!("{line}");
+        return Ok(());
     }
     let line = if args.verify {
         let line = verify(&pool, &args).await?;
@@ -151,6 +163,7 @@ fn scenario_name(s: Scenario) -> &'static str {
         Scenario::Latency => "latency",
         Scenario::Sleepers => "sleepers",
         Scenario::ApiCreate => "api-create",
+        Scenario::Takeover => "takeover",
     }
 }
 

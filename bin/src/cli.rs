@@ -1,9 +1,10 @@
 //! What every change made from the command line shares: it is confirmed
-//! first (`--yes`; a y/N prompt on a terminal; refused from a script
-//! without `--yes`), then made and audited in one transaction; and any file
-//! it reads is bounded in size before a byte is read.
+//! first (the console's rule: `--yes`; a y/N prompt on a terminal; refused
+//! from a script without `--yes`), then made and audited in one
+//! transaction; and any file it reads is bounded in size before a byte is
+//! read.
 
-use std::io::{BufRead, IsTerminal, Read, Write};
+use std::io::Read;
 use std::path::Path;
 
 use anyhow::{bail, Context};
@@ -15,25 +16,7 @@ use uuid::Uuid;
 /// The most a key file (`--key-file`, `--public-key @file`) may hold.
 pub const KEY_FILE_MAX: u64 = 64 * 1024;
 
-/// Ask before a change: `--yes` says yes; a terminal is asked; anything else
-/// (a script without `--yes`) is refused, so nothing changes by accident.
-/// The same rule as the console's (`console::session::confirm`).
-pub fn confirm(yes: bool, what: &str) -> anyhow::Result<()> {
-    if yes {
-        return Ok(());
-    }
-    if !std::io::stdin().is_terminal() {
-        bail!("{what}: not confirmed (stdin is not a terminal); pass --yes to confirm");
-    }
-    eprint!("{what}? [y/N] ");
-    std::io::stderr().flush()?;
-    let mut answer = String::new();
-    std::io::stdin().lock().read_line(&mut answer)?;
-    match answer.trim() {
-        "y" | "Y" | "yes" => Ok(()),
-        _ => bail!("cancelled: nothing changed"),
-    }
-}
+pub use crate::console::confirm;
 
 /// A change that has been confirmed: its transaction, to which the audit
 /// row is added by [`Change::commit`]. Dropped without a commit, nothing

@@ -11,6 +11,18 @@ use std::process::Command;
 
 use anyhow::{bail, Context};
 
+/// The database URL given, or the embedded cluster's (made and started if
+/// need be), and whether it is the embedded one. Says nothing: the caller
+/// says which database where that helps a person (a prompt's banner, a
+/// server's start), never on a script's every command.
+pub async fn given_or_embedded(given: Option<String>) -> anyhow::Result<(String, bool)> {
+    if let Some(url) = given {
+        return Ok((url, false));
+    }
+    let embedded = Embedded::from_env()?;
+    Ok((tokio::task::spawn_blocking(move || embedded.ensure_running()).await??, true))
+}
+
 pub struct Embedded {
     pub home: PathBuf,
     pub port: u16,

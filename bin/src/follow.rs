@@ -67,7 +67,8 @@ pub async fn follow(pool: &PgPool, id: Ubid, subject: Subject, args: &WaitArgs, 
     let began = Instant::now();
     let say = |line: String| {
         if !quiet {
-            println!("  {:>6.1}s  {line}", began.elapsed().as_secs_f64());
+            // An error from a host can hold anything: one line, escaped.
+            println!("  {:>6.1}s  {}", began.elapsed().as_secs_f64(), crate::console::render::clean(&line));
         }
     };
     let (goal, never) = subject.goal();

@@ -1,11 +1,14 @@
 //! The `respirate` daemon and the `skein` CLI share these modules.
 //!
+//! - [`respirate`]: the `respirate` process, over any registry of progs.
 //! - [`worker`]: the flags, database connection, logging, signals and metrics
 //!   of a worker process (`respirate`, and the one inside `skein up`).
+//! - [`metrics`]: the Prometheus series of a process (steps, API, pool, pages).
 //! - [`local_host`]: real sshd hosts in network namespaces (tests, the VM demo).
 //! - [`embedded`]: the private Postgres cluster used when no URL is given.
 //! - [`bench`]: `skein bench`, the benchmark with its in-run Postgres baseline
-//!   ([`bench_api`]: its scenario for creates through the HTTP API).
+//!   ([`bench_api`]: its scenario for creates through the HTTP API;
+//!   [`bench_takeover`]: how fast a killed worker's strands move on).
 //! - [`up`]: `skein up`, the control plane on its defaults, with a demo.
 //! - [`api`]: the HTTP API (`skein api`, and inside `skein up`); [`api_cmd`],
 //!   [`project_cmd`], [`token_cmd`]: `skein api`, `skein project`, `skein token`.
@@ -19,13 +22,16 @@ pub mod api;
 pub mod api_cmd;
 pub mod bench;
 pub mod bench_api;
+pub mod bench_takeover;
 pub mod cli;
 pub mod console;
 pub mod embedded;
 pub mod follow;
 pub mod host_cmd;
 pub mod local_host;
+pub mod metrics;
 pub mod project_cmd;
+pub mod respirate;
 pub mod signals;
 pub mod token_cmd;
 pub mod up;

@@ -104,7 +104,25 @@ enum DbAction {
 }
 
 fn main() -> std::process::ExitCode {
+    end_quietly_when_stdout_closes();
     skein_bin::worker::exit_with(tokio_main())
+}
+
+/// `skein ... | head -1`: once the reader has gone, `println!` panics with
+/// "failed printing to stdout: Broken pipe". That is the end of the output,
+/// not a bug: stop quietly, as `cat` would. (Restoring SIGPIPE's default
+/// instead would also kill the process on a write to a closed socket or
+/// child's pipe.)
+fn end_quietly_when_stdout_closes() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let text = payload.downcast_ref::<String>().map(String::as_str).or_else(|| payload.downcast_ref::<&str>().copied());
+        if text.is_some_and(|t| t.starts_with("failed printing to stdout") && t.contains("Broken pipe")) {
+            std::process::exit(0);
+        }
+        default(info)
+    }));
 }
 
 #[tokio::main]

@@ -66,8 +66,8 @@ async fn create(s: &Session, name: &str, vm_quota: i64, opts: &OpsOptions) -> an
 
 async fn list(s: &Session) -> anyhow::Result<Reply> {
     let projects = project::list(&mut *s.pool.acquire().await?).await?;
-    let text: String = projects.iter().map(|p| format!("{}  {:<24} {}/{} VMs\n", Ubid::from_uuid(p.id), p.name, p.vm_count, p.vm_quota)).collect();
-    let text = if projects.is_empty() { "no projects (`skein project create NAME` makes one)".to_string() } else { text };
+    let mut text: String = projects.iter().map(|p| format!("{}  {:<24} {}/{} VMs\n", Ubid::from_uuid(p.id), p.name, p.vm_count, p.vm_quota)).collect();
+    text.push_str(&format!("{} projects", projects.len()));
     Ok(Reply::new(text, json!({"projects": projects})))
 }
 

@@ -117,7 +117,7 @@ async fn list(s: &Session, owner_args: Owner, all: bool) -> anyhow::Result<Reply
     let project = owner(s, &owner_args).await?;
     let tokens = api_token::list(&mut *s.pool.acquire().await?, project.as_ref().map(|p| p.id), all).await?;
     let when = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.format("%Y-%m-%d %H:%M UTC").to_string()).unwrap_or("never".into());
-    let mut text = format!("{} tokens of {}:\n", tokens.len(), owner_text(&project));
+    let mut text = format!("tokens of {} ({}):\n", owner_text(&project), tokens.len());
     for t in &tokens {
         let revoked = t.revoked_at.map(|r| format!("  revoked {}", r.format("%Y-%m-%d %H:%M UTC"))).unwrap_or_default();
         let line = format!("{}  {:<20} created {}  last used {}{revoked}\n", Ubid::from_uuid(t.id), t.name, when(Some(t.created_at)), when(t.last_used_at));

@@ -96,14 +96,16 @@ async fn signal(s: &Session, id: &str, action: VmAction, opts: &OpsOptions) -> a
     Ok(Reply::new(format!("vm {}: {verb} asked; its strand does it (`skein vm show {id}`)", now.name), answer))
 }
 
-/// The console's tail, with terminal escapes and other control characters
-/// shown escaped, so a guest cannot rewrite the operator's terminal.
+/// The console's tail; printed with control characters escaped, so a guest
+/// cannot rewrite the operator's terminal.
 async fn console(s: &Session, id: &str, bytes: u64) -> anyhow::Result<Reply> {
     let vm_id = Ubid::parse_as(id, UbidType::Vm).map_err(|e| anyhow!("{e}"))?;
     let row = vm::get(&mut *s.pool.acquire().await?, vm_id.uuid()).await?.ok_or_else(|| anyhow!("no vm {id}"))?;
     let at = vm_console::locate(&mut *s.pool.acquire().await?, &crate::worker::secret_key()?, &row).await?;
     let tail = vm_console::read(&skein_progs::ssh::SshPool::new(), &at, bytes, std::time::Duration::from_secs(15)).await?;
-    let shown: String = tail.text.chars().flat_map(|c| if c.is_control() && c != '\n' && c != '\t' { c.escape_default().collect::<Vec<_>>() } else { vec![c] }).collect();
+    // A serial console ends its lines with \r\n; the rest of what it holds
+    // (terminal escapes included) is shown escaped by `Reply::print`.
+    let shown = tail.text.replace("\r\n", "\n");
     let head = match (tail.size, tail.truncated) {
         (0, _) => format!("vm {}: its console is empty so far", row.name),
         (size, true) => format!("vm {}: the last {} of {size} bytes of its console:", row.name, tail.text.len()),

@@ -117,6 +117,18 @@ async fn demo(pool: &PgPool, made: &mut Made) -> anyhow::Result<()> {
     tx.commit().await?;
     made.vm = Some(vm_id);
     say(format!("vm {vm_name} ({vm_id}) created (1 vCPU, 256 MiB); its strand places it, sets it up, boots it, waits for its SSH"));
+    // The local host lives only as long as this demo: once its VM is
+    // placed, it is drained, so no other waiting VM lands on it meanwhile.
+    let placed = wait(Duration::from_secs(600), || async {
+        let v = vm::get(&mut *pool.acquire().await?, vm_id.uuid()).await?.context("vm row gone")?;
+        Ok(v.host_id)
+    })
+    .await
+    .context("the vm was not placed")?;
+    if placed != host_id.uuid() {
+        bail!("the vm was placed on another host ({}), not the demo's local host", Ubid::from_uuid(placed));
+    }
+    skein_engine::enqueue::incr(&mut *pool.acquire().await?, host_id, "drain").await?;
     wait(Duration::from_secs(600), || async {
         let v = vm::get(&mut *pool.acquire().await?, vm_id.uuid()).await?.context("vm row gone")?;
         Ok((v.state == "running").then_some(()))
@@ -164,6 +176,19 @@ async fn teardown(pool: &PgPool, made: Made) -> anyhow::Result<()> {
         }
     }
     if let Some(host_id) = made.host {
+        // VMs of others placed on it before it was drained lose their host
+        // with it: say which, loudly, rather than leave a host that is gone
+        // looking as if it could run them.
+        let others: Vec<Ubid> = vm::on_host(&mut *pool.acquire().await?, host_id.uuid())
+            .await?
+            .into_iter()
+            .filter(|v| Some(*v) != made.vm.map(|m| m.uuid()))
+            .map(Ubid::from_uuid)
+            .collect();
+        if !others.is_empty() {
+            let ids = others.iter().map(Ubid::to_string).collect::<Vec<_>>().join(", ");
+            say(format!("warning: other VMs were placed on the demo's local host before it was drained: {ids}; they lose their host with it"));
+        }
         let done = destroy(pool, host_id, Duration::from_secs(120), |c| async move {
             Ok(vm_host::get(&mut *c.acquire().await?, host_id.uuid()).await?.is_none_or(|h| h.state == "destroyed"))
         });

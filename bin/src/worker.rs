@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
-use skein_engine::{Config, DispatchConfig, Dispatcher, Registry, Resources, Runner};
+use skein_engine::{Config, DispatchConfig, Dispatcher, LivenessConfig, Registry, Resources, Runner};
 use skein_progs::ssh::keys::SecretKey;
 use skein_progs::ssh::SshPool;
 use sqlx::PgPool;
@@ -35,6 +35,11 @@ pub struct WorkerArgs {
     /// On SIGTERM, seconds running steps get to finish.
     #[arg(long, default_value_t = 20)]
     pub shutdown_grace_secs: u64,
+    /// A peer that has not shown a sign of life for this long is declared
+    /// hung: its claims are broken and its sessions ended. (A dead peer, its
+    /// database session gone, is noticed within about 250 ms.)
+    #[arg(long, default_value_t = 5.0)]
+    pub hung_after_secs: f64,
     /// Cap of the retry backoff after failures, in seconds.
     #[arg(long, default_value_t = 600)]
     pub backoff_cap_secs: u64,
@@ -66,6 +71,10 @@ impl WorkerArgs {
             poll: Duration::from_millis(self.poll_ms.max(10)),
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             lanes: self.lanes.max(1),
+            liveness: Some(LivenessConfig {
+                hung_after: Duration::from_secs_f64(self.hung_after_secs.max(1.0)),
+                ..LivenessConfig::default()
+            }),
         }
     }
 }
@@ -90,18 +99,37 @@ pub fn init_logging(json: bool) {
 pub async fn connect(url: &str, pool_size: u32) -> anyhow::Result<PgPool> {
     let mut wait = Duration::from_millis(200);
     loop {
-        match skein_models::db::connect(url, pool_size).await {
+        // Every connection carries this process's name, so that a peer that
+        // finds it hung can end them all.
+        match skein_models::db::connect_as(url, pool_size, &skein_engine::liveness::application_name()).await {
             Ok(pool) => {
                 skein_models::db::migrate(&pool).await.context("applying migrations")?;
                 return Ok(pool);
             }
             Err(e @ sqlx::Error::Configuration(_)) => return Err(e).context("bad database URL"),
+            Err(e) if permanent(&e).is_some() => {
+                let advice = permanent(&e).unwrap_or_default();
+                return Err(e).context(format!("the database refused us, and waiting will not change that: {advice}"));
+            }
             Err(e) => {
                 tracing::warn!(error = %e, retry_in = ?wait, "database not reachable yet");
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+/// What to do about an error no retry will fix (Postgres's SQLSTATE says
+/// which): a database or role that does not exist, a password refused.
+/// Anything else (refused connection, server starting or shutting down) may
+/// pass, and is waited out.
+fn permanent(e: &sqlx::Error) -> Option<&'static str> {
+    let code = e.as_database_error()?.code()?;
+    match code.as_ref() {
+        "3D000" => Some("create that database, or point --database-url (or DATABASE_URL) at the right one; without either, the embedded cluster is used"),
+        "28000" | "28P01" => Some("check the user and password in --database-url (or DATABASE_URL) and the server's pg_hba.conf"),
+        _ => None,
     }
 }
 
@@ -115,31 +143,9 @@ pub async fn shutdown_signal() {
 }
 
 /// Serve Prometheus metrics, and sample the database's view (due strands,
-/// the oldest one's lag, open pages) every few seconds.
+/// the oldest one's lag, open pages) and the pool every few seconds.
 pub fn serve_metrics(addr: SocketAddr, pool: PgPool) -> anyhow::Result<()> {
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(addr)
-        .install()
-        .with_context(|| format!("serving metrics on {addr}"))?;
-    tokio::spawn(async move {
-        loop {
-            let sampled: Result<(i64, f64, i64), sqlx::Error> = sqlx::query_as(
-                "SELECT (SELECT count(*) FROM strand WHERE exitval IS NULL AND lease < now() AND schedule <= now()), \
-                        coalesce((SELECT extract(epoch FROM now() - min(schedule))::float8 FROM strand \
-                                  WHERE exitval IS NULL AND lease < now() AND schedule <= now()), 0), \
-                        (SELECT count(*) FROM page WHERE resolved_at IS NULL)",
-            )
-            .fetch_one(&pool)
-            .await;
-            if let Ok((due, lag, pages)) = sampled {
-                metrics::gauge!("skein_due_strands").set(due as f64);
-                metrics::gauge!("skein_oldest_due_lag_seconds").set(lag);
-                metrics::gauge!("skein_open_pages").set(pages as f64);
-            }
-            tokio::time::sleep(Duration::from_secs(5)).await;
-        }
-    });
-    Ok(())
+    crate::metrics::serve(addr, pool)
 }
 
 /// Run a dispatcher over `pool` until `shutdown`, then stop cleanly.
@@ -154,7 +160,9 @@ pub async fn run_dispatcher(
         serve_metrics(addr, pool.clone())?;
     }
     let runner = Runner::new(pool, registry).with_config(args.engine_config()).with_resources(resources());
-    let dispatcher = configure(Dispatcher::new(runner, args.dispatch_config()));
+    // Step metrics; a `configure` that sets its own on_step calls
+    // `crate::metrics::record_step` itself.
+    let dispatcher = configure(Dispatcher::new(runner, args.dispatch_config()).on_step(crate::metrics::record_step));
     let summary = dispatcher.run(shutdown).await;
     tracing::info!(steps = summary.steps, failed = summary.failed, abandoned = summary.abandoned_on_shutdown, "stopped");
     Ok(())
@@ -200,9 +208,11 @@ pub fn exit_with(result: anyhow::Result<()>) -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            // Errors can quote what a person typed: escape control characters.
+            let clean = |t: String| crate::console::render::clean(&t);
+            eprintln!("error: {}", clean(e.to_string()));
             for cause in e.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
+                eprintln!("  caused by: {}", clean(cause.to_string()));
             }
             std::process::ExitCode::FAILURE
         }

@@ -6,6 +6,10 @@
 //! next known schedule comes, or the fallback poll. Any number of processes
 //! can run it against one database: `for update skip locked` and the lease
 //! fence keep them from ever running one step twice. No leader.
+//!
+//! Claims are taken under this process's worker identity (`liveness.rs`):
+//! when a peer dies its claims are broken at once, and when this process
+//! loses its identity every lane abandons the steps it runs under it.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -19,6 +23,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
+use crate::liveness::{self, Liveness, LivenessConfig, ReapTerms};
 use crate::runner::{Outcome, Runner, StepReport};
 
 #[derive(Clone, Debug)]
@@ -33,6 +38,9 @@ pub struct DispatchConfig {
     pub shutdown_grace: Duration,
     /// Independent claim loops sharing the slots, so claims overlap with steps.
     pub lanes: usize,
+    /// Register as a live worker (so a death is noticed at once), or, with
+    /// None, claim under the runner's plain holder and rely on lease expiry.
+    pub liveness: Option<LivenessConfig>,
 }
 
 impl Default for DispatchConfig {
@@ -43,12 +51,14 @@ impl Default for DispatchConfig {
             poll: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(20),
             lanes: 2,
+            liveness: Some(LivenessConfig::default()),
         }
     }
 }
 
-/// The strands this process holds leases on, with the lease values.
-type Held = Arc<Mutex<HashMap<Uuid, DateTime<Utc>>>>;
+/// The strands this process holds leases on, with the lease values and the
+/// worker identity they were claimed under.
+type Held = Arc<Mutex<HashMap<Uuid, (DateTime<Utc>, String)>>>;
 
 /// What a dispatcher did, when it stopped.
 #[derive(Clone, Debug, Default)]
@@ -56,6 +66,8 @@ pub struct Summary {
     pub steps: u64,
     pub failed: u64,
     pub abandoned_on_shutdown: usize,
+    /// Steps dropped unfinished because this process lost its liveness.
+    pub abandoned_on_lost_liveness: usize,
 }
 
 /// Called with every step's report (for progress displays and metrics).
@@ -84,11 +96,24 @@ impl Dispatcher {
         let listener = tokio::spawn(listen(self.runner.pool().clone(), wake.clone()));
         let held: Held = Default::default();
         let (stop, stopping) = watch::channel(false);
+        // Liveness stops after the lanes, so running steps keep their identity
+        // through the shutdown grace.
+        let (stop_liveness, liveness_stopping) = watch::channel(false);
+        let liveness = self.config.liveness.clone().map(|config| {
+            let terms = ReapTerms {
+                backoff_cap: self.runner.config().backoff_cap,
+                page_after_failures: self.runner.config().page_after_failures,
+            };
+            liveness::start(self.runner.pool().clone(), config, terms, liveness_stopping)
+        });
         let lanes = self.config.lanes.max(1);
         let per_lane = self.config.concurrency.div_ceil(lanes).max(1);
         let this = Arc::new(self);
         let running: Vec<_> = (0..lanes)
-            .map(|_| tokio::spawn(this.clone().lane(per_lane, wake.clone(), held.clone(), stopping.clone())))
+            .map(|_| {
+                let live = liveness.as_ref().map(|(l, _)| l.clone());
+                tokio::spawn(this.clone().lane(per_lane, wake.clone(), held.clone(), live, stopping.clone()))
+            })
             .collect();
         shutdown.await;
         let _ = stop.send(true);
@@ -98,29 +123,61 @@ impl Dispatcher {
                 summary.steps += s.steps;
                 summary.failed += s.failed;
                 summary.abandoned_on_shutdown += s.abandoned_on_shutdown;
+                summary.abandoned_on_lost_liveness += s.abandoned_on_lost_liveness;
             }
         }
         listener.abort();
         // Abandoned steps rolled back when their tasks were dropped; free their strands now
         // instead of making them wait out the lease.
-        let leftover: Vec<(Uuid, DateTime<Utc>)> = held.lock().unwrap().drain().collect();
+        let leftover: Vec<(Uuid, DateTime<Utc>)> = held.lock().unwrap().drain().map(|(id, (lease, _))| (id, lease)).collect();
         if let Ok(mut conn) = this.runner.pool().acquire().await {
             for (id, lease) in leftover {
                 let _ = strand::release(&mut conn, id, lease).await;
             }
+        }
+        if let Some((_, task)) = liveness {
+            let _ = stop_liveness.send(true);
+            let _ = task.await;
         }
         summary
     }
 
     /// One claim loop with `concurrency` slots. A process runs a few, so that
     /// one lane's claim statement overlaps another's steps and writes.
-    async fn lane(self: Arc<Self>, concurrency: usize, wake: Arc<Notify>, held: Held, mut stopping: watch::Receiver<bool>) -> Summary {
+    async fn lane(
+        self: Arc<Self>,
+        concurrency: usize,
+        wake: Arc<Notify>,
+        held: Held,
+        mut live: Option<Liveness>,
+        mut stopping: watch::Receiver<bool>,
+    ) -> Summary {
         let mut tasks: JoinSet<Vec<StepReport>> = JoinSet::new();
         let mut summary = Summary::default();
         let mut db_backoff = Duration::from_millis(100);
         let stopped = |rx: &watch::Receiver<bool>| *rx.borrow();
+        // The identity the running tasks were claimed under.
+        let mut running_as: Option<String> = None;
 
         while !stopped(&stopping) {
+            let holder = match &live {
+                None => self.runner.config().holder.clone(),
+                Some(l) => match l.holder() {
+                    Some(h) => h,
+                    None => {
+                        summary.abandoned_on_lost_liveness += abandon(&mut tasks, &held, running_as.take()).await;
+                        tokio::select! {
+                            _ = identity_changed(&mut live) => {}
+                            _ = stopping.changed() => {}
+                        }
+                        continue;
+                    }
+                },
+            };
+            if running_as.as_ref().is_some_and(|was| *was != holder) {
+                summary.abandoned_on_lost_liveness += abandon(&mut tasks, &held, running_as.take()).await;
+            }
+            running_as = Some(holder.clone());
             while let Some(done) = tasks.try_join_next() {
                 self.tally(&mut summary, done);
             }
@@ -134,9 +191,12 @@ impl Dispatcher {
                 let asked = (free as i64).min(self.config.batch);
                 let exclude: Vec<Uuid> = held.lock().unwrap().keys().copied().collect();
                 let claim_began = std::time::Instant::now();
-                match self.runner.claim(asked, &exclude).await {
+                match self.runner.claim_as(asked, &exclude, &holder).await {
                     Ok(claims) => {
-                        tracing::trace!(asked, got = claims.len(), micros = claim_began.elapsed().as_micros() as u64, "claim");
+                        let micros = claim_began.elapsed().as_micros() as u64;
+                        tracing::trace!(asked, got = claims.len(), micros, "claim");
+                        metrics::histogram!("skein_claim_seconds").record(micros as f64 / 1e6);
+                        metrics::counter!("skein_claimed_total").increment(claims.len() as u64);
                         db_backoff = Duration::from_millis(100);
                         more_due = claims.len() as i64 == asked;
                         for claim in claims {
@@ -145,7 +205,7 @@ impl Dispatcher {
                                 tracing::warn!(strand = %skein_models::Ubid::from_uuid(id), from = %from, "took over a strand whose lease expired");
                                 metrics::counter!("skein_lease_takeovers_total").increment(1);
                             }
-                            held.lock().unwrap().insert(id, lease);
+                            held.lock().unwrap().insert(id, (lease, holder.clone()));
                             let (runner, held) = (self.runner.clone(), held.clone());
                             tasks.spawn(async move {
                                 let reports = runner.run(claim, usize::MAX).await;
@@ -174,6 +234,7 @@ impl Dispatcher {
                 Some(done) = tasks.join_next(), if !tasks.is_empty() => self.tally(&mut summary, done),
                 _ = tokio::time::sleep(idle_for) => {}
                 _ = stopping.changed() => {}
+                _ = identity_changed(&mut live) => {}
             }
         }
 
@@ -224,6 +285,29 @@ impl Dispatcher {
             Ok(Some(secs)) => Duration::from_secs_f64(secs.clamp(0.0, self.config.poll.as_secs_f64())),
             _ => self.config.poll,
         }
+    }
+}
+
+/// Drop every running step (an open transaction rolls back with it) and
+/// forget the claims taken under `identity`: peers break them, or have.
+/// Returns how many steps were dropped.
+async fn abandon(tasks: &mut JoinSet<Vec<StepReport>>, held: &Held, identity: Option<String>) -> usize {
+    let dropped = tasks.len();
+    tasks.shutdown().await;
+    if let Some(identity) = identity {
+        held.lock().unwrap().retain(|_, (_, h)| *h != identity);
+    }
+    if dropped > 0 {
+        tracing::warn!(dropped, "abandoned steps claimed under a lost worker identity");
+    }
+    dropped
+}
+
+/// Resolves when this process's worker identity changes; never without one.
+async fn identity_changed(live: &mut Option<Liveness>) {
+    match live {
+        Some(l) => l.changed().await,
+        None => std::future::pending().await,
     }
 }
 

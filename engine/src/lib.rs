@@ -3,6 +3,7 @@
 //! - [`prog`]: what a prog author writes: `Prog`, `labels!`, `hop`/`nap`/`push`/`pop`.
 //! - [`ctx`]: what a label sees during its step: frame, transaction, semaphores, `bud`, `reap`.
 //! - [`dispatch`]: the claim loop of `respirate`: batches, wake-ups, shutdown.
+//! - [`liveness`]: who is alive; a dead or hung worker's claims are broken at once.
 //! - [`runner`]: leases strands and runs their steps exactly as `strand-engine.md` says.
 //! - [`registry`]: stored prog names back to Rust types.
 //! - [`stack`]: the jsonb stack and the engine's keys in it.
@@ -14,6 +15,7 @@ pub mod ctx;
 pub mod dispatch;
 pub mod enqueue;
 pub mod error;
+pub mod liveness;
 pub mod prog;
 pub mod registry;
 pub mod runner;
@@ -24,6 +26,7 @@ pub use ctx::{Ctx, Reaped, Resources};
 pub use error::StepError;
 pub use prog::{hop, nap, pop, push, Flow, Label, NoFrame, Popped, Prog, Step};
 pub use dispatch::{DispatchConfig, Dispatcher};
+pub use liveness::LivenessConfig;
 pub use registry::Registry;
 pub use runner::{Claim, Config, Outcome, Runner, StepReport};
 pub use skein_models::{Ubid, UbidType};

@@ -64,9 +64,14 @@ impl Default for Config {
             backoff_cap: Duration::from_secs(600),
             page_after_failures: 5,
             children_nap: Duration::from_secs(3600),
-            holder: format!("{}:{}", hostname(), std::process::id()),
+            holder: this_process(),
         }
     }
+}
+
+/// `host:pid`: this process, as operators see it in a claim's holder.
+pub fn this_process() -> String {
+    format!("{}:{}", hostname(), std::process::id())
 }
 
 fn hostname() -> String {
@@ -216,14 +221,20 @@ impl Runner {
     }
 
     fn terms(&self) -> LeaseTerms {
-        LeaseTerms { lease_secs: self.config.lease.as_secs_f64(), backoff_cap_secs: self.config.backoff_cap.as_secs_f64() }
+        LeaseTerms { lease_secs: self.config.lease.as_secs_f64() }
     }
 
     /// Lease up to `limit` due strands in one round trip, skipping `exclude`.
     pub async fn claim(&self, limit: i64, exclude: &[Uuid]) -> Result<Vec<Claim>, sqlx::Error> {
+        self.claim_as(limit, exclude, &self.config.holder).await
+    }
+
+    /// [`Runner::claim`] under a registered worker's name, so that peers
+    /// break these claims the moment that worker dies.
+    pub async fn claim_as(&self, limit: i64, exclude: &[Uuid], holder: &str) -> Result<Vec<Claim>, sqlx::Error> {
         let asked = Instant::now();
         let mut conn = self.pool.acquire().await?;
-        let leased = strand::claim_due(&mut conn, limit, self.terms(), &self.config.holder, exclude).await?;
+        let leased = strand::claim_due(&mut conn, limit, self.terms(), holder, exclude).await?;
         Ok(leased.into_iter().map(|leased| Claim { leased, lease_ends: asked + self.config.lease }).collect())
     }
 
@@ -608,7 +619,7 @@ impl Runner {
     }
 }
 
-fn failing_tag(strand: Ubid) -> String {
+pub(crate) fn failing_tag(strand: Ubid) -> String {
     format!("strand-failing:{strand}")
 }
 

@@ -22,7 +22,13 @@ pub fn options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
 
 /// A pool of at most `max` connections.
 pub async fn connect(url: &str, max: u32) -> Result<PgPool, sqlx::Error> {
-    let opts = options(url)?;
+    connect_as(url, max, "skein").await
+}
+
+/// A pool whose connections carry `application_name`: a worker names its
+/// process, so a peer that finds it hung can end all of its sessions.
+pub async fn connect_as(url: &str, max: u32, application_name: &str) -> Result<PgPool, sqlx::Error> {
+    let opts = options(url)?.application_name(application_name);
     PgPoolOptions::new()
         .max_connections(max)
         .acquire_timeout(Duration::from_secs(30))

@@ -288,24 +288,38 @@ async fn reschedule_to(
     Ok(at)
 }
 
+/// How many strands are due and free, and how long the oldest has waited (s).
+pub async fn due_and_lag(pool: &sqlx::PgPool) -> Result<(i64, f64), sqlx::Error> {
+    sqlx::query_as(
+        "SELECT count(*), coalesce(extract(epoch FROM now() - min(schedule))::float8, 0) FROM strand \
+         WHERE exitval IS NULL AND lease < now() AND schedule <= now()",
+    )
+    .fetch_one(pool)
+    .await
+}
+
 /// Ids an operator is likely to type next (the console completes them).
 #[derive(Debug, Default)]
 pub struct RecentIds {
     /// Live strands with their progs, latest schedule first.
     pub strands: Vec<(Uuid, String)>,
-    /// Open pages first, then recently resolved ones.
+    /// Open pages (a resolved one can no longer be acted on).
     pub pages: Vec<Uuid>,
+    /// Hosts not destroyed.
     pub hosts: Vec<Uuid>,
     /// VMs not destroyed.
     pub vms: Vec<Uuid>,
+    /// Project names.
+    pub projects: Vec<String>,
 }
 
 pub async fn recent_ids(conn: &mut PgConnection) -> Result<RecentIds, sqlx::Error> {
     let ids = |q: &'static str| sqlx::query_scalar::<_, Uuid>(q);
     Ok(RecentIds {
         strands: sqlx::query_as("SELECT id, prog FROM strand ORDER BY schedule DESC LIMIT 500").fetch_all(&mut *conn).await?,
-        pages: ids("SELECT id FROM page ORDER BY resolved_at IS NULL DESC, created_at DESC LIMIT 200").fetch_all(&mut *conn).await?,
-        hosts: ids("SELECT id FROM vm_host ORDER BY id LIMIT 500").fetch_all(&mut *conn).await?,
+        pages: ids("SELECT id FROM page WHERE resolved_at IS NULL ORDER BY created_at DESC LIMIT 200").fetch_all(&mut *conn).await?,
+        hosts: ids("SELECT id FROM vm_host WHERE state <> 'destroyed' ORDER BY id LIMIT 500").fetch_all(&mut *conn).await?,
         vms: ids("SELECT id FROM vm WHERE state <> 'destroyed' ORDER BY id LIMIT 500").fetch_all(&mut *conn).await?,
+        projects: sqlx::query_scalar("SELECT name FROM project ORDER BY name LIMIT 500").fetch_all(&mut *conn).await?,
     })
 }

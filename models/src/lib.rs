@@ -22,5 +22,6 @@ pub mod subnet;
 pub mod ubid;
 pub mod vm;
 pub mod vm_host;
+pub mod worker;
 
 pub use ubid::{Ubid, UbidError, UbidType};

@@ -1,12 +1,24 @@
 //! Pages: problems an operator must look at. A tag names one problem and is
 //! open at most once, so raising the same page twice is a no-op.
+//!
+//! Pages can be forwarded: while a hook (a webhook URL or a command) is set,
+//! raising a new page and resolving an open one each start a strand of
+//! [`FORWARD_PROG`] in the same transaction. That strand delivers the change
+//! (retried with backoff like any failing step), so the step that raised
+//! the page never waits on the network, and a change that did not commit
+//! is never delivered.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{FromRow, PgConnection};
 use uuid::Uuid;
 
+use crate::strand::{self, NewStrand};
 use crate::{Ubid, UbidType};
+
+/// The prog that delivers a page change (`progs::pages::Forward`), and its label.
+pub const FORWARD_PROG: &str = "Pages::Forward";
+pub const FORWARD_LABEL: &str = "Deliver";
 
 #[derive(Clone, Debug, FromRow, serde::Serialize)]
 pub struct Page {
@@ -27,27 +39,37 @@ pub async fn raise(
     severity: &str,
     details: &Value,
 ) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query(
+    let new: Option<Page> = sqlx::query_as(
         "INSERT INTO page (id, tag, summary, severity, details) VALUES ($1, $2, $3, $4, $5) \
-         ON CONFLICT (tag) WHERE resolved_at IS NULL DO NOTHING",
+         ON CONFLICT (tag) WHERE resolved_at IS NULL DO NOTHING RETURNING *",
     )
     .bind(Ubid::generate(UbidType::Page).uuid())
     .bind(tag)
     .bind(summary)
     .bind(severity)
     .bind(details)
-    .execute(conn)
+    .fetch_optional(&mut *conn)
     .await?;
-    Ok(done.rows_affected() == 1)
+    match new {
+        Some(page) => forward(conn, &page, "raised").await.map(|()| true),
+        None => Ok(false),
+    }
 }
 
 /// Resolve the open page with this tag, if any. True if one was open.
 pub async fn resolve(conn: &mut PgConnection, tag: &str) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query("UPDATE page SET resolved_at = now() WHERE tag = $1 AND resolved_at IS NULL")
+    let done: Option<Page> = sqlx::query_as("UPDATE page SET resolved_at = now() WHERE tag = $1 AND resolved_at IS NULL RETURNING *")
         .bind(tag)
-        .execute(conn)
+        .fetch_optional(&mut *conn)
         .await?;
-    Ok(done.rows_affected() == 1)
+    resolved(conn, done).await
+}
+
+async fn resolved(conn: &mut PgConnection, done: Option<Page>) -> Result<bool, sqlx::Error> {
+    match done {
+        Some(page) => forward(conn, &page, "resolved").await.map(|()| true),
+        None => Ok(false),
+    }
 }
 
 pub async fn open(conn: &mut PgConnection) -> Result<Vec<Page>, sqlx::Error> {
@@ -76,6 +98,61 @@ pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<Option<Page>, sqlx
 
 /// Resolve a page by id. False if it was not open.
 pub async fn resolve_id(conn: &mut PgConnection, id: Uuid) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query("UPDATE page SET resolved_at = now() WHERE id = $1 AND resolved_at IS NULL").bind(id).execute(conn).await?;
-    Ok(done.rows_affected() == 1)
+    let done: Option<Page> = sqlx::query_as("UPDATE page SET resolved_at = now() WHERE id = $1 AND resolved_at IS NULL RETURNING *")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    resolved(conn, done).await
+}
+
+/// Where pages go: a webhook URL (`http://`) or a shell command.
+#[derive(Clone, Debug, FromRow, serde::Serialize)]
+pub struct Hook {
+    pub url: Option<String>,
+    pub command: Option<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+pub async fn hook(conn: &mut PgConnection) -> Result<Option<Hook>, sqlx::Error> {
+    sqlx::query_as("SELECT url, command, updated_at FROM page_hook").fetch_optional(conn).await
+}
+
+/// Set the hook (exactly one of `url` and `command`), replacing any.
+pub async fn set_hook(conn: &mut PgConnection, url: Option<&str>, command: Option<&str>) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO page_hook (url, command) VALUES ($1, $2) \
+         ON CONFLICT (singleton) DO UPDATE SET url = $1, command = $2, updated_at = now()",
+    )
+    .bind(url)
+    .bind(command)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Stop forwarding. False if no hook was set.
+pub async fn clear_hook(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query("DELETE FROM page_hook").execute(conn).await?.rows_affected() == 1)
+}
+
+/// If a hook is set, start the strand that delivers this change of this
+/// page, with the hook as it is now. A page about a forwarding strand
+/// itself (it keeps failing) is not forwarded: with the hook down, that
+/// would start another failing forwarder, and so on for ever.
+async fn forward(conn: &mut PgConnection, page: &Page, change: &str) -> Result<(), sqlx::Error> {
+    if page.details.get("prog").and_then(Value::as_str) == Some(FORWARD_PROG) {
+        return Ok(());
+    }
+    let Some(hook) = hook(conn).await? else {
+        return Ok(());
+    };
+    let stack = serde_json::json!([{"page": page, "change": change, "url": hook.url, "command": hook.command}]);
+    let id = Ubid::generate(UbidType::Strand).uuid();
+    strand::insert(conn, &NewStrand { id, parent_id: None, prog: FORWARD_PROG, label: FORWARD_LABEL, stack: &stack }).await?;
+    strand::notify_due(conn).await
+}
+
+/// How many pages are open, per severity (those with none are absent).
+pub async fn open_by_severity(pool: &sqlx::PgPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as("SELECT severity, count(*) FROM page WHERE resolved_at IS NULL GROUP BY severity").fetch_all(pool).await
 }

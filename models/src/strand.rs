@@ -71,24 +71,26 @@ impl From<LeasedRow> for Leased {
     }
 }
 
-/// How long a lease lasts and how far failures push a strand out.
+/// How long a lease lasts.
 #[derive(Clone, Copy, Debug)]
 pub struct LeaseTerms {
     pub lease_secs: f64,
-    /// Backoff after the n-th consecutive failure is `random() * min(2^n, cap)` seconds.
-    pub backoff_cap_secs: f64,
 }
 
-// Taking a lease assumes the step will fail: try + 1 and schedule pushed out
-// by the backoff. A successful step undoes both; a crashed worker leaves them.
+// Taking a lease assumes the step will fail: try + 1, durably recorded before
+// the label runs. A successful step resets it; a crashed worker leaves it, and
+// whoever frees the strand (a peer breaking a dead worker's claims, see
+// worker.rs, or the lease running out) makes it wait a backoff that grows
+// with it. The claim leaves `schedule` alone on purpose: it then changes no
+// indexed column, so it is a HOT update (no index entry written, none left
+// dead for the next claim to walk), on pages kept part-empty for it.
 //
 // A claim commits without waiting for its WAL flush (synchronous_commit off):
 // a claim lost in a database crash only means the lease was never taken, and
 // every step write is fenced on the lease, so nothing can commit under it.
 // WAL is written in order, so a durable step write makes its claim durable too.
 // Not waiting for an fsync per claim is what lets claims keep up with steps.
-const TAKE: &str = "lease = now() + make_interval(secs => $2), lease_holder = $3, try = s.try + 1, \
-                    schedule = now() + random() * least(power(2, s.try + 1), $4) * interval '1 second'";
+const TAKE: &str = "lease = now() + make_interval(secs => $2), lease_holder = $3, try = s.try + 1";
 const RETURNING_LEASED: &str = "s.id, s.parent_id, s.prog, s.label, s.stack, s.schedule, s.lease, s.lease_holder, \
      s.try AS try_, s.exitval, s.retval, s.last_error, s.last_error_at, s.created_at, \
      ARRAY(SELECT m.id FROM semaphore m WHERE m.strand_id = s.id ORDER BY m.id) AS sem_ids, \
@@ -107,7 +109,7 @@ pub async fn claim_due(
     let sql = format!(
         "UPDATE strand s SET {TAKE} FROM ( \
              SELECT id, lease_holder FROM strand \
-             WHERE exitval IS NULL AND lease < now() AND schedule <= now() AND id <> ALL($5) \
+             WHERE exitval IS NULL AND lease < now() AND schedule <= now() AND id <> ALL($4) \
              ORDER BY schedule LIMIT $1 FOR UPDATE SKIP LOCKED) due \
          WHERE s.id = due.id RETURNING {RETURNING_LEASED}"
     );
@@ -117,7 +119,6 @@ pub async fn claim_due(
         .bind(limit)
         .bind(terms.lease_secs)
         .bind(holder)
-        .bind(terms.backoff_cap_secs)
         .bind(exclude)
         .fetch_all(&mut *tx)
         .await?;
@@ -137,7 +138,7 @@ pub async fn claim_one(
     let sql = format!(
         "UPDATE strand s SET {TAKE} FROM ( \
              SELECT id, lease_holder FROM strand \
-             WHERE id = $1 AND exitval IS NULL AND lease < now() AND (NOT $5 OR schedule <= now()) \
+             WHERE id = $1 AND exitval IS NULL AND lease < now() AND (NOT $4 OR schedule <= now()) \
              FOR UPDATE) due \
          WHERE s.id = due.id RETURNING {RETURNING_LEASED}"
     );
@@ -145,7 +146,6 @@ pub async fn claim_one(
         .bind(id)
         .bind(terms.lease_secs)
         .bind(holder)
-        .bind(terms.backoff_cap_secs)
         .bind(due_only)
         .fetch_optional(conn)
         .await?;

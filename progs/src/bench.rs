@@ -20,6 +20,10 @@ async fn count_step(cx_tx: &mut sqlx::PgConnection, strand: Ubid) -> anyhow::Res
     Ok(())
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// `Bench::Step` (`Stepper`): hops `hops` times, then exits with its step count (and,
 /// if it knows when it was enqueued, how long it waited for its first step).
 pub struct Stepper;
@@ -35,6 +39,10 @@ pub struct StepFrame {
     pub at: u32,
     #[serde(default)]
     pub count: bool,
+    /// Milliseconds each step waits first, holding no connection, as a remote
+    /// call would (the takeover scenario needs steps that are caught mid-way).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub work_ms: u64,
     /// Microseconds since the epoch when it was enqueued (the latency scenario).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enqueued_us: Option<i64>,
@@ -51,6 +59,9 @@ impl Prog for Stepper {
     async fn run(cx: &mut Ctx<'_, Self>, _: StepLabel) -> Step<Self> {
         if cx.frame.at == 0 {
             cx.frame.latency_us = cx.frame.enqueued_us.map(|t| now_us() - t);
+        }
+        if cx.frame.work_ms > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(cx.frame.work_ms)).await;
         }
         if cx.frame.count {
             let id = cx.id();

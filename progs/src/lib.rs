@@ -8,6 +8,7 @@
 pub mod bench;
 pub mod demo;
 pub mod host;
+pub mod pages;
 pub mod rules;
 pub mod ssh;
 pub mod vm;
@@ -16,5 +17,5 @@ use skein_engine::Registry;
 
 /// Every prog in this crate.
 pub fn registry() -> Registry {
-    Registry::new().merge(&demo::registry()).merge(&bench::registry()).merge(&host::registry()).merge(&vm::registry())
+    Registry::new().merge(&demo::registry()).merge(&bench::registry()).merge(&host::registry()).merge(&vm::registry()).merge(&pages::registry())
 }

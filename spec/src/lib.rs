@@ -9,6 +9,7 @@ pub use skein_bin::local_host as hosts;
 pub mod procs;
 pub mod rule_progs;
 pub mod world;
+pub mod worker_progs;
 
 pub use rule_progs::registry;
 
@@ -39,7 +40,9 @@ pub async fn notes(pool: &PgPool) -> Vec<String> {
 pub async fn create_spec_tables(pool: &PgPool) {
     sqlx::raw_sql(
         "CREATE TABLE IF NOT EXISTS spec_note (id bigserial PRIMARY KEY, text text NOT NULL); \
-         CREATE TABLE IF NOT EXISTS spec_write (id bigserial PRIMARY KEY, text text NOT NULL);",
+         CREATE TABLE IF NOT EXISTS spec_write (id bigserial PRIMARY KEY, text text NOT NULL); \
+         CREATE TABLE IF NOT EXISTS spec_journal (strand_id uuid NOT NULL, step integer NOT NULL, pid integer NOT NULL, \
+                                                  at timestamptz NOT NULL DEFAULT clock_timestamp());",
     )
     .execute(pool)
     .await

@@ -27,6 +27,20 @@ impl Proc {
         Proc::start("respirate", &args)
     }
 
+    /// `spec-respirate` (respirate serving the spec's test progs too) with
+    /// long leases, so that anything taken over in seconds was taken over by
+    /// liveness, never by a lease running out.
+    pub fn spec_respirate(url: &str, extra: &[&str]) -> Proc {
+        let mut args = vec!["--database-url", url];
+        for (flag, value) in [("--lease-secs", "120"), ("--poll-ms", "200")] {
+            if !extra.contains(&flag) {
+                args.extend([flag, value]);
+            }
+        }
+        args.extend_from_slice(extra);
+        Proc::start("spec-respirate", &args)
+    }
+
     /// `respirate` as above, with extra environment (e.g. SKEIN_SECRET_KEY).
     pub fn respirate_env(url: &str, extra: &[&str], env: &[(&str, &str)]) -> Proc {
         let mut args = vec!["--database-url", url];
@@ -66,6 +80,11 @@ impl Proc {
     pub fn signal(&self, sig: &str) {
         let ok = Command::new("kill").args([format!("-{sig}"), self.pid().to_string()]).status().map(|s| s.success());
         assert!(matches!(ok, Ok(true)), "could not send SIG{sig} to {}", self.pid());
+    }
+
+    /// Whether the process has exited (without waiting).
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_some()
     }
 
     /// Wait for the process to exit, at most `limit`.

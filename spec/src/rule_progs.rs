@@ -224,4 +224,6 @@ pub fn registry() -> skein_engine::Registry {
         .with::<Waiter>()
         .with::<Late>()
         .with::<Stumbler>()
+        .with::<crate::worker_progs::Journal>()
+        .with::<crate::worker_progs::Poison>()
 }

@@ -189,8 +189,8 @@ async fn steering_commands_change_the_strand_and_are_audited() {
     assert!(sched().await <= 0, "woken: due now");
     c.json(&["strand", "reschedule", &census.to_string(), "+2h", "--yes"]);
     assert!((7100..=7200).contains(&sched().await), "rescheduled two hours out");
-    c.json(&["strand", "reschedule", &census.to_string(), "2020-01-01T00:00:00Z", "--yes"]);
-    assert!(sched().await < -1_000_000, "an absolute time is taken as given");
+    c.json(&["strand", "reschedule", &census.to_string(), "2099-01-01T00:00:00Z", "--yes"]);
+    assert!(sched().await > 1_000_000, "an absolute time is taken as given");
 
     c.json(&["strand", "incr", &census.to_string(), "finish", "--yes"]);
     c.json(&["strand", "incr", &census.to_string(), "finish", "--yes"]);
@@ -280,6 +280,8 @@ async fn hosts_vms_and_ubids_show_their_strands_and_events() {
     assert_eq!(vms["vms"][0]["strand"]["prog"], "Vm::Nexus");
     let vm = c.json(&["vm", "show", &vm_id]);
     assert_eq!(vm["vm"]["state"], "creating");
+    assert_eq!(vm["project"], "acme", "vm show names the project");
+    assert!(c.text(&["vm", "show", &vm_id]).contains("project: acme (pj"), "the text too");
     assert_eq!(vm["events"][0]["kind"], "created");
     assert!(c.text(&["vm", "show", &vm_id]).contains("Vm::Nexus at Start"));
 
@@ -299,7 +301,156 @@ async fn hosts_vms_and_ubids_show_their_strands_and_events() {
     let text = c.text(&["ubid", &host.to_string()]);
     assert!(text.contains("type: vm host (vh)") && text.contains("`host show"), "{text}");
 
+    // A destroyed host is history: listed only when asked for.
+    sqlx::query("UPDATE vm_host SET state = 'destroyed'").execute(c.h.pool()).await.unwrap();
+    assert_eq!(c.json(&["host", "list"])["hosts"].as_array().unwrap().len(), 0);
+    assert_eq!(c.json(&["host", "list", "--all"])["hosts"][0]["host"]["name"], "rack-1");
+
     // The console's one-shot form runs several commands in order.
     let out = c.text(&["console", "-c", &format!("ubid {vm_id}; strand counts")]);
     assert!(out.contains("type: vm (vm)") && out.contains("Vm::Nexus"), "{out}");
+}
+
+/// Help is an answer (stdout, exit 0); a mistake is one message on stderr
+/// (no doubled `error:`, no usage line naming the prompt); a closed stdout
+/// ends a command quietly; exit codes and times say what happened.
+#[tokio::test]
+async fn the_console_answers_help_mistakes_closed_pipes_and_exit_codes_truthfully() {
+    let c = Console::new().await;
+    for help in ["help", "strand list --help", "help strand"] {
+        let out = c.text(&["console", "-c", help]);
+        assert!(out.contains("Usage:") && (out.contains("strand") || out.contains("--older-than")), "{help}: {out}");
+    }
+    let err = c.refused(&["console", "-c", "frobnicate now"]);
+    assert_eq!(err.matches("error:").count(), 1, "{err}");
+    assert!(err.contains("unrecognized subcommand 'frobnicate'") && !err.contains("Usage:"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "one message: {err}");
+
+    // Every printing command, its reader gone before it prints: no panic, exit 0.
+    let [id] = c.counters(1).await[..] else { unreachable!() };
+    for args in [
+        vec!["console", "-c", "page list; strand counts; page list"],
+        vec!["strand", "list"],
+        vec!["strand", "show", &id.to_string()],
+        vec!["audit"],
+        vec!["project", "list"],
+        vec!["strand", "list", "--json"],
+    ] {
+        let mut child = Command::new(skein_spec::binary("skein"))
+            .args(&args)
+            .args(["--database-url", &c.h.db.url()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take()); // the reader leaves, like `| head -0`
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success() && !stderr.contains("panicked"), "{args:?}: {:?} {stderr}", out.status);
+    }
+
+    // A time in the past or not a time at all: refused, with the formats named.
+    for bad in ["1970-01-01T00:00:00Z", "-13-45T99:00:00Z", "soonish"] {
+        let err = c.refused(&["strand", "reschedule", &id.to_string(), bad, "--yes"]);
+        assert!(err.contains("+10m") && err.contains("RFC 3339"), "{bad}: {err}");
+    }
+    assert!(c.refused(&["strand", "reschedule", &id.to_string(), "1970-01-01T00:00:00Z", "--yes"]).contains("in the past"));
+
+    // A step that fails is a command that fails (and is audited all the same).
+    c.set(id, "stack = '[{\"not\": \"a counter frame\"}]'").await;
+    let err = c.refused(&["strand", "step", &id.to_string(), "--yes"]);
+    assert!(err.contains("FAILED"), "{err}");
+    assert_eq!(c.sql_i64("SELECT count(*) FROM operator_audit WHERE action = 'step'").await, 1);
+    assert_eq!(c.sql_i64("SELECT count(*) FROM operator_audit WHERE action = 'reschedule'").await, 0);
+
+    // --json is one document, project list's too.
+    let out = Command::new(skein_spec::binary("skein")).args(["project", "list", "--json", "--database-url", &c.h.db.url()]).output().unwrap();
+    let doc: Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    assert!(doc["projects"].is_array(), "{doc}");
+}
+
+/// A name that would colour the terminal or forge an audit row is refused;
+/// and whatever the database holds (old rows, page summaries, errors) is
+/// printed with its control characters escaped.
+#[tokio::test]
+async fn operator_names_are_checked_and_printed_text_cannot_forge_lines() {
+    let c = Console::new().await;
+    let evil = "evil\u{1b}[31mRED\u{1b}[0m\nfake line";
+    let [id] = c.counters(1).await[..] else { unreachable!() };
+    let out = Command::new(skein_spec::binary("skein"))
+        .args(["strand", "wake", &id.to_string(), "--yes", "--database-url", &c.h.db.url(), "--operator", evil])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("operator name") && stderr.contains("refused"), "{stderr}");
+    assert!(!stderr.contains('\u{1b}') && stderr.trim_end().lines().count() == 1, "the refusal itself is escaped: {stderr}");
+    assert_eq!(c.sql_i64("SELECT count(*) FROM operator_audit").await, 0);
+
+    // Rows written before names were checked, and text from elsewhere.
+    skein_models::audit::record(&mut c.h.pool().acquire().await.unwrap(), evil, "wake", Some(id.uuid()), &serde_json::json!({}))
+        .await
+        .unwrap();
+    page::raise(&mut c.h.pool().acquire().await.unwrap(), "evil", evil, "error", &serde_json::json!({"why": evil})).await.unwrap();
+    c.set(id, &format!("last_error = E'{}'", evil.replace('\u{1b}', "\\x1b").replace('\n', "\\n"))).await;
+    for args in [vec!["audit"], vec!["page", "list"], vec!["strand", "list"], vec!["strand", "show", &id.to_string()]] {
+        let text = c.text(&args);
+        assert!(!text.contains('\u{1b}'), "{args:?} printed an escape sequence: {text:?}");
+        assert!(!text.lines().any(|l| l.starts_with("fake line")), "{args:?} printed a forged line: {text}");
+    }
+    let page_id = c.json(&["page", "list"])["pages"][0]["id"].as_str().unwrap().to_string();
+    let shown = c.text(&["page", "show", &page_id]);
+    assert!(!shown.contains('\u{1b}') && shown.contains("evil\\u{1b}[31mRED"), "{shown}");
+    assert!(!shown.lines().any(|l| l.starts_with("fake line")), "{shown}");
+}
+
+/// Exited strands are history an operator can browse: from the archive,
+/// filtered by prog, label, exit time and exit value, latest first; and an
+/// exit's time is when it was written, not when its step began.
+#[tokio::test]
+async fn exited_strands_are_listed_from_the_archive_with_filters() {
+    let c = Console::new().await;
+    let exited = c.counters(3).await;
+    for id in &exited {
+        c.h.run(*id).await;
+    }
+    assert_eq!(c.sql_i64("SELECT count(*) FROM strand").await, 0, "all exited into the archive");
+    sqlx::query("UPDATE strand_archive SET exited_at = now() - interval '3 hours' WHERE id = $1").bind(exited[0].uuid()).execute(c.h.pool()).await.unwrap();
+
+    let all = c.json(&["strand", "list", "--state", "exited"]);
+    assert_eq!(all["total"], 3, "{all}");
+    assert_eq!(ids(&all, "strands").last().unwrap(), &exited[0].to_string(), "latest exit first");
+    let text = c.text(&["strand", "list", "--state", "exited", "--prog", "Demo::Counter"]);
+    assert!(text.contains("Demo::Counter") && text.contains("1-3 of 3"), "{text}");
+
+    let recent = c.json(&["strand", "list", "--state", "exited", "--since", "1h"]);
+    assert_eq!(recent["total"], 2);
+    let old = c.json(&["strand", "list", "--state", "exited", "--until", "2h"]);
+    assert_eq!(ids(&old, "strands"), [exited[0].to_string()]);
+    let exitval = c.h.db.pool.clone();
+    // The text as `strand show` prints it (Postgres writes jsonb the same way).
+    let (needle,): (String,) =
+        sqlx::query_as("SELECT exitval::text FROM strand_archive WHERE id = $1").bind(exited[2].uuid()).fetch_one(&exitval).await.unwrap();
+    let by_value = c.json(&["strand", "list", "--state", "exited", "--exitval", &needle]);
+    assert!(ids(&by_value, "strands").contains(&exited[2].to_string()), "{needle}: {by_value}");
+    assert_eq!(c.json(&["strand", "list", "--state", "exited", "--exitval", "no such text"])["total"], 0);
+    assert!(c.refused(&["strand", "list", "--since", "1h"]).contains("add --state exited"));
+
+    // The exit time is the write's, not the transaction's start.
+    let [late] = c.counters(1).await[..] else { unreachable!() };
+    let lease: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("UPDATE strand SET lease = now() + interval '1 minute' WHERE id = $1 RETURNING lease")
+        .bind(late.uuid())
+        .fetch_one(c.h.pool())
+        .await
+        .unwrap();
+    let mut tx = c.h.pool().begin().await.unwrap();
+    let began: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()").fetch_one(&mut *tx).await.unwrap();
+    sqlx::query("SELECT pg_sleep(1.5)").execute(&mut *tx).await.unwrap();
+    let exit = skein_models::strand::ExitWrite { id: late.uuid(), lease, label: "Count".into(), stack: serde_json::json!([{}]), exitval: serde_json::json!({"done": true}) };
+    skein_models::strand::exit_top_level(&mut tx, &[exit]).await.unwrap();
+    tx.commit().await.unwrap();
+    let shown = c.json(&["strand", "show", &late.to_string()]);
+    let at = chrono::DateTime::parse_from_rfc3339(shown["archived"]["exited_at"].as_str().unwrap()).unwrap();
+    assert!((at.with_timezone(&chrono::Utc) - began).num_milliseconds() >= 1400, "exited {at}, step began {began}");
 }

@@ -97,6 +97,57 @@ async fn the_interactive_console_completes_recalls_history_and_confirms() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+/// Tab shows every candidate when there are several, offers only what can
+/// still be acted on (an open page, not a resolved one), knows project
+/// names; and Ctrl-C at a y/N question cancels the change at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tab_lists_live_candidates_and_ctrl_c_cancels_a_question() {
+    use skein_models::{page, project, Ubid, UbidType};
+    let db = TestDb::new().await;
+    let mut conn = db.pool.acquire().await.unwrap();
+    for name in ["acme", "apex"] {
+        project::insert(&mut conn, Ubid::generate(UbidType::Project).uuid(), name, 5).await.unwrap();
+    }
+    page::raise(&mut conn, "old", "an old problem", "error", &serde_json::json!({})).await.unwrap();
+    page::resolve(&mut conn, "old").await.unwrap();
+    page::raise(&mut conn, "new", "a new problem", "error", &serde_json::json!({})).await.unwrap();
+    let open: uuid::Uuid = sqlx::query_scalar("SELECT id FROM page WHERE resolved_at IS NULL").fetch_one(&mut *conn).await.unwrap();
+    let open = Ubid::from_uuid(open).to_string();
+    let ids = enqueue::start_many(&mut conn, [counter::Frame { upto: 1, at: 0 }], counter::Label::Count).await.unwrap();
+    let dir = tempdir();
+    let mut s = console(&db, &dir.join("history"));
+
+    // Two projects start with "a": Tab lists both, then one more letter picks one.
+    s.send("vm list --project a\t\t").unwrap();
+    s.expect("acme").unwrap();
+    s.expect("apex").unwrap();
+    s.send("c\t").unwrap();
+    s.expect("acme ").unwrap();
+    s.send("\x15").unwrap(); // clear the line
+
+    // Both pages' ids start with "pa"; only the open one is offered, so Tab completes it whole.
+    s.send("page resolve pa\t").unwrap();
+    s.expect(open.as_str()).unwrap();
+    // Ctrl-C at the question cancels, and the prompt comes back.
+    s.send("\r").unwrap();
+    s.expect("[y/N]").unwrap();
+    s.send("\x03").unwrap();
+    s.expect("cancelled: nothing changed").unwrap();
+    s.expect("skein> ").unwrap();
+    s.send(format!("strand wake {}\r", ids[0])).unwrap();
+    s.expect("[y/N]").unwrap();
+    s.send("\x03").unwrap();
+    s.expect("cancelled: nothing changed").unwrap();
+    s.send("exit\r").unwrap();
+    s.expect(Eof).unwrap();
+
+    let open_now: i64 = sqlx::query_scalar("SELECT count(*) FROM page WHERE resolved_at IS NULL").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(open_now, 1, "the cancelled resolve changed nothing");
+    let audited: i64 = sqlx::query_scalar("SELECT count(*) FROM operator_audit").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(audited, 0);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
 fn tempdir() -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("skein-pty-{}", skein_models::Ubid::generate(skein_models::UbidType::Test)));
     std::fs::create_dir_all(&dir).unwrap();

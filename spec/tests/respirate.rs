@@ -69,28 +69,46 @@ async fn several_respirate_processes_commit_every_step_exactly_once() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkill_mid_run_loses_nothing_and_commits_nothing_twice() {
+/// Run the workload with two workers, SIGKILLing one (and starting a fresh
+/// one) every `kill_every` if set; returns how long it took.
+async fn run_with_kills(strands: u32, hops: u32, kill_every: Option<Duration>) -> (Duration, String) {
     let db = TestDb::new().await;
     let url = db.url();
-    enqueue(&url, 1500, 4);
-    let args = ["--concurrency", "16", "--pool-size", "4"];
+    enqueue(&url, strands, hops);
+    // Two-minute leases: a takeover in seconds is liveness, not lease expiry.
+    let args = ["--concurrency", "16", "--pool-size", "4", "--lease-secs", "120"];
+    let began = Instant::now();
     let mut workers = vec![Proc::respirate(&url, &args), Proc::respirate(&url, &args)];
-    for round in 0..4 {
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        // Kill one worker in the middle of its steps and start a fresh one.
-        let victim = workers.remove(round % workers.len());
-        victim.signal("KILL");
-        drop(victim);
-        workers.push(Proc::respirate(&url, &args));
+    let mut round = 0;
+    while live_bench_strands(&db.pool).await > 0 {
+        assert!(began.elapsed() < Duration::from_secs(120), "not done after 120 s");
+        match kill_every {
+            Some(every) if began.elapsed() > every * (round + 1) => {
+                // Kill one worker in the middle of its steps and start a fresh one.
+                let victim = workers.remove(round as usize % workers.len());
+                victim.signal("KILL");
+                drop(victim);
+                workers.push(Proc::respirate(&url, &args));
+                round += 1;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
     }
-    wait_until_done(&db.pool, Duration::from_secs(120), &workers.iter().collect::<Vec<_>>()).await;
-
-    let line = verify(&url, 1500, 4);
+    let took = began.elapsed();
+    let line = verify(&url, strands, hops);
     assert_eq!(line["ok"], true, "{line}");
-    assert_eq!(line["steps_committed"], 1500 * 5);
-    let logs: String = workers.iter().map(|w| w.log_text()).collect();
-    assert!(logs.contains("took over a strand whose lease expired"), "the killed workers' strands were taken over:\n{logs}");
+    assert_eq!(line["steps_committed"], strands as u64 * (hops as u64 + 1));
+    (took, workers.iter().map(|w| w.log_text()).collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_run_loses_nothing_and_commits_nothing_twice() {
+    let (calm, _) = run_with_kills(1500, 10, None).await;
+    let (chaos, logs) = run_with_kills(1500, 10, Some(Duration::from_millis(400))).await;
+    assert!(logs.contains("a worker died"), "the killed workers' strands were taken over at once:\n{logs}");
+    // Each kill costs about a second, not a two-minute lease.
+    assert!(chaos < calm * 4 + Duration::from_secs(15), "with kills {chaos:?}, without {calm:?}");
+    eprintln!("1500 strands x 11 steps: {calm:?} calm, {chaos:?} with a SIGKILL every 400 ms");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

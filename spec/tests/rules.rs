@@ -115,18 +115,57 @@ async fn r02_leasing_assumes_failure_and_success_resets_try() {
     let h = harness().await;
     let id = h.start(NapperFrame { naps: vec![60.0] }, NapperLabel::Next).await;
     sqlx::query("UPDATE strand SET try = 3 WHERE id = $1").bind(id.uuid()).execute(h.pool()).await.unwrap();
+    let before = h.strand(id).await;
 
     let claim = h.runner.claim_id(id.uuid(), true).await.unwrap().unwrap();
     let row = h.strand(id).await;
     assert_eq!(row.try_, 4, "the lease counts the step as failed in advance");
-    let ahead = seconds_until_schedule(&h, id).await;
-    let cap = test_config().backoff_cap.as_secs_f64();
-    assert!((0.0..=cap.min(16.0)).contains(&ahead), "schedule pushed out by a capped backoff, got {ahead}");
+    assert_eq!(row.schedule, before.schedule, "the claim writes no indexed column (a HOT update)");
 
     h.runner.run(claim, 1).await[0].assert_nap(60.0);
     let row = h.strand(id).await;
     assert_eq!(row.try_, 0, "a successful step resets try");
     assert!(row.last_error.is_none());
+}
+
+#[tokio::test]
+async fn r02_a_claim_its_worker_never_finished_backs_off_with_its_attempts() {
+    let h = harness().await;
+    let mut conn = h.pool().acquire().await.unwrap();
+    let mut delays = Vec::new();
+    for tries in [1, 4, 6] {
+        let id = h.start(NapperFrame { naps: vec![60.0] }, NapperLabel::Next).await;
+        sqlx::query("UPDATE strand SET try = $2 - 1 WHERE id = $1").bind(id.uuid()).bind(tries).execute(h.pool()).await.unwrap();
+        // A worker registers, claims, and dies (its liveness session ends).
+        let mut session = sqlx::Connection::connect(&h.db.url()).await.unwrap();
+        let dead = skein_models::worker::register(&mut session, "doomed", "doomed").await.unwrap();
+        h.runner.claim_as(10, &[], &dead.holder).await.unwrap();
+        sqlx::Connection::close(session).await.unwrap();
+        let me = skein_models::worker::register(&mut conn, "peer", "peer").await.unwrap();
+        // Its backend exits a moment after the session closes.
+        let mut reaped = (vec![], vec![]);
+        for _ in 0..100 {
+            reaped = skein_models::worker::reap_dead(&mut conn, me.id, 60.0, 600.0).await.unwrap();
+            if !reaped.0.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (gone, broken) = reaped;
+        assert_eq!(gone.len(), 1, "the dead worker is found within moments");
+        assert!(gone[0].session_ended);
+        assert_eq!(broken.len(), 1);
+        assert_eq!(broken[0].try_, tries, "the attempt counts");
+        let row = h.strand(id).await;
+        assert!(row.lease < chrono::Utc::now(), "its claim is broken");
+        assert!(row.last_error.as_deref().is_some_and(|e| e.contains("died during this step")), "{:?}", row.last_error);
+        delays.push(seconds_until_schedule(&h, id).await);
+        skein_models::worker::deregister(&mut conn, me.id).await.unwrap();
+        sqlx::query("DELETE FROM strand WHERE id = $1").bind(id.uuid()).execute(h.pool()).await.unwrap();
+    }
+    assert!(delays[0] <= 0.0, "the first lost attempt runs again at once: {delays:?}");
+    assert!(delays[1] <= 7.0, "the fourth within 2^3 - 1 s: {delays:?}");
+    assert!(delays[2] <= 31.0, "the sixth within 2^5 - 1 s: {delays:?}");
 }
 
 // R03 ---------------------------------------------------------------------

@@ -108,6 +108,10 @@ impl FromRequestParts<ApiState> for Auth {
             Some(p) => Caller::Project(Ubid::from_uuid(p)),
             None => Caller::Operator,
         };
-        Ok(Auth { token: Ubid::from_uuid(token.id), caller })
+        let id = Ubid::from_uuid(token.id);
+        if let Some(notes) = parts.extensions.get::<super::Notes>() {
+            notes.token(id); // for the access log
+        }
+        Ok(Auth { token: id, caller })
     }
 }

@@ -9,7 +9,9 @@
 //! `quota_exceeded`, `subnet_full`, `host_has_vms`, `host_destroyed`,
 //! `vm_destroyed`, `vm_not_placed`, `vm_not_running` (409);
 //! `body_too_large` (413); `unsupported_media_type` (415); `invalid_field`,
-//! `idempotency_key_reused` (422); `internal` (500); `host_unreachable` (503).
+//! `idempotency_key_reused` (422); `internal` (500); `timeout` (503: not
+//! answered within the server's request timeout, nothing committed),
+//! `host_unreachable` (503: a VM's host does not answer, for its console).
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};

@@ -52,7 +52,11 @@ pub enum StrandCmd {
     /// Make a strand due now.
     Wake { id: String },
     /// Move a strand's schedule: `+10m`, `90s`, `2h` from now, or an RFC 3339 time.
-    Reschedule { id: String, when: String },
+    Reschedule {
+        id: String,
+        #[arg(allow_hyphen_values = true)]
+        when: String,
+    },
     /// Run one step of a strand here and now, and show the flow it returned.
     Step { id: String },
     /// Run a failing strand again now instead of at its backoff.
@@ -69,9 +73,18 @@ pub struct ListArgs {
     /// Only strands at this label.
     #[arg(long)]
     pub label: Option<String>,
-    /// due, napping, leased, failing or exited.
+    /// due, napping, leased, failing or exited (exited: from the archive too, latest exit first).
     #[arg(long)]
     pub state: Option<StrandState>,
+    /// With --state exited: only those that exited since this time (`2h` ago, or RFC 3339).
+    #[arg(long, value_parser = parse_past)]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// With --state exited: only those that exited before this time (`2h` ago, or RFC 3339).
+    #[arg(long, value_parser = parse_past)]
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+    /// With --state exited: only those whose exit value contains this text (case-insensitive).
+    #[arg(long)]
+    pub exitval: Option<String>,
     /// Only strands that failed at least this many times in a row.
     #[arg(long, value_parser = clap::value_parser!(i32).range(0..))]
     pub min_try: Option<i32>,
@@ -102,14 +115,30 @@ pub enum PageCmd {
     Show { id: String },
     /// Mark a page resolved.
     Resolve { id: String },
+    /// Where new and resolved pages are forwarded: show it, or set or clear it.
+    Hook {
+        /// POST each change as JSON to this http:// URL.
+        #[arg(long, conflicts_with_all = ["command", "clear"])]
+        url: Option<String>,
+        /// Run this shell command with each change as JSON on stdin (e.g. `curl` for https).
+        #[arg(long, conflicts_with = "clear")]
+        command: Option<String>,
+        /// Stop forwarding.
+        #[arg(long)]
+        clear: bool,
+    },
 }
 
 #[derive(clap::Subcommand, Debug)]
 pub enum HostCmd {
     /// Register a host reachable over SSH; a strand takes it over and prepares it.
     Add(crate::host_cmd::AddArgs),
-    /// Hosts with their state, capacity and strand.
-    List,
+    /// Hosts with their state, capacity and strand (not destroyed ones, unless --all).
+    List {
+        /// Include destroyed hosts.
+        #[arg(long)]
+        all: bool,
+    },
     /// One host: facts, capacity, its strand, its VMs and recent events.
     Show { id: String },
 }
@@ -129,6 +158,16 @@ pub enum VmCmd {
     },
     /// One VM: size, host, its strand and recent events.
     Show { id: String },
+}
+
+/// A time in the past: `2h` (that long ago) or an RFC 3339 time.
+pub fn parse_past(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    let secs = parse_duration(s)
+        .map_err(|_| format!("{s:?} is not a time: give how long ago (90s, 10m, 2h, 1d) or an RFC 3339 time (2026-11-22T10:00:00Z)"))?;
+    Ok(chrono::Utc::now() - chrono::Duration::milliseconds((secs * 1000.0) as i64))
 }
 
 /// Seconds from `90`, `90s`, `10m`, `2h`, `1d` (a leading `+` is allowed).

@@ -38,7 +38,7 @@ pub async fn pages(s: &Session, cmd: PageCmd, yes: bool) -> anyhow::Result<Reply
         PageCmd::Show { id } => {
             let p = page::get(&mut conn, parse_as(&id, UbidType::Page)?).await?.ok_or_else(|| anyhow!("no page {id}"))?;
             let state = p.resolved_at.map(|t| format!("resolved {}", render::when(t))).unwrap_or("open".into());
-            let mut text = format!("page {id}: {}\n", p.summary);
+            let mut text = format!("page {id}: {}\n", render::clean(&p.summary));
             text.push_str(&render::fields(&[
                 ("severity", p.severity.clone()),
                 ("state", state),
@@ -65,7 +65,41 @@ pub async fn pages(s: &Session, cmd: PageCmd, yes: bool) -> anyhow::Result<Reply
             tx.commit().await?;
             Ok(Reply::new(format!("page {id} resolved"), json!({"page": id, "resolved": true})))
         }
+        PageCmd::Hook { url, command, clear } => page_hook(s, url, command, clear, yes).await,
     }
+}
+
+/// `page hook`: where pages are forwarded; a change is confirmed and audited.
+async fn page_hook(s: &Session, url: Option<String>, command: Option<String>, clear: bool, yes: bool) -> anyhow::Result<Reply> {
+    let was = page::hook(&mut *s.pool.acquire().await?).await?;
+    let describe = |h: &Option<page::Hook>| match h {
+        Some(page::Hook { url: Some(u), .. }) => format!("POST to {u}"),
+        Some(page::Hook { command: Some(c), .. }) => format!("run `{c}`"),
+        _ => "not forwarded".into(),
+    };
+    if url.is_none() && command.is_none() && !clear {
+        let text = format!("new and resolved pages: {}", describe(&was));
+        return Ok(Reply::new(text, json!({"hook": was})));
+    }
+    if let Some(u) = url.as_deref().filter(|u| !u.starts_with("http://") || u.len() <= "http://".len()) {
+        bail!("{u:?} is not an http:// URL; for https, use --command (e.g. `curl -fsS -d @- https://...`)");
+    }
+    if command.as_deref().is_some_and(|c| c.trim().is_empty()) {
+        bail!("--command is empty");
+    }
+    let to = if clear { "stop forwarding pages".to_string() } else if let Some(u) = &url { format!("forward pages: POST to {u}") } else { format!("forward pages: run `{}`", command.clone().unwrap_or_default()) };
+    confirm(yes, &format!("{to} (now: {})", describe(&was)))?;
+    let mut tx = s.pool.begin().await?;
+    if clear {
+        if !page::clear_hook(&mut tx).await? {
+            bail!("no hook is set; nothing changed");
+        }
+    } else {
+        page::set_hook(&mut tx, url.as_deref(), command.as_deref()).await?;
+    }
+    audit::record(&mut tx, &s.operator, "page-hook", None, &json!({"url": url, "command": command, "clear": clear, "was": was})).await?;
+    tx.commit().await?;
+    Ok(Reply::new(format!("{to}: done"), json!({"hook": if clear { None } else { Some(json!({"url": url, "command": command})) }})))
 }
 
 /// The strands that drive these subjects (a subject's strand has its id), by id.
@@ -101,9 +135,10 @@ fn events_text(events: &[event::Event]) -> String {
 pub async fn hosts(s: &Session, cmd: HostCmd, opts: &OpsOptions) -> anyhow::Result<Reply> {
     match cmd {
         HostCmd::Add(args) => crate::host_cmd::add(s, args, opts).await,
-        HostCmd::List => {
+        HostCmd::List { all } => {
             let mut conn = s.pool.acquire().await?;
-            let hosts = vm_host::page(&mut conn, None, 1000).await?;
+            let hosts: Vec<vm_host::VmHost> =
+                vm_host::page(&mut conn, None, 1000).await?.into_iter().filter(|h| all || h.state != "destroyed").collect();
             let strands = strands_of(&mut conn, &hosts.iter().map(|h| h.id).collect::<Vec<_>>()).await?;
             let mut cells = Vec::new();
             let mut rows = Vec::new();
@@ -176,17 +211,19 @@ pub async fn vms(s: &Session, cmd: VmCmd, opts: &OpsOptions) -> anyhow::Result<R
             let v = vm::get(&mut conn, uuid).await?.ok_or_else(|| anyhow!("no vm {id}"))?;
             let events = event::recent(&mut conn, uuid, 10).await?;
             let st = inspect::summary(&mut conn, uuid).await?;
+            let project = skein_models::project::get(&mut conn, v.project_id).await?;
+            let project_name = project.as_ref().map(|p| p.name.clone());
             let mut text = format!("vm {id} {} ({}, wants {})\n", v.name, v.state, v.desired_state);
             text.push_str(&render::fields(&[
                 ("strand", strand_text(&st)),
-                ("project", render::id(v.project_id)),
+                ("project", format!("{} ({})", project_name.as_deref().unwrap_or("?"), render::id(v.project_id))),
                 ("size", format!("{} cores, {} MiB memory, {} MiB disk", v.cores, v.memory_mib, v.disk_mib)),
                 ("host", v.host_id.map(render::id).unwrap_or("not placed".into())),
                 ("private ip", v.private_ip.clone().unwrap_or("-".into())),
                 ("created", render::when(v.created_at)),
             ]));
             text.push_str(&events_text(&events));
-            Ok(Reply::new(text, json!({"vm": v, "strand": st, "events": events})))
+            Ok(Reply::new(text, json!({"vm": v, "project": project_name, "strand": st, "events": events})))
         }
     }
 }

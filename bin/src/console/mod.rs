@@ -9,7 +9,7 @@
 
 pub mod command;
 mod fleet;
-mod render;
+pub(crate) mod render;
 mod repl;
 mod session;
 mod strands;
@@ -17,7 +17,7 @@ mod strands;
 use clap::Parser;
 
 pub use command::Ops;
-pub use session::{OpsOptions, Reply, Session};
+pub use session::{confirm, OpsOptions, Reply, Session};
 
 #[derive(clap::Args, Debug)]
 pub struct ConsoleArgs {
@@ -33,7 +33,7 @@ pub struct ConsoleArgs {
 
 /// One line typed at the console: a command and the per-line flags.
 #[derive(Parser, Debug)]
-#[command(name = "skein>", no_binary_name = true, disable_version_flag = true)]
+#[command(name = "skein>", no_binary_name = true, disable_version_flag = true, about = "The console's commands: look at and steer strands, pages, hosts and VMs.")]
 #[command(after_help = "Every command has its own help: `help strand`, `strand list --help`. `exit` or Ctrl-D leaves.")]
 pub struct Line {
     #[command(subcommand)]
@@ -74,11 +74,57 @@ pub async fn run(args: ConsoleArgs) -> anyhow::Result<()> {
     }
     for words in args.commands.iter().flat_map(|c| split_commands(c)) {
         let words = words?;
-        let line = Line::try_parse_from(&words).map_err(|e| anyhow::anyhow!("{}", e.render().to_string().trim_end()))?;
+        let line = match parse_line(&words) {
+            Parsed::Line(line) => line,
+            Parsed::Help(text) => {
+                println!("{text}");
+                continue;
+            }
+            Parsed::Refused(message) => anyhow::bail!("{message}"),
+        };
         let opts = OpsOptions { json: args.opts.json || line.json, yes: args.opts.yes || line.yes, ..args.opts.clone() };
         execute(&session, line.ops, &opts).await?.print(opts.json);
     }
     Ok(())
+}
+
+/// What a typed line turned out to be.
+pub(crate) enum Parsed {
+    Line(Line),
+    /// `help`, `--help`: an answer, for stdout.
+    Help(String),
+    /// A mistake, said once: no `error:` prefix (the caller adds one) and no
+    /// usage line naming the prompt.
+    Refused(String),
+}
+
+pub(crate) fn parse_line(words: &[String]) -> Parsed {
+    use clap::error::ErrorKind;
+    let e = match Line::try_parse_from(words) {
+        Ok(line) => return Parsed::Line(line),
+        Err(e) => e,
+    };
+    let text = e.render().to_string();
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        return Parsed::Help(text.trim_end().to_string());
+    }
+    if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        let typed = words.join(" ");
+        return Parsed::Refused(format!("`{typed}` needs a subcommand: `{typed} --help` lists them"));
+    }
+    // clap's text, on one line: its own `error:` and usage lines dropped
+    // (the usage would name the prompt), its tips kept.
+    let mut said = String::new();
+    for line in text.lines().map(|l| l.strip_prefix("error: ").unwrap_or(l).trim()) {
+        if line.is_empty() || line.starts_with("Usage:") || line.starts_with("For more information") {
+            continue;
+        }
+        if !said.is_empty() {
+            said.push_str(if line.starts_with("tip:") { "; " } else { " " });
+        }
+        said.push_str(line);
+    }
+    Parsed::Refused(format!("{said} (`help` lists the commands, `<command> --help` explains one)"))
 }
 
 /// Shell-like words, one list per command (`;` between commands).
@@ -117,6 +163,25 @@ mod tests {
         let got: Vec<Vec<String>> = split_commands("strand list; page list ;ubid 'a;b'").into_iter().map(|c| c.unwrap()).collect();
         assert_eq!(got, vec![vec!["strand", "list"], vec!["page", "list"], vec!["ubid", "a;b"]]);
         assert!(split_commands("ubid 'open").pop().unwrap().is_err());
+    }
+
+    fn parsed(line: &str) -> Parsed {
+        parse_line(&split_commands(line).pop().unwrap().unwrap())
+    }
+
+    #[test]
+    fn help_is_an_answer_and_a_mistake_is_one_clean_message() {
+        assert!(matches!(parsed("help"), Parsed::Help(t) if t.contains("strand")));
+        assert!(matches!(parsed("strand list --help"), Parsed::Help(t) if t.contains("--older-than")));
+        match parsed("frobnicate now") {
+            Parsed::Refused(m) => {
+                assert!(m.starts_with("unrecognized subcommand 'frobnicate'"), "{m}");
+                assert!(!m.contains("error:") && !m.contains("Usage:"), "{m}");
+            }
+            _ => panic!("an unknown command is refused"),
+        }
+        assert!(matches!(parsed("strand show"), Parsed::Refused(m) if m.starts_with("the following required arguments were not provided: <ID>")));
+        assert!(matches!(parsed("strand"), Parsed::Refused(m) if m == "`strand` needs a subcommand: `strand --help` lists them"));
     }
 
     #[test]

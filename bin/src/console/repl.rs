@@ -7,29 +7,31 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use clap::{CommandFactory, Parser};
+use clap::CommandFactory;
 use rustyline::completion::{Completer, Pair};
 use rustyline::error::ReadlineError;
 use rustyline::highlight::Highlighter;
 use rustyline::hint::Hinter;
 use rustyline::history::DefaultHistory;
 use rustyline::validate::Validator;
-use rustyline::{Context, Editor, Helper};
+use rustyline::{CompletionType, Config, Context, Editor, Helper};
 use skein_engine::Registry;
 use skein_models::inspect::{self, StrandSort, StrandState};
 use skein_models::Ubid;
 
 use super::session::{OpsOptions, Session};
-use super::{execute, split_commands, Line};
+use super::{execute, parse_line, render, split_commands, Line, Parsed};
 
 /// What completion draws ids from; read from the database before each prompt.
 #[derive(Default)]
 struct Known {
     /// Live strands and their progs (for semaphore completion).
     strands: BTreeMap<String, String>,
+    /// Open pages, hosts and VMs not destroyed: what can still be acted on.
     pages: Vec<String>,
     hosts: Vec<String>,
     vms: Vec<String>,
+    projects: Vec<String>,
 }
 
 async fn refresh(s: &Session) -> Result<Known, sqlx::Error> {
@@ -40,18 +42,22 @@ async fn refresh(s: &Session) -> Result<Known, sqlx::Error> {
         pages: show(recent.pages),
         hosts: show(recent.hosts),
         vms: show(recent.vms),
+        projects: recent.projects,
     })
 }
 
 pub async fn run(s: &Session, opts: &OpsOptions, history: Option<PathBuf>) -> anyhow::Result<()> {
     let known = Arc::new(Mutex::new(Known::default()));
-    let mut editor: Editor<Completion, DefaultHistory> = Editor::new()?;
+    // Tab lists every candidate (and completes what they share) rather than
+    // cycling through them one at a time, where none is seen before it is chosen.
+    let config = Config::builder().completion_type(CompletionType::List).build();
+    let mut editor: Editor<Completion, DefaultHistory> = Editor::with_config(config)?;
     editor.set_helper(Some(Completion { registry: s.registry.clone(), known: known.clone() }));
     let history = history.or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".skein_history")));
     if let Some(path) = &history {
         let _ = editor.load_history(path); // a first session has none
     }
-    println!("skein console as {}: `help` lists commands, Tab completes, Ctrl-D leaves", s.operator);
+    println!("skein console as {} on {}: `help` lists commands, Tab completes, Ctrl-D leaves", s.operator, s.database);
     loop {
         if let Ok(k) = refresh(s).await {
             *known.lock().unwrap_or_else(|p| p.into_inner()) = k;
@@ -83,11 +89,14 @@ pub async fn run(s: &Session, opts: &OpsOptions, history: Option<PathBuf>) -> an
                     break;
                 }
             };
-            let line = match Line::try_parse_from(&words) {
-                Ok(line) => line,
-                Err(e) => {
-                    // Help and usage errors alike: clap's text says what to type.
-                    let _ = e.print();
+            let line = match parse_line(&words) {
+                Parsed::Line(line) => line,
+                Parsed::Help(text) => {
+                    println!("{text}");
+                    continue;
+                }
+                Parsed::Refused(message) => {
+                    eprintln!("error: {}", render::clean(&message));
                     break;
                 }
             };
@@ -95,7 +104,7 @@ pub async fn run(s: &Session, opts: &OpsOptions, history: Option<PathBuf>) -> an
             match execute(s, line.ops, &opts).await {
                 Ok(reply) => reply.print(opts.json),
                 Err(e) => {
-                    eprintln!("error: {e:#}");
+                    eprintln!("error: {}", render::clean(&format!("{e:#}")));
                     break;
                 }
             }
@@ -185,6 +194,7 @@ impl Completion {
             "state" => StrandState::ALL.map(|s| s.name().to_string()).to_vec(),
             "sort" => StrandSort::NAMES.map(String::from).to_vec(),
             "parent" | "target" => known.strands.keys().cloned().collect(),
+            "project" => known.projects.clone(),
             _ => vec![],
         }
     }
@@ -230,6 +240,7 @@ impl Helper for Completion {}
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
 
     fn completion() -> Completion {
         let mut known = Known::default();

@@ -2,9 +2,10 @@
 //! registry, who the operator is, and how a change gets confirmed. Also the
 //! `Reply` every command returns, printed as text or as JSON.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::IsTerminal;
 
 use anyhow::{bail, Context};
+use rustyline::error::ReadlineError;
 use serde_json::Value;
 use skein_engine::{Registry, Runner};
 use sqlx::PgPool;
@@ -30,13 +31,17 @@ pub struct Session {
     pub pool: PgPool,
     pub registry: Registry,
     pub operator: String,
+    /// Which database, for people: "embedded Postgres at ..." or the URL (password hidden).
+    pub database: String,
     runner: std::sync::OnceLock<Runner>,
 }
 
 impl Session {
     /// Connect (once: a console is for a database that is up) and migrate.
     pub async fn open(opts: &OpsOptions) -> anyhow::Result<Session> {
-        let url = crate::up::database_url(opts.database_url.clone()).await?;
+        let operator = operator_name(opts)?;
+        let (url, embedded) = crate::embedded::given_or_embedded(opts.database_url.clone()).await?;
+        let database = if embedded { format!("embedded Postgres at {url}") } else { redact(&url) };
         // A person is waiting: say so after a few seconds rather than thirty.
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(4)
@@ -45,7 +50,7 @@ impl Session {
             .await
             .with_context(|| format!("cannot reach the database at {}: start it, or pass --database-url", redact(&url)))?;
         skein_models::db::migrate(&pool).await.context("applying migrations")?;
-        Ok(Session { pool, registry: skein_progs::registry(), operator: operator_name(opts), runner: Default::default() })
+        Ok(Session { pool, registry: skein_progs::registry(), operator, database, runner: Default::default() })
     }
 
     /// A runner for inline steps, with what progs need to reach hosts.
@@ -56,9 +61,25 @@ impl Session {
 
 /// `--operator`, else the login name: $USER, $LOGNAME, or this process's
 /// uid looked up in /etc/passwd (containers often set neither variable).
-fn operator_name(opts: &OpsOptions) -> String {
+/// It is written to the audit trail and printed, so it must be a plain name.
+fn operator_name(opts: &OpsOptions) -> anyhow::Result<String> {
     let given = [opts.operator.clone(), std::env::var("USER").ok(), std::env::var("LOGNAME").ok()];
-    given.into_iter().flatten().map(|n| n.trim().to_string()).find(|n| !n.is_empty()).unwrap_or_else(login_from_uid)
+    let name = given.into_iter().flatten().map(|n| n.trim().to_string()).find(|n| !n.is_empty()).unwrap_or_else(login_from_uid);
+    check_operator(&name)?;
+    Ok(name)
+}
+
+/// At most 64 letters, digits, spaces and `. _ @ + -`: nothing that could
+/// colour a terminal or start a new line when an audit row is printed.
+pub fn check_operator(name: &str) -> anyhow::Result<()> {
+    let plain = |c: char| c.is_alphanumeric() || " ._@+-".contains(c);
+    if name.is_empty() || name.chars().count() > 64 || !name.chars().all(plain) {
+        bail!(
+            "operator name {} refused: use at most 64 letters, digits, spaces and . _ @ + - (--operator or $SKEIN_OPERATOR)",
+            super::render::clean(&format!("{name:?}"))
+        );
+    }
+    Ok(())
 }
 
 fn login_from_uid() -> String {
@@ -91,13 +112,15 @@ pub fn confirm(yes: bool, what: &str) -> anyhow::Result<()> {
     if !std::io::stdin().is_terminal() {
         bail!("{what}: not confirmed (stdin is not a terminal); pass --yes to confirm");
     }
-    eprint!("{what}? [y/N] ");
-    std::io::stderr().flush()?;
-    let mut answer = String::new();
-    std::io::stdin().lock().read_line(&mut answer)?;
-    match answer.trim() {
-        "y" | "Y" | "yes" => Ok(()),
-        _ => bail!("cancelled: nothing changed"),
+    // Read the answer as the prompt reads lines, so Ctrl-C (and Ctrl-D)
+    // cancel at once instead of being echoed as `^C` while it waits; on the
+    // terminal itself, so the question stays out of a piped stdout.
+    let config = rustyline::Config::builder().behavior(rustyline::Behavior::PreferTerm).build();
+    let mut editor = rustyline::DefaultEditor::with_config(config)?;
+    match editor.readline(&format!("{}? [y/N] ", super::render::clean(what))) {
+        Ok(answer) if matches!(answer.trim(), "y" | "Y" | "yes") => Ok(()),
+        Ok(_) | Err(ReadlineError::Interrupted | ReadlineError::Eof) => bail!("cancelled: nothing changed"),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -117,7 +140,8 @@ impl Reply {
         if json {
             println!("{}", serde_json::to_string_pretty(&self.json).unwrap_or_default());
         } else if !self.text.is_empty() {
-            println!("{}", self.text.trim_end());
+            // JSON escapes control characters itself; text must too.
+            println!("{}", super::render::clean_lines(self.text.trim_end()));
         }
     }
 }
@@ -153,5 +177,16 @@ mod tests {
         let reply = super::Reply::new("", json!({"vms": [{"id": vm.uuid(), "host_id": null, "name": vm.uuid()}]}));
         assert_eq!(reply.json["vms"][0]["id"], vm.to_string());
         assert_eq!(reply.json["vms"][0]["name"], vm.uuid().to_string(), "only id fields are rewritten");
+    }
+
+    #[test]
+    fn operator_names_are_plain() {
+        for good in ["alice", "Bob Smith", "ops@example.com", "j.doe-2", "zoë"] {
+            super::check_operator(good).unwrap();
+        }
+        for bad in ["", "evil\u{1b}[31mRED\u{1b}[0m\nfake line", "a\tb", "x".repeat(65).as_str(), "rtl\u{202e}"] {
+            let e = super::check_operator(bad).unwrap_err().to_string();
+            assert!(e.contains("refused") && !e.chars().any(|c| c.is_control()), "{e}");
+        }
     }
 }

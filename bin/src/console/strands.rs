@@ -6,7 +6,7 @@ use anyhow::{anyhow, bail, Context};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use skein_engine::Outcome;
-use skein_models::inspect::{self, StrandFilter, StrandSummary};
+use skein_models::inspect::{self, StrandFilter, StrandState, StrandSummary};
 use skein_models::{archive, audit, semaphore, strand, Ubid};
 use uuid::Uuid;
 
@@ -60,9 +60,15 @@ async fn list(s: &Session, a: ListArgs) -> anyhow::Result<Reply> {
             bail!("no prog has a label {label:?}");
         }
     }
+    if a.state == Some(StrandState::Exited) {
+        return list_exited(s, a).await;
+    }
+    if a.since.is_some() || a.until.is_some() || a.exitval.is_some() {
+        bail!("--since, --until and --exitval filter exited strands by their exit: add --state exited");
+    }
     let filter = StrandFilter {
-        prog: a.prog,
-        label: a.label,
+        prog: a.prog.clone(),
+        label: a.label.clone(),
         state: a.state,
         min_try: a.min_try,
         parent: a.parent.as_deref().map(parse_id).transpose().context("--parent")?,
@@ -72,18 +78,55 @@ async fn list(s: &Session, a: ListArgs) -> anyhow::Result<Reply> {
         offset: (a.page - 1) * a.limit,
     };
     let (rows, total) = inspect::list(&mut *s.pool.acquire().await?, &filter).await?;
-    let first = filter.offset + 1;
-    let last = filter.offset + rows.len() as i64;
-    let pages = (total + a.limit - 1) / a.limit;
     let mut text = render::table(
         &["id", "prog", "label", "state", "schedule", "try", "last error"],
         &rows.iter().map(summary_row).collect::<Vec<_>>(),
     );
-    text.push_str(&match (rows.is_empty(), a.page < pages) {
+    text.push_str(&footer(rows.len(), total, &a));
+    let pages = (total + a.limit - 1) / a.limit;
+    Ok(Reply::new(text, json!({"strands": rows, "total": total, "page": a.page, "limit": a.limit, "pages": pages})))
+}
+
+/// "21-40 of 57; next: --page 3"
+fn footer(shown: usize, total: i64, a: &ListArgs) -> String {
+    let first = (a.page - 1) * a.limit + 1;
+    let last = first - 1 + shown as i64;
+    let pages = (total + a.limit - 1) / a.limit;
+    match (shown == 0, a.page < pages) {
         (true, _) => format!("no strands on page {} ({total} match)", a.page),
         (false, true) => format!("{first}-{last} of {total}; next: --page {}", a.page + 1),
         (false, false) => format!("{first}-{last} of {total}"),
-    });
+    }
+}
+
+/// Exited strands: top-level ones from the archive, children still waiting
+/// for their parent from the hot table; latest exit first.
+async fn list_exited(s: &Session, a: ListArgs) -> anyhow::Result<Reply> {
+    if a.min_try.is_some() {
+        bail!("--min-try counts failures of live strands; an exited strand has none left");
+    }
+    let filter = archive::ExitedFilter {
+        prog: a.prog.clone(),
+        label: a.label.clone(),
+        parent: a.parent.as_deref().map(parse_id).transpose().context("--parent")?,
+        since: a.since,
+        until: a.until,
+        exitval_contains: a.exitval.clone(),
+        older_than_secs: a.older_than,
+        limit: a.limit,
+        offset: (a.page - 1) * a.limit,
+    };
+    let (rows, total) = archive::list_exited(&mut *s.pool.acquire().await?, &filter).await?;
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            let exited = r.exited_at.map(render::relative).unwrap_or("waiting for its parent".into());
+            vec![render::id(r.id), r.prog.clone(), r.label.clone(), exited, render::line(&r.exitval.to_string(), 60)]
+        })
+        .collect();
+    let mut text = render::table(&["id", "prog", "label", "exited", "exitval"], &cells);
+    text.push_str(&footer(rows.len(), total, &a));
+    let pages = (total + a.limit - 1) / a.limit;
     Ok(Reply::new(text, json!({"strands": rows, "total": total, "page": a.page, "limit": a.limit, "pages": pages})))
 }
 
@@ -304,13 +347,21 @@ fn check_semaphore(s: &Session, r: &StrandSummary, name: &str) -> anyhow::Result
     }
 }
 
-/// `+10m`, `90s`, or an absolute RFC 3339 time.
+/// `+10m`, `90s`, or an absolute RFC 3339 time, not in the past: a strand
+/// wanted now is woken (`strand wake`), and a past time is most likely a typo.
 fn parse_when(when: &str) -> anyhow::Result<DateTime<Utc>> {
-    if let Ok(t) = DateTime::parse_from_rfc3339(when) {
-        return Ok(t.with_timezone(&Utc));
+    let formats = "a time from now (+90s, +10m, +2h, +1d) or an RFC 3339 time (2026-11-22T10:00:00Z)";
+    let at = match DateTime::parse_from_rfc3339(when) {
+        Ok(t) => t.with_timezone(&Utc),
+        Err(_) => match parse_duration(when) {
+            Ok(secs) => Utc::now() + chrono::Duration::milliseconds((secs * 1000.0) as i64),
+            Err(_) => bail!("{when:?} is not a time: give {formats}"),
+        },
+    };
+    if at < Utc::now() - chrono::Duration::seconds(1) {
+        bail!("{when:?} is in the past; nothing changed: `strand wake` runs a strand now, or give {formats}");
     }
-    let secs = parse_duration(when).map_err(|e| anyhow!("{e}; or give an RFC 3339 time like 2026-11-22T10:00:00Z"))?;
-    Ok(Utc::now() + chrono::Duration::milliseconds((secs * 1000.0) as i64))
+    Ok(at)
 }
 
 /// Run one step here, under a lease like any worker's, and say what it did.
@@ -325,13 +376,16 @@ async fn step(s: &Session, id: &str, yes: bool) -> anyhow::Result<Reply> {
         .step_now(r.id)
         .await?
         .ok_or_else(|| anyhow!("strand {id} is leased by a worker (or exited just now); try again when its step is done"))?;
-    let flow = match &report.outcome {
-        // An error can be long and many lines; `strand show` has all of it.
-        Outcome::Failed { error, tries } => format!("FAILED (try {tries}): {}", render::line(error, 200)),
-        _ => report.flow(),
-    };
     let mut conn = s.pool.acquire().await?;
     audit::record(&mut conn, &s.operator, "step", Some(r.id), &json!({"label": report.label, "outcome": report.outcome})).await?;
+    let flow = match &report.outcome {
+        // An error can be long and many lines; `strand show` has all of it.
+        // A failed step is the command failing: its exit code says so.
+        Outcome::Failed { error, tries } => {
+            bail!("{} at {}: step FAILED (try {tries}): {}", report.prog, report.label, render::line(error, 200))
+        }
+        _ => report.flow(),
+    };
     let text = format!("{} at {}: {flow} ({} ms)", report.prog, report.label, report.micros / 1000);
     Ok(Reply::new(text, json!({"strand": report.strand, "prog": report.prog, "label": report.label, "outcome": report.outcome, "budded": report.budded, "micros": report.micros})))
 }
