@@ -58,6 +58,9 @@ pub async fn run(pool: &PgPool) -> anyhow::Result<()> {
         say("destroying the vm, then the host");
     }
     let cleaned = teardown(pool, made).await;
+    if let (Err(_), Err(e)) = (&result, &cleaned) {
+        say(format!("and removing what it made failed too: {e:#}"));
+    }
     result?;
     cleaned?;
     say("done: nothing of the vm or the local host is left on this machine");
