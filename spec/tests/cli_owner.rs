@@ -207,3 +207,26 @@ async fn key_files_are_refused_by_size_before_they_are_read() {
     }
     assert_eq!(c.i64("SELECT (SELECT count(*) FROM vm_host) + (SELECT count(*) FROM vm)").await, 0);
 }
+
+/// The case: a host added with a typo in its address never gets
+/// ready; destroying it (its strand runs, under a real worker) frees its
+/// name for the corrected add, and its row stays as history.
+#[tokio::test]
+async fn a_host_added_with_a_typo_is_destroyed_and_its_name_used_again() {
+    let c = Cli::new("typo").await;
+    let key = c.file("host.key", HOST_KEY);
+    let nothing_there = skein_spec::procs::free_port().to_string();
+    let add = |port: &str| c.ok(&["host", "add", "--name", "rack-1", "--address", "127.0.0.1", "--port", port, "--key-file", &key]);
+    let typo = add(&nothing_there)["id"].as_str().unwrap().to_string();
+    let worker = skein_spec::procs::Proc::respirate_env(&c.db.url(), &[], &[("SKEIN_SECRET_KEY", &"33".repeat(32))]);
+    assert!(c.refused(&["host", "add", "--name", "rack-1", "--address", "127.0.0.1", "--key-file", &key, "--yes"]).contains("a host with that name exists already"));
+    c.ok(&["host", "destroy", &typo]);
+    let until = Instant::now() + Duration::from_secs(60);
+    while c.i64(&format!("SELECT count(*) FROM vm_host WHERE state = 'destroyed' AND id = '{}'", typo.parse::<skein_models::Ubid>().unwrap().uuid())).await == 0 {
+        assert!(Instant::now() < until, "the typo host was never destroyed:\n{}", worker.log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let fixed = add("22")["id"].as_str().unwrap().to_string();
+    assert_ne!(fixed, typo);
+    assert_eq!(c.i64("SELECT count(*) FROM vm_host WHERE name = 'rack-1'").await, 2, "the destroyed one stays, as history");
+}
