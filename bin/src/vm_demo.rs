@@ -47,11 +47,14 @@ struct Made {
 }
 
 /// The demo, then its teardown. Names are fresh on every run, so it runs
-/// any number of times on one cluster; a failure is reported after what it
-/// made has been removed.
-pub async fn run(pool: &PgPool) -> anyhow::Result<()> {
+/// any number of times on one cluster; a failure, or `interrupted`
+/// completing first, is reported after what it made has been removed.
+pub async fn run(pool: &PgPool, interrupted: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
     let mut made = Made::default();
-    let result = demo(pool, &mut made).await;
+    let result = tokio::select! {
+        result = demo(pool, &mut made) => result,
+        () = interrupted => Err(anyhow::anyhow!("interrupted (Ctrl-C or SIGTERM)")),
+    };
     if let Err(e) = &result {
         say(format!("failed: {e:#}; removing what it made"));
     } else {

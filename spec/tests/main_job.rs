@@ -290,3 +290,33 @@ async fn skein_up_vm_demo_runs_twice_on_one_cluster_and_a_failed_one_cleans_up()
     assert!(keys.is_empty(), "no key file is left: {keys:?}");
     let _ = std::fs::remove_dir_all(&home);
 }
+
+/// Ctrl-C (here SIGTERM) while the VM demo runs: the demo stops and
+/// removes what it made (its host destroyed by its strand, the local sshd
+/// and its files gone) before `skein up` exits.
+#[tokio::test]
+async fn a_signal_during_the_vm_demo_removes_what_it_made_before_stopping() {
+    let db = TestDb::new().await;
+    let mut up = Up::start(&["--no-api", "--database-url", &db.url()], &[]);
+    let text = up.wait_for_line("learns the machine", std::time::Duration::from_secs(120));
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let files = text.split("its files under ").nth(1).and_then(|rest| rest.split(')').next()).expect("the host's directory").to_string();
+    assert!(std::path::Path::new(&files).exists());
+    assert!(Command::new("kill").args(["-TERM", &up.child.id().to_string()]).status().unwrap().success());
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    let exit = loop {
+        if let Some(s) = up.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(std::time::Instant::now() < until, "skein up never stopped:\n{}", up.stdout());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let out = up.stdout();
+    assert!(exit.success(), "{exit:?}\n{out}");
+    for line in ["stopping: the demo first removes what it made", "vm demo: failed: interrupted", "removing what it made"] {
+        assert!(out.contains(line), "missing {line:?} in:\n{out}");
+    }
+    let hosts: Vec<String> = sqlx::query_scalar("SELECT state FROM vm_host").fetch_all(&db.pool).await.unwrap();
+    assert_eq!(hosts, ["destroyed"], "no host is left looking usable");
+    assert!(!std::path::Path::new(&files).exists(), "{files} is removed");
+}
