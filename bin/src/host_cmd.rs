@@ -1,13 +1,35 @@
-//! `skein host add`: register a host and start the strand that prepares it
-//! (and with `--wait`, follow that strand until the host accepts VMs).
+//! `skein host add|drain|destroy` (and the console's `list` and `show`):
+//! register a host and start the strand that prepares it (with `--wait`,
+//! follow that strand until the host accepts VMs), or retire one. Each
+//! change is confirmed and audited in the transaction that makes it.
 
-use anyhow::Context;
+use anyhow::anyhow;
 use serde_json::json;
+use skein_models::{Ubid, UbidType};
 use skein_progs::host::{self, nexus, NewHost};
 use skein_progs::rules;
 
-use crate::console::{OpsOptions, Reply, Session};
+use crate::cli::{self, Change};
+use crate::console::{command::HostCmd, OpsOptions, Reply, Session};
 use crate::follow::Subject;
+use crate::signals::{self, HostAction};
+
+/// `skein host ...`: the console's host commands and the ones that retire a host.
+#[derive(clap::Subcommand, Debug)]
+pub enum HostCli {
+    #[command(flatten)]
+    Ops(HostCmd),
+    /// Take a host out of placement: no new VMs; those on it keep running.
+    Drain {
+        /// The host's id (vh...).
+        id: String,
+    },
+    /// Retire a host (refused while VMs that are not destroyed are on it).
+    Destroy {
+        /// The host's id (vh...).
+        id: String,
+    },
+}
 
 #[derive(clap::Args, Debug)]
 pub struct AddArgs {
@@ -17,8 +39,8 @@ pub struct AddArgs {
     /// Its address (IP or DNS name) as this control plane reaches it.
     #[arg(long)]
     pub address: String,
-    #[arg(long, default_value_t = 22)]
-    pub port: u16,
+    #[arg(long, default_value_t = 22, allow_negative_numbers = true)]
+    pub port: i64,
     #[arg(long, default_value = "root")]
     pub user: String,
     /// A private key the host already authorizes for --user; skein then
@@ -29,28 +51,68 @@ pub struct AddArgs {
     #[arg(long, default_value = "/var/lib/skein")]
     pub root_dir: String,
     /// Seconds between health checkups.
-    #[arg(long, default_value_t = 60)]
-    pub checkup_secs: u64,
+    #[arg(long, default_value_t = 60, allow_negative_numbers = true)]
+    pub checkup_secs: i64,
     #[command(flatten)]
     pub wait: crate::follow::WaitArgs,
 }
 
+/// `skein host ...`, printed.
+pub async fn run(cmd: HostCli, opts: OpsOptions) -> anyhow::Result<()> {
+    let (id, action) = match cmd {
+        HostCli::Ops(cmd) => return crate::console::run_one(crate::console::Ops::Host(cmd), opts).await,
+        HostCli::Drain { id } => (id, HostAction::Drain),
+        HostCli::Destroy { id } => (id, HostAction::Destroy),
+    };
+    let s = Session::open(&opts).await?;
+    signal(&s, &id, action, &opts).await?.print(opts.json);
+    Ok(())
+}
+
+async fn signal(s: &Session, id: &str, action: HostAction, opts: &OpsOptions) -> anyhow::Result<Reply> {
+    let host = Ubid::parse_as(id, UbidType::VmHost).map_err(|e| anyhow!("{e}"))?;
+    let row = skein_models::vm_host::get(&mut *s.pool.acquire().await?, host.uuid()).await?.ok_or_else(|| anyhow!("no host {id}"))?;
+    let (verb, audited) = match action {
+        HostAction::Drain => ("drain", "host-drain"),
+        HostAction::Destroy => ("destroy", "host-destroy"),
+    };
+    let mut change = Change::begin(&s.pool, &s.operator, opts.yes, &format!("{verb} host {} ({id})", row.name)).await?;
+    let now = signals::host(change.conn(), host.uuid(), action, "operator", &json!({"operator": s.operator})).await?;
+    change.commit(audited, Some(host.uuid()), &json!({"name": now.name})).await?;
+    let text = match action {
+        HostAction::Drain => format!("host {} draining: no new VMs are placed on it; its VMs keep running", now.name),
+        HostAction::Destroy => format!("host {} is being destroyed by its strand (`skein host show {id}`)", now.name),
+    };
+    Ok(Reply::new(text, json!({"id": host, "name": now.name, "state": now.state})))
+}
+
 pub async fn add(s: &Session, args: AddArgs, opts: &OpsOptions) -> anyhow::Result<Reply> {
-    let key = std::fs::read_to_string(&args.key_file).with_context(|| format!("reading {}", args.key_file.display()))?;
+    // Everything that can be checked without the key first, then the key
+    // file (bounded), then the key itself: the API's rules, in its order.
+    let cli_error = |e: rules::Invalid| anyhow!(e.cli_message());
+    rules::host_name(&args.name).map_err(cli_error)?;
+    rules::host_address(&args.address).map_err(cli_error)?;
+    rules::root_dir(&args.root_dir).map_err(cli_error)?;
+    rules::in_range("port", args.port, rules::HOST_PORT).map_err(cli_error)?;
+    rules::host_checkup_secs(args.checkup_secs).map_err(cli_error)?;
+    let key = cli::read_small_file(&args.key_file, cli::KEY_FILE_MAX, "--key-file")?;
     let secret = crate::worker::secret_key()?;
-    let mut tx = s.pool.begin().await?;
     let new = NewHost {
         name: &args.name,
         address: &args.address,
-        port: args.port,
+        port: args.port as u16, // in range: checked above
         user: &args.user,
         bootstrap_private_key: &key,
         root_dir: &args.root_dir,
     };
-    rules::new_host(&new).map_err(|e| anyhow::anyhow!(e.cli_message()))?;
-    let frame = nexus::Frame { checkup_secs: args.checkup_secs, ..Default::default() };
-    let id = host::add(&mut tx, &secret, &new, frame).await.map_err(rules::explain)?;
-    tx.commit().await?;
+    rules::new_host(&new).map_err(cli_error)?;
+    let what = format!("add host {} at {}@{}:{} (root {})", args.name, args.user, args.address, args.port, args.root_dir);
+    let mut change = Change::begin(&s.pool, &s.operator, opts.yes, &what).await?;
+    let frame = nexus::Frame { checkup_secs: args.checkup_secs as u64, ..Default::default() };
+    let id = host::add(change.conn(), &secret, &new, frame).await.map_err(rules::explain)?;
+    skein_models::event::record(change.conn(), id.uuid(), "added", "operator", &json!({"operator": s.operator})).await?;
+    let detail = json!({"name": args.name, "address": args.address, "port": args.port, "user": args.user, "root_dir": args.root_dir});
+    change.commit("host-add", Some(id.uuid()), &detail).await?;
     let added = format!("host {} added as {id}", args.name);
     if !args.wait.wait {
         let text = format!("{added}; its strand prepares it (`skein host show {id}`, or add --wait)");

@@ -14,13 +14,16 @@
 //!   [`project_cmd`], [`token_cmd`]: `skein api`, `skein project`, `skein token`.
 //! - [`console`]: the operator console and the `skein strand|page|host|vm|ubid|audit`
 //!   commands; [`host_cmd`], [`vm_cmd`]: adding hosts and creating VMs;
-//!   [`follow`]: following a strand live (`--wait`).
+//!   [`follow`]: following a strand live (`--wait`); [`cli`]: what every CLI
+//!   change shares (confirm, audit, bounded file reads); [`signals`]: what
+//!   a VM or host can be asked to do in which state (API and CLI alike).
 
 pub mod api;
 pub mod api_cmd;
 pub mod bench;
 pub mod bench_api;
 pub mod bench_takeover;
+pub mod cli;
 pub mod console;
 pub mod embedded;
 pub mod follow;
@@ -29,6 +32,7 @@ pub mod local_host;
 pub mod metrics;
 pub mod project_cmd;
 pub mod respirate;
+pub mod signals;
 pub mod token_cmd;
 pub mod up;
 pub mod vm_cmd;

@@ -6,7 +6,7 @@
 
 use clap::{Parser, Subcommand};
 use skein_bin::console::{self, Ops, OpsOptions};
-use skein_bin::{api_cmd, bench, embedded::Embedded, project_cmd, token_cmd, up, worker};
+use skein_bin::{api_cmd, bench, embedded::Embedded, host_cmd, project_cmd, token_cmd, up, vm_cmd, worker};
 
 #[derive(Parser, Debug)]
 #[command(name = "skein", version, about = "A Postgres-backed workflow engine and the VM control plane built on it")]
@@ -40,17 +40,17 @@ enum Command {
         #[command(flatten)]
         opts: OpsOptions,
     },
-    /// Hosts that run VMs: add, list, show.
+    /// Hosts that run VMs: add, list, show, drain, destroy.
     Host {
         #[command(subcommand)]
-        cmd: console::command::HostCmd,
+        cmd: host_cmd::HostCli,
         #[command(flatten)]
         opts: OpsOptions,
     },
-    /// VMs: create (and follow), list, show.
+    /// VMs: create (and follow), list, show, stop, start, restart, destroy.
     Vm {
         #[command(subcommand)]
-        cmd: console::command::VmCmd,
+        cmd: vm_cmd::VmCli,
         #[command(flatten)]
         opts: OpsOptions,
     },
@@ -80,34 +80,22 @@ enum Command {
     /// Projects (tenants): they own VMs and API tokens.
     Project {
         #[command(subcommand)]
-        action: ProjectAction,
+        cmd: project_cmd::ProjectCmd,
+        #[command(flatten)]
+        opts: OpsOptions,
     },
     /// API bearer tokens, for a project or an operator.
     Token {
         #[command(subcommand)]
-        action: TokenAction,
+        cmd: token_cmd::TokenCmd,
+        #[command(flatten)]
+        opts: token_cmd::TokenOpts,
     },
     /// Manage the embedded Postgres cluster (used when no --database-url is given).
     Db {
         #[command(subcommand)]
         action: DbAction,
     },
-}
-
-#[derive(Subcommand, Debug)]
-enum ProjectAction {
-    /// Make a project.
-    Create(project_cmd::CreateArgs),
-    /// List projects and their VM counts.
-    List(project_cmd::ListArgs),
-}
-
-#[derive(Subcommand, Debug)]
-enum TokenAction {
-    /// Make a token and print its secret (once).
-    Create(token_cmd::CreateArgs),
-    /// Revoke a token by id.
-    Revoke(token_cmd::RevokeArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -152,16 +140,14 @@ async fn tokio_main() -> anyhow::Result<()> {
         Command::Console(args) => console::run(args).await,
         Command::Strand { cmd, opts } => console::run_one(Ops::Strand(cmd), opts).await,
         Command::Page { cmd, opts } => console::run_one(Ops::Page(cmd), opts).await,
-        Command::Host { cmd, opts } => console::run_one(Ops::Host(cmd), opts).await,
-        Command::Vm { cmd, opts } => console::run_one(Ops::Vm(cmd), opts).await,
+        Command::Host { cmd, opts } => host_cmd::run(cmd, opts).await,
+        Command::Vm { cmd, opts } => vm_cmd::run(cmd, opts).await,
         Command::Ubid { id, opts } => console::run_one(Ops::Ubid { id }, opts).await,
         Command::Audit { target, limit, opts } => console::run_one(Ops::Audit { target, limit }, opts).await,
         Command::Workers { opts } => console::run_one(Ops::Workers, opts).await,
         Command::Api(args) => api_cmd::run(args).await,
-        Command::Project { action: ProjectAction::Create(args) } => project_cmd::create(args).await,
-        Command::Project { action: ProjectAction::List(args) } => project_cmd::list(args).await,
-        Command::Token { action: TokenAction::Create(args) } => token_cmd::create(args).await,
-        Command::Token { action: TokenAction::Revoke(args) } => token_cmd::revoke(args).await,
+        Command::Project { cmd, opts } => project_cmd::run(cmd, opts).await,
+        Command::Token { cmd, opts } => token_cmd::run(cmd, opts).await,
         Command::Db { action } => {
             let db = Embedded::from_env()?;
             tokio::task::spawn_blocking(move || match action {

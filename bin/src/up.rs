@@ -66,25 +66,34 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     println!();
 
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<anyhow::Result<Value>>();
+    // A signal while the demo runs first asks it to stop and remove what
+    // it made (which needs the workers), then stops; `finished` says when.
+    let (interrupt_tx, interrupt_rx) = tokio::sync::watch::channel(false);
+    let (finished_tx, mut finished_rx) = tokio::sync::watch::channel(args.no_demo);
     if !args.no_demo {
         let pool = pool.clone();
         let with_vm = !args.no_vm_demo;
         tokio::spawn(async move {
             let census = demo(&pool).await;
+            let mut interrupt_rx = interrupt_rx;
+            let interrupted = async move {
+                let _ = interrupt_rx.wait_for(|asked| *asked).await;
+            };
             let result = match census {
                 Ok(v) if with_vm => match crate::vm_demo::unavailable() {
                     Some(why) => {
                         println!("\nvm demo: skipped: {why}\n");
                         Ok(v)
                     }
-                    None => crate::vm_demo::run(&pool).await.map(|()| v),
+                    None => crate::vm_demo::run(&pool, interrupted).await.map(|()| v),
                 },
                 other => other,
             };
+            let _ = finished_tx.send(true);
             let _ = done_tx.send(result);
         });
     }
-    let exit_after_demo = args.exit_after_demo && !args.no_demo;
+    let (exit_after_demo, no_demo) = (args.exit_after_demo && !args.no_demo, args.no_demo);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let demo_watch = tokio::spawn(async move {
         let result = done_rx.await.unwrap_or_else(|_| Ok(Value::Null));
@@ -95,14 +104,32 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         }
         if exit_after_demo {
             let _ = stop_tx.send(());
+        } else if !no_demo {
+            println!("control plane: still serving (the API, the workers); Ctrl-C stops it\n");
         }
         result
     });
 
+    // Only a sent stop ends the run: the demo's end drops the sender
+    // unsent (unless --exit-after-demo), and then this waits for a signal.
     let shutdown = async move {
+        let stopped_by_demo = async {
+            if stop_rx.await.is_err() {
+                std::future::pending::<()>().await
+            }
+        };
         tokio::select! {
-            _ = worker::shutdown_signal() => {}
-            _ = stop_rx => {}
+            _ = worker::shutdown_signal() => {
+                if !*finished_rx.borrow() {
+                    println!("\nstopping: the demo first removes what it made (a second Ctrl-C stops at once)\n");
+                    let _ = interrupt_tx.send(true);
+                    tokio::select! {
+                        _ = finished_rx.wait_for(|done| *done) => {}
+                        _ = worker::shutdown_signal() => {}
+                    }
+                }
+            }
+            _ = stopped_by_demo => {}
         }
     };
     worker::run_dispatcher(pool, skein_progs::registry(), &args.worker, |d| d.on_step(print_step), shutdown).await?;

@@ -1,21 +1,49 @@
-//! `skein vm create`: a VM for a project, written with its strand in one
-//! transaction (and with `--wait`, followed until it runs).
+//! `skein vm create|stop|start|restart|destroy` (and the console's `list`
+//! and `show`): a VM for a project, written with its strand in one
+//! transaction (with `--wait`, followed until it runs), and the everyday
+//! requests to it. Each change is confirmed and audited in the transaction
+//! that makes it; what a VM can be asked in which state is `signals::vm`,
+//! as for the API.
 
-use anyhow::{anyhow, Context};
+use anyhow::anyhow;
 use serde_json::json;
-use skein_models::{project, Ubid, UbidType};
+use skein_models::{project, vm, Ubid, UbidType};
 use skein_progs::rules;
-use skein_progs::vm::{self as vms, nexus, Spec};
+use skein_progs::vm::{self as vms, console as vm_console, nexus, Spec};
 
-use crate::console::{OpsOptions, Reply, Session};
+use crate::cli::{self, Change};
+use crate::console::{command::VmCmd, OpsOptions, Reply, Session};
 use crate::follow::{self, Subject, WaitArgs};
+use crate::signals::{self, VmAction};
+
+/// `skein vm ...`: the console's VM commands and the everyday requests.
+#[derive(clap::Subcommand, Debug)]
+pub enum VmCli {
+    #[command(flatten)]
+    Ops(VmCmd),
+    /// Stop a running VM (it keeps its disk and its place on the host).
+    Stop { id: String },
+    /// Start a stopped VM.
+    Start { id: String },
+    /// Restart a running VM.
+    Restart { id: String },
+    /// Destroy a VM: its strand takes it off its host; the row stays as history.
+    Destroy { id: String },
+    /// The end of a VM's serial console (what the guest printed), read from its host.
+    Console {
+        id: String,
+        /// How many bytes of the end, at most 65536.
+        #[arg(long, default_value_t = 16 * 1024, value_parser = clap::value_parser!(u64).range(1..=65536))]
+        bytes: u64,
+    },
+}
 
 #[derive(clap::Args, Debug)]
 pub struct CreateArgs {
     /// The project (tenant) it belongs to, by name.
     #[arg(long)]
     pub project: String,
-    /// Its name, unique in the project (lowercase letters, digits, dashes).
+    /// Its name, unique among the project's live VMs (lowercase letters, digits, dashes).
     #[arg(long)]
     pub name: String,
     #[arg(long, default_value_t = 1)]
@@ -34,9 +62,62 @@ pub struct CreateArgs {
     pub wait: WaitArgs,
 }
 
+/// `skein vm ...`, printed.
+pub async fn run(cmd: VmCli, opts: OpsOptions) -> anyhow::Result<()> {
+    let (id, action) = match cmd {
+        VmCli::Ops(cmd) => return crate::console::run_one(crate::console::Ops::Vm(cmd), opts).await,
+        VmCli::Stop { id } => (id, VmAction::Stop),
+        VmCli::Start { id } => (id, VmAction::Start),
+        VmCli::Restart { id } => (id, VmAction::Restart),
+        VmCli::Destroy { id } => (id, VmAction::Destroy),
+        VmCli::Console { id, bytes } => {
+            let s = Session::open(&opts).await?;
+            console(&s, &id, bytes).await?.print(opts.json);
+            return Ok(());
+        }
+    };
+    let s = Session::open(&opts).await?;
+    signal(&s, &id, action, &opts).await?.print(opts.json);
+    Ok(())
+}
+
+async fn signal(s: &Session, id: &str, action: VmAction, opts: &OpsOptions) -> anyhow::Result<Reply> {
+    let vm_id = Ubid::parse_as(id, UbidType::Vm).map_err(|e| anyhow!("{e}"))?;
+    let row = vm::get(&mut *s.pool.acquire().await?, vm_id.uuid()).await?.ok_or_else(|| anyhow!("no vm {id}"))?;
+    let verb = action.verb();
+    let mut change = Change::begin(&s.pool, &s.operator, opts.yes, &format!("{verb} vm {} ({id})", row.name)).await?;
+    let (now, signalled) = signals::vm(change.conn(), vm_id.uuid(), action, "operator", &json!({"operator": s.operator})).await?;
+    let answer = json!({"id": vm_id, "name": now.name, "state": now.state, "desired_state": now.desired_state, "signalled": signalled});
+    if !signalled {
+        // Nothing changed, so there is nothing to audit.
+        return Ok(Reply::new(format!("vm {} already wants to be {}; nothing changed", now.name, now.desired_state), answer));
+    }
+    change.commit(&format!("vm-{verb}"), Some(vm_id.uuid()), &json!({"name": now.name})).await?;
+    Ok(Reply::new(format!("vm {}: {verb} asked; its strand does it (`skein vm show {id}`)", now.name), answer))
+}
+
+/// The console's tail; printed with control characters escaped, so a guest
+/// cannot rewrite the operator's terminal.
+async fn console(s: &Session, id: &str, bytes: u64) -> anyhow::Result<Reply> {
+    let vm_id = Ubid::parse_as(id, UbidType::Vm).map_err(|e| anyhow!("{e}"))?;
+    let row = vm::get(&mut *s.pool.acquire().await?, vm_id.uuid()).await?.ok_or_else(|| anyhow!("no vm {id}"))?;
+    let at = vm_console::locate(&mut *s.pool.acquire().await?, &crate::worker::secret_key()?, &row).await?;
+    let tail = vm_console::read(&skein_progs::ssh::SshPool::new(), &at, bytes, std::time::Duration::from_secs(15)).await?;
+    // A serial console ends its lines with \r\n; the rest of what it holds
+    // (terminal escapes included) is shown escaped by `Reply::print`.
+    let shown = tail.text.replace("\r\n", "\n");
+    let head = match (tail.size, tail.truncated) {
+        (0, _) => format!("vm {}: its console is empty so far", row.name),
+        (size, true) => format!("vm {}: the last {} of {size} bytes of its console:", row.name, tail.text.len()),
+        (size, false) => format!("vm {}: its console ({size} bytes):", row.name),
+    };
+    let answer = json!({"id": vm_id, "size": tail.size, "truncated": tail.truncated, "text": tail.text});
+    Ok(Reply::new(format!("{head}\n{shown}"), answer))
+}
+
 pub async fn create(s: &Session, args: CreateArgs, opts: &OpsOptions) -> anyhow::Result<Reply> {
     let key = match args.public_key.strip_prefix('@') {
-        Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading the public key from {path}"))?,
+        Some(path) => cli::read_small_file(path.as_ref(), cli::KEY_FILE_MAX, "--public-key")?,
         None => args.public_key.clone(),
     };
     let subnet = args.subnet.as_deref().map(|id| Ubid::parse_as(id, UbidType::Subnet)).transpose().map_err(|e| anyhow!("--subnet: {e}"))?;
@@ -49,12 +130,14 @@ pub async fn create(s: &Session, args: CreateArgs, opts: &OpsOptions) -> anyhow:
         subnet,
     };
     rules::vm_spec(&spec).map_err(|e| anyhow!(e.cli_message()))?;
-    let mut tx = s.pool.begin().await?;
-    let owner = project::by_name(&mut tx, &args.project)
+    let owner = project::by_name(&mut *s.pool.acquire().await?, &args.project)
         .await?
         .ok_or_else(|| anyhow!("no project {:?} (`skein project list` shows them)", args.project))?;
-    let id = vms::create(&mut tx, Ubid::from_uuid(owner.id), &spec, nexus::Frame::default()).await.map_err(|e| rules::explain(e.into()))?;
-    tx.commit().await?;
+    let what = format!("create vm {} in project {} ({} cores, {} MiB)", args.name, args.project, args.cores, args.memory_mib);
+    let mut change = Change::begin(&s.pool, &s.operator, opts.yes, &what).await?;
+    let id = vms::create(change.conn(), Ubid::from_uuid(owner.id), &spec, nexus::Frame::default()).await.map_err(|e| rules::explain(e.into()))?;
+    let detail = json!({"name": args.name, "project": args.project, "cores": args.cores, "memory_mib": args.memory_mib, "disk_mib": args.disk_mib});
+    change.commit("vm-create", Some(id.uuid()), &detail).await?;
     let made = format!("vm {} created as {id} in project {}", args.name, args.project);
     if !args.wait.wait {
         let text = format!("{made}; its strand places and starts it (`skein vm show {id}`, or add --wait)");

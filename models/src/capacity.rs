@@ -18,7 +18,7 @@ pub struct Size {
 
 /// Count one more VM against the project's quota. False if it is used up.
 pub async fn take_quota(conn: &mut PgConnection, project: Uuid) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query("UPDATE project SET vm_count = vm_count + 1 WHERE id = $1 AND vm_count < vm_quota")
+    let done = sqlx::query("UPDATE project SET vm_count = vm_count + 1 WHERE id = $1 AND vm_count < vm_quota AND deleted_at IS NULL")
         .bind(project)
         .execute(conn)
         .await?;

@@ -118,3 +118,9 @@ pub async fn page(conn: &mut PgConnection, project: Option<Uuid>, after: Option<
     .fetch_all(conn)
     .await
 }
+
+/// The VM, locked until the caller's transaction ends, so two requests to
+/// change it (stop, start, destroy) are decided one after the other.
+pub async fn get_for_update(conn: &mut PgConnection, id: Uuid) -> Result<Option<Vm>, sqlx::Error> {
+    sqlx::query_as(&format!("SELECT {COLUMNS} FROM vm WHERE id = $1 FOR UPDATE")).bind(id).fetch_optional(conn).await
+}

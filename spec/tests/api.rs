@@ -142,8 +142,8 @@ async fn invalid_creates_are_refused_with_a_clear_code_and_write_nothing() {
         (with("public_key", json!(format!("{PUBLIC_KEY}\nssh-ed25519 AAAA evil"))), 422, "invalid_field", "public_key must be one line"),
         (with("subnet", json!("vm123")), 422, "invalid_field", "subnet must be a private subnet id"),
         (with("subnet", json!(Ubid::generate(UbidType::Subnet).to_string())), 422, "invalid_field", "is not a private subnet of this project"),
-        (json!([1, 2]), 400, "invalid_body", "invalid type"),
-        (json!(null), 400, "invalid_body", "invalid type"),
+        (json!([1, 2]), 400, "invalid_body", "must be a JSON object"),
+        (json!(null), 400, "invalid_body", "must be a JSON object"),
     ];
     for (body, status, code, words) in cases {
         let r = api.post("/v1/vms", &token, &body).await;

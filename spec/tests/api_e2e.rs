@@ -84,13 +84,45 @@ async fn a_vm_is_created_followed_and_destroyed_through_the_api_and_the_host_dra
     let as_operator = api.get(&vm, &operator).await;
     assert_eq!(as_operator.body["host"], added.id().as_str(), "operators see where it runs");
 
+    // Its console: what the guest printed while it booted, to its owner only.
+    let console = api.get(&format!("{vm}/console"), &alpha).await;
+    console.assert(200, "");
+    assert!(console.body["text"].as_str().unwrap().contains("skein-guest: ready"), "{}", console.body);
+    assert!(console.body["size"].as_u64().unwrap() > 0);
+    let short = api.get(&format!("{vm}/console?bytes=10"), &alpha).await;
+    assert_eq!((short.body["text"].as_str().unwrap().len(), short.body["truncated"].as_bool()), (10, Some(true)), "{}", short.body);
+    invisible(api.get(&format!("{vm}/console"), &beta).await);
+    let out = Command::new(skein_spec::binary("skein"))
+        .args(["vm", "console", &created.id(), "--bytes", "65536", "--database-url", &w.db.url()])
+        .env("SKEIN_SECRET_KEY", w.secret.to_hex())
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && printed.contains("skein-guest: ready"), "{printed}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!printed.contains('\u{1b}'), "terminal escapes are shown escaped");
+
+    // Restart, stop, start: each done by its strand; what cannot be done now is refused.
+    let action = |verb: &str| format!("{vm}/{verb}");
+    let has_event = |b: &Value, kind: &str| b["events"].as_array().unwrap().iter().any(|e| e["kind"] == kind);
+    api.call("POST", &action("restart"), Some(&alpha), None).await.assert(202, "");
+    poll(&api, &progress, &alpha, "restarted", Duration::from_secs(180), &worker, |b| b["state"] == "running" && has_event(b, "restarting")).await;
+    api.call("POST", &action("stop"), Some(&alpha), None).await.assert(202, "");
+    poll(&api, &progress, &alpha, "stopped", Duration::from_secs(60), &worker, state_is("stopped")).await;
+    api.call("POST", &action("restart"), Some(&alpha), None).await.assert(409, "vm_not_running");
+    api.call("POST", &action("start"), Some(&alpha), None).await.assert(202, "");
+    poll(&api, &progress, &alpha, "running again", Duration::from_secs(180), &worker, |b| b["state"] == "running" && has_event(b, "starting")).await;
+
     invisible(api.delete(&vm, &beta).await);
     assert_eq!(api.get(&vm, &alpha).await.body["state"], "running", "beta's DELETE did nothing");
     api.delete(&vm, &alpha).await.assert(202, "");
     let done = poll(&api, &progress, &alpha, "destroyed", Duration::from_secs(60), &worker, state_is("destroyed")).await;
     invisible(api.get(&vm, &beta).await);
     let kinds: Vec<&str> = done["events"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["created", "placed", "launched", "running", "destroy-requested", "destroyed"]);
+    assert_eq!(kinds[..4], ["created", "placed", "launched", "running"]);
+    assert_eq!(kinds[kinds.len() - 2..], ["destroy-requested", "destroyed"]);
+    for kind in ["restart-requested", "restarting", "stop-requested", "stopped", "start-requested", "starting"] {
+        assert!(kinds.contains(&kind), "{kind} in {kinds:?}");
+    }
     assert!(!done.to_string().contains(&added.id()), "a project is not told which host ran its VM: {done}");
     let seen_by_operator = api.get(&progress, &operator).await;
     assert!(seen_by_operator.body.to_string().contains(&added.id()), "operators are");
@@ -108,6 +140,9 @@ async fn a_vm_is_created_followed_and_destroyed_through_the_api_and_the_host_dra
     assert_eq!(back["state"], "draining", "a drained host stays drained after an outage");
     let p = api.get(&format!("/v1/vms/{waiting}/progress"), &alpha).await;
     assert_eq!(p.body["state"], "waiting", "nothing is placed on a draining host: {}", p.body);
+    // A VM waiting for a host cannot be stopped yet, nor show a console: said at once.
+    api.call("POST", &format!("/v1/vms/{waiting}/stop"), Some(&alpha), None).await.assert(409, "vm_not_placed");
+    api.get(&format!("/v1/vms/{waiting}/console"), &alpha).await.assert(409, "vm_not_placed");
 
     // Destroyed once nothing runs there.
     api.delete(&format!("/v1/vms/{waiting}"), &alpha).await.assert(202, "");
@@ -142,11 +177,11 @@ async fn skein_up_serves_the_api_and_skein_token_makes_and_revokes_tokens() {
     let url = db.url();
     let env = [("SKEIN_SECRET_KEY", "22".repeat(32))];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let made: Value = serde_json::from_str(&skein(&["project", "create", "acme", "--vm-quota", "2", "--json", "--database-url", &url], &env)).unwrap();
+    let made: Value = serde_json::from_str(&skein(&["project", "create", "acme", "--vm-quota", "2", "--json", "--yes", "--database-url", &url], &env)).unwrap();
     assert!(made["id"].as_str().unwrap().starts_with("pj"));
     assert!(skein(&["project", "list", "--database-url", &url], &env).contains("acme"));
     let token: Value =
-        serde_json::from_str(&skein(&["token", "create", "--project", "acme", "--name", "ci", "--json", "--database-url", &url], &env)).unwrap();
+        serde_json::from_str(&skein(&["token", "create", "--project", "acme", "--name", "ci", "--json", "--yes", "--database-url", &url], &env)).unwrap();
     let secret = token["token"].as_str().unwrap().to_string();
     assert!(secret.starts_with("skein_"));
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM api_token WHERE hash = sha256($1::text::bytea)")
@@ -175,7 +210,7 @@ async fn skein_up_serves_the_api_and_skein_token_makes_and_revokes_tokens() {
     let (status, list) = http(&addr, "GET", "/v1/vms", Some(&secret));
     assert_eq!((status, &list), (200, &json!({"items": [], "next": null})));
 
-    let revoked = skein(&["token", "revoke", token["id"].as_str().unwrap(), "--database-url", &url], &env);
+    let revoked = skein(&["token", "revoke", token["id"].as_str().unwrap(), "--yes", "--database-url", &url], &env);
     assert!(revoked.contains("revoked"), "{revoked}");
     let (status, err) = http(&addr, "GET", "/v1/vms", Some(&secret));
     assert_eq!((status, err["error"]["code"].as_str()), (401, Some("unauthenticated")));

@@ -272,7 +272,8 @@ async fn hosts_vms_and_ubids_show_their_strands_and_events() {
     let shown = c.text(&["host", "show", &host.to_string()]);
     assert!(shown.contains("rack-1 (new)") && shown.contains("Vm::HostNexus at Start (due"), "{shown}");
 
-    let out = c.text(&["vm", "create", "--project", "acme", "--name", "web-1", "--public-key", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDq0 me"]);
+    let key = skein_spec::api::PUBLIC_KEY;
+    let out = c.text(&["vm", "create", "--project", "acme", "--name", "web-1", "--public-key", key, "--yes"]);
     assert!(out.contains("vm web-1 created as vm"), "{out}");
     let vms = c.json(&["vm", "list", "--project", "acme"]);
     let vm_id = vms["vms"][0]["vm"]["id"].as_str().unwrap().to_string();
@@ -285,9 +286,9 @@ async fn hosts_vms_and_ubids_show_their_strands_and_events() {
     assert!(c.text(&["vm", "show", &vm_id]).contains("Vm::Nexus at Start"));
 
     // Refused creates write nothing.
-    assert!(c.refused(&["vm", "create", "--project", "acme", "--name", "web-2", "--cores", "0", "--public-key", "ssh-ed25519 AAAA"]).contains("--cores must be between 1 and 64"));
-    assert!(c.refused(&["vm", "create", "--project", "nope", "--name", "web-2", "--public-key", "ssh-ed25519 AAAA"]).contains("no project \"nope\""));
-    assert!(c.refused(&["vm", "create", "--project", "acme", "--name", "web-1", "--public-key", "ssh-ed25519 AAAA"]).contains("exists"));
+    assert!(c.refused(&["vm", "create", "--project", "acme", "--name", "web-2", "--cores", "0", "--public-key", key, "--yes"]).contains("--cores must be between 1 and 64"));
+    assert!(c.refused(&["vm", "create", "--project", "nope", "--name", "web-2", "--public-key", key, "--yes"]).contains("no project \"nope\""));
+    assert!(c.refused(&["vm", "create", "--project", "acme", "--name", "web-1", "--public-key", key, "--yes"]).contains("exists"));
     assert_eq!(c.sql_i64("SELECT count(*) FROM vm").await, 1);
     assert_eq!(c.sql_i64("SELECT vm_count::int8 FROM project").await, 1, "refused creates took no quota");
 

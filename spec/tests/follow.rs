@@ -13,7 +13,7 @@ use skein_spec::world::World;
 fn skein(w: &World, args: &[&str]) -> Output {
     Command::new(skein_spec::binary("skein"))
         .args(args)
-        .args(["--database-url", &w.db.url()])
+        .args(["--database-url", &w.db.url(), "--yes"])
         .env("SKEIN_SECRET_KEY", w.secret.to_hex())
         .output()
         .expect("run skein")
@@ -85,7 +85,7 @@ async fn host_add_and_vm_create_wait_follow_their_strands_to_the_end() {
     let huge = String::from_utf8_lossy(&out.stdout).split_whitespace().skip_while(|w| *w != "as").nth(1).unwrap().to_string();
 
     for id in [&vm_id, &huge] {
-        stdout_of(&skein(&w, &["strand", "destroy", id, "--yes"]), "strand destroy");
+        stdout_of(&skein(&w, &["strand", "destroy", id]), "strand destroy");
     }
     for id in [&vm_id, &huge] {
         wait_destroyed(&w, id).await;

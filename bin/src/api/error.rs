@@ -6,10 +6,12 @@
 //! Codes: `invalid_json`, `invalid_body`, `invalid_query`, `invalid_header`
 //! (400); `unauthenticated` (401); `forbidden` (403); `not_found`,
 //! `route_not_found` (404); `method_not_allowed` (405); `conflict`,
-//! `quota_exceeded`, `subnet_full`, `host_has_vms`, `host_destroyed` (409);
+//! `quota_exceeded`, `subnet_full`, `host_has_vms`, `host_destroyed`,
+//! `vm_destroyed`, `vm_not_placed`, `vm_not_running` (409);
 //! `body_too_large` (413); `unsupported_media_type` (415); `invalid_field`,
 //! `idempotency_key_reused` (422); `internal` (500); `timeout` (503: not
-//! answered within the server's request timeout, nothing committed).
+//! answered within the server's request timeout, nothing committed),
+//! `host_unreachable` (503: a VM's host does not answer, for its console).
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -89,6 +91,17 @@ impl From<Refusal> for ApiError {
         match r {
             Refusal::Conflict(why) => ApiError::conflict("conflict", why),
             Refusal::Invalid(i) => i.into(),
+        }
+    }
+}
+
+impl From<crate::signals::Refused> for ApiError {
+    fn from(r: crate::signals::Refused) -> ApiError {
+        use crate::signals::Refused;
+        match r {
+            Refused::NotFound(what) => ApiError::not_found(what),
+            Refused::Conflict { code, message } => ApiError::conflict(code, message),
+            Refused::Failed(e) => ApiError::from_anyhow(e),
         }
     }
 }

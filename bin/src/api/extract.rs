@@ -1,13 +1,14 @@
 //! Reading requests strictly, with every refusal in the API's error shape:
-//! a JSON body (content type, size, syntax, then shape: unknown fields are
-//! refused by the request types), a path id, a query string, and the
-//! pagination parameters every list takes.
+//! a JSON body (content type, size, syntax, one object with each key once,
+//! then shape: unknown fields are refused by the request types), a path id,
+//! a query string, and the pagination parameters every list takes.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, Error as _, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 use serde::Serialize;
 use serde_json::Value;
 use skein_models::{Ubid, UbidType};
@@ -38,10 +39,84 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", format!("could not read the body: {r}"))
             }
         })?;
-        let json: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the body is not JSON: {e}")))?;
+        let json = strict_json(&bytes).map_err(|e| match e.to_string().starts_with(DUPLICATE) {
+            true => ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", format!("the body has a {e}: send each key once")),
+            false => ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("the body is not JSON: {e}")),
+        })?;
+        if !json.is_object() {
+            // serde would take an array for a struct, field by position.
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", "the body must be a JSON object ({...})"));
+        }
         let value = T::deserialize(&json).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_body", format!("{e}")))?;
         Ok(JsonBody { value, json })
+    }
+}
+
+const DUPLICATE: &str = "duplicate key";
+
+/// JSON as a value, refusing an object that has a key twice (anywhere):
+/// serde_json would keep the last, so a body could say two things at once.
+pub fn strict_json(bytes: &[u8]) -> Result<Value, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = Strict::deserialize(&mut de)?.0;
+    de.end()?;
+    Ok(value)
+}
+
+struct Strict(Value);
+
+impl<'de> Deserialize<'de> for Strict {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Strict, D::Error> {
+        d.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Strict(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if object.contains_key(&key) {
+                return Err(A::Error::custom(format!("{DUPLICATE} {key:?}")));
+            }
+            let Strict(v) = map.next_value()?;
+            object.insert(key, v);
+        }
+        Ok(Value::Object(object))
     }
 }
 

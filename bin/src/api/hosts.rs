@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use skein_models::vm_host::{self, VmHost};
-use skein_models::{event, sshable, vm, Ubid, UbidType};
+use skein_models::{event, sshable, Ubid, UbidType};
 use skein_progs::host::{self, nexus, NewHost};
 use skein_progs::rules;
 use sqlx::PgConnection;
@@ -19,8 +19,7 @@ use super::auth::Auth;
 use super::error::ApiError;
 use super::extract::{ApiQuery, JsonBody, Page, PageReq, PathId};
 use super::{idempotency, ApiState};
-
-pub const CHECKUP_SECS: (i64, i64) = (1, 86_400);
+use crate::signals::{self, HostAction};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -114,8 +113,8 @@ async fn find(conn: &mut PgConnection, id: &PathId) -> Result<VmHost, ApiError> 
 pub async fn add(State(st): State<ApiState>, auth: Auth, headers: HeaderMap, body: JsonBody<AddHost>) -> Result<Response, ApiError> {
     auth.operator()?;
     let req = &body.value;
-    rules::in_range("port", req.port, (1, 65_535))?;
-    rules::in_range("checkup_secs", req.checkup_secs, CHECKUP_SECS)?;
+    rules::in_range("port", req.port, rules::HOST_PORT)?;
+    rules::host_checkup_secs(req.checkup_secs)?;
     let new = NewHost {
         name: &req.name,
         address: &req.address,
@@ -171,49 +170,20 @@ pub async fn get(State(st): State<ApiState>, auth: Auth, id: PathId) -> Result<J
 
 /// `POST /v1/hosts/{id}/drain`: its strand stops placements on it; 202.
 pub async fn drain(State(st): State<ApiState>, auth: Auth, id: PathId) -> Result<(StatusCode, Json<HostView>), ApiError> {
-    auth.operator()?;
-    signal(&st, &auth, &id, "drain", |_| Ok(())).await
+    signal(&st, &auth, &id, HostAction::Drain).await
 }
 
 /// `DELETE /v1/hosts/{id}`: its strand retires it; 202. Refused while VMs
 /// that are not destroyed are placed on it: destroy those first.
 pub async fn destroy(State(st): State<ApiState>, auth: Auth, id: PathId) -> Result<(StatusCode, Json<HostView>), ApiError> {
-    auth.operator()?;
-    signal(&st, &auth, &id, "destroy", |vms| match vms {
-        0 => Ok(()),
-        n => Err(ApiError::conflict("host_has_vms", format!("{n} VMs are on this host; destroy them first"))),
-    })
-    .await
+    signal(&st, &auth, &id, HostAction::Destroy).await
 }
 
-/// Increment `semaphore` on the host's strand (after `allowed` agrees, given
-/// how many VMs are on it) and record who asked, in one transaction.
-async fn signal(
-    st: &ApiState,
-    auth: &Auth,
-    id: &PathId,
-    semaphore: &str,
-    allowed: impl Fn(usize) -> Result<(), ApiError>,
-) -> Result<(StatusCode, Json<HostView>), ApiError> {
-    let mut tx = st.pool.begin().await?;
+async fn signal(st: &ApiState, auth: &Auth, id: &PathId, action: HostAction) -> Result<(StatusCode, Json<HostView>), ApiError> {
+    auth.operator()?;
     let host = id.parse(UbidType::VmHost)?;
-    // Locked, so no VM is placed on it between counting its VMs and
-    // (for destroy) taking it out of placement.
-    let row = vm_host::get_for_update(&mut tx, host.uuid()).await?.ok_or_else(|| ApiError::not_found("host"))?;
-    if row.state == "destroyed" {
-        return Err(ApiError::conflict("host_destroyed", "this host is destroyed"));
-    }
-    allowed(vm::on_host(&mut tx, row.id).await?.len())?;
-    let host_id = Ubid::from_uuid(row.id);
-    if !skein_engine::enqueue::incr(&mut tx, host_id, semaphore).await.map_err(ApiError::from_anyhow)? {
-        return Err(ApiError::conflict("host_destroyed", "this host's strand has ended"));
-    }
-    if semaphore == "destroy" && row.state == "accepting" {
-        // Its strand destroys it soon, but until then no VM may land on it.
-        vm_host::set_state(&mut tx, row.id, "draining").await?;
-    }
-    event::record(&mut tx, row.id, &format!("{semaphore}-requested"), auth.actor(), &json!({"token": auth.token})).await?;
-    let row = vm_host::get(&mut tx, row.id).await?.ok_or_else(|| ApiError::not_found("host"))?;
+    let mut tx = st.pool.begin().await?;
+    let row = signals::host(&mut tx, host.uuid(), action, auth.actor(), &json!({"token": auth.token})).await?;
     let view = view(&mut tx, row).await?;
     tx.commit().await?;
     Ok((StatusCode::ACCEPTED, Json(view)))

@@ -20,6 +20,7 @@ use super::auth::{Auth, Caller};
 use super::error::ApiError;
 use super::extract::{ApiQuery, JsonBody, Page, PageReq, PathId};
 use super::{idempotency, ApiState};
+use crate::signals::{self, VmAction};
 
 /// How many recent events `/progress` shows.
 pub const PROGRESS_EVENTS: i64 = 20;
@@ -75,7 +76,7 @@ fn view(v: Vm, auth: &Auth) -> VmView {
 }
 
 /// The VM `id` if this caller may see it; 404 otherwise, whichever the reason.
-async fn visible(conn: &mut PgConnection, auth: &Auth, id: &PathId) -> Result<Vm, ApiError> {
+pub(super) async fn visible(conn: &mut PgConnection, auth: &Auth, id: &PathId) -> Result<Vm, ApiError> {
     let id = id.parse(UbidType::Vm)?;
     match vm::get(conn, id.uuid()).await? {
         Some(v) if auth.sees(v.project_id) => Ok(v),
@@ -165,17 +166,30 @@ pub async fn get(State(st): State<ApiState>, auth: Auth, id: PathId) -> Result<J
 
 /// `DELETE /v1/vms/{id}`: ask its strand to destroy it; 202 at once. The row
 /// stays, in state `destroyed` once the strand is done. Repeating is harmless.
-pub async fn destroy(State(st): State<ApiState>, auth: Auth, id: PathId) -> Result<(StatusCode, Json<VmView>), ApiError> {
+pub async fn destroy(st: State<ApiState>, auth: Auth, id: PathId) -> Result<(StatusCode, Json<VmView>), ApiError> {
+    signal(st, auth, id, VmAction::Destroy).await
+}
+
+/// `POST /v1/vms/{id}/stop`: 202; the VM keeps its disk and its place.
+/// 409 `vm_not_placed` while it still waits for a host.
+pub async fn stop(st: State<ApiState>, auth: Auth, id: PathId) -> Result<(StatusCode, Json<VmView>), ApiError> {
+    signal(st, auth, id, VmAction::Stop).await
+}
+
+/// `POST /v1/vms/{id}/start`: 202; a stopped VM boots again.
+pub async fn start(st: State<ApiState>, auth: Auth, id: PathId) -> Result<(StatusCode, Json<VmView>), ApiError> {
+    signal(st, auth, id, VmAction::Start).await
+}
+
+/// `POST /v1/vms/{id}/restart`: 202; only a running VM (409 `vm_not_running` otherwise).
+pub async fn restart(st: State<ApiState>, auth: Auth, id: PathId) -> Result<(StatusCode, Json<VmView>), ApiError> {
+    signal(st, auth, id, VmAction::Restart).await
+}
+
+async fn signal(State(st): State<ApiState>, auth: Auth, id: PathId, action: VmAction) -> Result<(StatusCode, Json<VmView>), ApiError> {
     let mut tx = st.pool.begin().await?;
     let row = visible(&mut tx, &auth, &id).await?;
-    if row.state != "destroyed" && row.desired_state != "destroyed" {
-        let id = Ubid::from_uuid(row.id);
-        if skein_engine::enqueue::incr(&mut tx, id, "destroy").await.map_err(ApiError::from_anyhow)? {
-            vm::set_desired(&mut tx, row.id, "destroyed").await?;
-            event::record(&mut tx, row.id, "destroy-requested", auth.actor(), &json!({"token": auth.token})).await?;
-        }
-    }
-    let row = vm::get(&mut tx, row.id).await?.ok_or_else(|| ApiError::not_found("vm"))?;
+    let (row, _) = signals::vm(&mut tx, row.id, action, auth.actor(), &json!({"token": auth.token})).await?;
     tx.commit().await?;
     Ok((StatusCode::ACCEPTED, Json(view(row, &auth))))
 }

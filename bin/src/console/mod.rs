@@ -17,7 +17,7 @@ mod strands;
 use clap::Parser;
 
 pub use command::Ops;
-pub use session::{OpsOptions, Reply, Session};
+pub use session::{confirm, OpsOptions, Reply, Session};
 
 #[derive(clap::Args, Debug)]
 pub struct ConsoleArgs {

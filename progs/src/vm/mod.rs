@@ -1,5 +1,7 @@
-//! The VM family: `Vm::Nexus`, a VM's lifecycle on a host, and creating one.
+//! The VM family: `Vm::Nexus`, a VM's lifecycle on a host, creating one, and
+//! reading its console ([`console`]).
 
+pub mod console;
 pub mod nexus;
 
 use skein_models::capacity;
