@@ -140,6 +140,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 }
 
 fn print_step(r: &StepReport) {
+    crate::metrics::record_step(r);
     let at = chrono::Local::now().format("%H:%M:%S%.3f");
     println!("{at}  {}  {:<14} {:<7} {}", r.strand, r.prog, r.label, r.flow());
 }
