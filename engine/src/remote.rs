@@ -35,16 +35,22 @@ pub fn check(what: impl FnOnce() -> String) -> Result<(), HeldDatabase> {
     }
 }
 
-/// Run a label under a step probe; the second value is the first remote
-/// call it made while holding the database, if any (always None in release).
-pub(crate) async fn watch<F: std::future::Future>(prog: &str, label: &str, label_run: F) -> (F::Output, Option<HeldDatabase>) {
+/// Run a label under a step probe (`tx_open`: the runner began the step's
+/// transaction before it); the second value is the first remote call it
+/// made while holding the database, if any (always None in release).
+pub(crate) async fn watch<F: std::future::Future>(
+    prog: &str,
+    label: &str,
+    tx_open: bool,
+    label_run: F,
+) -> (F::Output, Option<HeldDatabase>) {
     #[cfg(debug_assertions)]
     {
-        probe::watch(prog, label, label_run).await
+        probe::watch(prog, label, tx_open, label_run).await
     }
     #[cfg(not(debug_assertions))]
     {
-        let _ = (prog, label);
+        let _ = (prog, label, tx_open);
         (label_run.await, None)
     }
 }
@@ -112,11 +118,16 @@ mod probe {
         found.map_or(Ok(()), Err)
     }
 
-    pub(super) async fn watch<F: std::future::Future>(prog: &str, label: &str, label_run: F) -> (F::Output, Option<HeldDatabase>) {
+    pub(super) async fn watch<F: std::future::Future>(
+        prog: &str,
+        label: &str,
+        tx_open: bool,
+        label_run: F,
+    ) -> (F::Output, Option<HeldDatabase>) {
         let probe = Arc::new(Probe {
             prog: prog.to_string(),
             label: label.to_string(),
-            tx_open: AtomicBool::new(false),
+            tx_open: AtomicBool::new(tx_open),
             reads: AtomicIsize::new(0),
             first: Mutex::new(None),
         });

@@ -406,8 +406,9 @@ impl Runner {
                     children_nap: self.config.children_nap.as_secs_f64(),
                     resources: self.resources.clone(),
                 };
+                let tx_open = open.is_some();
                 let run = runs.run(Tx::new(&self.pool, &mut open), &mut st, &label, stack.top());
-                let (ran, held) = remote::watch(&prog, &label, run).await;
+                let (ran, held) = remote::watch(&prog, &label, tx_open, run).await;
                 if let Some(held) = held {
                     return Err(StepError::Label(held.into()));
                 }
