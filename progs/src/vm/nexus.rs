@@ -229,8 +229,10 @@ async fn status(cx: &Ctx<'_, Nexus>, host: &Host, vm: &Vm) -> anyhow::Result<Val
 
 /// Wait until the guest's SSH answers through the host.
 async fn wait_boot(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
+    // Read: the VM's row, then its host's; each connection is given back at once.
     let vm = load(cx).await?;
     let host = host_of(cx, &vm).await?;
+    // Ask the host, holding nothing.
     let now = status(cx, &host, &vm).await?;
     if now["running"] != json!(true) {
         return hop(Label::Launch);
@@ -238,6 +240,7 @@ async fn wait_boot(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
     if now["ssh_ready"] != json!(true) {
         return nap(1);
     }
+    // Write, at the end: commits with the hop, or not at all.
     vm::set_state(cx.tx.conn().await?, vm.id, "running").await?;
     cx.frame.launch_failures = 0;
     cx.resolve_page(&format!("vm-launch:{}", Ubid::from_uuid(vm.id))).await?;
