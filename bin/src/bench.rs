@@ -47,7 +47,7 @@ pub enum Scenario {
 pub struct BenchArgs {
     #[arg(long, value_enum)]
     pub scenario: Scenario,
-    /// Strands (children for fanout). Default: 20000; 5000 for hops; 10000 for fanout; 1000 for latency; 2000 for api-create.
+    /// Strands (children for fanout). Default: 20000; 5000 for hops; 10000 for fanout and remote; 1000 for latency; 2000 for api-create.
     #[arg(long)]
     pub strands: Option<u64>,
     /// Hops per strand in the hops scenario.
@@ -110,7 +110,7 @@ impl BenchArgs {
             Scenario::Latency => 1_000,
             Scenario::ApiCreate => 2_000,
             Scenario::Takeover => 200,
-            Scenario::Remote => 5_000,
+            Scenario::Remote => 10_000,
         })
     }
 

@@ -5,7 +5,8 @@
 //! (R19); and beside the same slow strands holding their transaction across
 //! the wait (the shape R19 forbids; a debug build refuses it, so measure a
 //! release build). Each run reports the fast strands' throughput and step
-//! latency, and the engine pool's connections in use, sampled every 5 ms.
+//! latency, and the engine pool's connections in use, sampled every 5 ms:
+//! while the slow strands wait alone (what they hold), and during the run.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -51,6 +52,15 @@ enum Slow {
     HoldingTx,
 }
 
+/// Steps the slow strands have committed (each counts itself).
+async fn slow_steps(pool: &PgPool) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT coalesce(sum(c.steps), 0)::int8 FROM bench_count c JOIN strand s ON s.id = c.strand_id WHERE s.prog = 'Bench::Remote'",
+    )
+    .fetch_one(pool)
+    .await?)
+}
+
 async fn clean(pool: &PgPool) -> anyhow::Result<()> {
     sqlx::raw_sql(
         "DELETE FROM strand WHERE prog IN ('Bench::Step', 'Bench::Remote'); \
@@ -85,28 +95,24 @@ async fn run(pool: &PgPool, args: &BenchArgs, peer: &SlowPeer, slow: Slow) -> an
     clean(pool).await?;
     let n = args.strands();
     let slow_n = if slow == Slow::None { 0 } else { args.slow };
-    let mut conn = pool.acquire().await?;
     if slow_n > 0 {
         let hold = slow == Slow::HoldingTx;
         let frames = (0..slow_n).map(|_| RemoteFrame { port: peer.port, wait_ms: args.remote_ms, hold, asked: 0 });
-        enqueue::start_many(&mut conn, frames, RemoteLabel::Ask).await?;
+        enqueue::start_many(&mut *pool.acquire().await?, frames, RemoteLabel::Ask).await?;
     }
 
     let exits = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
-    let slow_steps = Arc::new(AtomicU64::new(0));
     let all_done = Arc::new(Notify::new());
     let step_ms = Arc::new(Mutex::new(Vec::<f64>::with_capacity(n as usize)));
     let dispatcher = {
-        let (exits, failed, slow_steps, all_done, step_ms) =
-            (exits.clone(), failed.clone(), slow_steps.clone(), all_done.clone(), step_ms.clone());
+        let (exits, failed, all_done, step_ms) = (exits.clone(), failed.clone(), all_done.clone(), step_ms.clone());
         let config = DispatchConfig { concurrency: args.concurrency, lanes: args.lanes, ..Default::default() };
         Dispatcher::new(Runner::new(pool.clone(), skein_progs::registry()), config).on_step(move |r| {
             if matches!(r.outcome, Outcome::Failed { .. }) {
                 failed.fetch_add(1, Ordering::Relaxed);
             }
             if r.prog == "Bench::Remote" {
-                slow_steps.fetch_add(1, Ordering::Relaxed);
                 return;
             }
             step_ms.lock().unwrap_or_else(|p| p.into_inner()).push(r.micros as f64 / 1000.0);
@@ -126,18 +132,31 @@ async fn run(pool: &PgPool, args: &BenchArgs, peer: &SlowPeer, slow: Slow) -> an
     while peer.accepted.load(Ordering::Relaxed) < asked_before + slow_n as usize && Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    // What they hold while they wait, before the fast strands come.
+    let stop_alone = Arc::new(Notify::new());
+    let alone = sample_connections(pool.clone(), stop_alone.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop_alone.notify_one();
+    let (slow_alone_max, slow_alone_mean) = alone.await?;
 
     let stop_sampling = Arc::new(Notify::new());
     let sampler = sample_connections(pool.clone(), stop_sampling.clone());
+    let slow_before = slow_steps(pool).await?;
     let began = Instant::now();
     let frames = (0..n).map(|_| StepFrame { count: true, ..Default::default() });
-    enqueue::start_many(&mut conn, frames, StepLabel::Run).await?;
-    drop(conn);
+    enqueue::start_many(&mut *pool.acquire().await?, frames, StepLabel::Run).await?;
     let limit = Duration::from_secs(300);
     let finished = tokio::time::timeout(limit, all_done.notified()).await.is_ok();
     let seconds = began.elapsed().as_secs_f64();
+    let slow_steps = slow_steps(pool).await? - slow_before;
     stop_sampling.notify_one();
     let (conns_max, conns_mean) = sampler.await?;
+    // Told to stop, the slow strands exit after their current wait, so the
+    // dispatcher stops without waiting out their continue budget.
+    let slow_ids: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM strand WHERE prog = 'Bench::Remote'").fetch_all(pool).await?;
+    for id in slow_ids {
+        enqueue::incr(&mut *pool.acquire().await?, skein_engine::Ubid::from_uuid(id), "stop").await?;
+    }
     let _ = stop_tx.send(());
     dispatch.await?;
     clean(pool).await?;
@@ -152,7 +171,9 @@ async fn run(pool: &PgPool, args: &BenchArgs, peer: &SlowPeer, slow: Slow) -> an
         "fast_p99_ms": round3(percentile(&times, 0.99)),
         "connections_in_use_max": conns_max,
         "connections_in_use_mean": round1(conns_mean),
-        "slow_steps": slow_steps.load(Ordering::Relaxed),
+        "connections_held_by_slow_alone_max": slow_alone_max,
+        "connections_held_by_slow_alone_mean": round1(slow_alone_mean),
+        "slow_steps_committed": slow_steps,
         "failed_steps": failed.load(Ordering::Relaxed),
     });
     if !finished {

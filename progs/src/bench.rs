@@ -156,7 +156,7 @@ impl Prog for Sleeper {
 
 /// `Bench::Remote`: each step reads, asks a remote peer on `port` that is
 /// slow to answer (waiting up to `wait_ms`), then writes what it heard, and
-/// goes round again. With `hold` it begins its transaction first and keeps it
+/// goes round again until `stop` is set. With `hold` it begins its transaction first and keeps it
 /// across the wait: the shape R19 forbids (debug builds refuse it), measured
 /// so the difference shows.
 pub struct Remote;
@@ -190,8 +190,12 @@ impl Prog for Remote {
     const NAME: &'static str = "Bench::Remote";
     type Label = RemoteLabel;
     type Frame = RemoteFrame;
+    const SEMAPHORES: &'static [&'static str] = &["stop"];
 
     async fn run(cx: &mut Ctx<'_, Self>, _: RemoteLabel) -> Step<Self> {
+        if cx.is_set("stop") {
+            return pop(json!({ "asked": cx.frame.asked }));
+        }
         let id = cx.id();
         if cx.frame.hold {
             sqlx::query("SELECT 1").execute(cx.tx.conn().await?).await?;
