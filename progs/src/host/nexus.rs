@@ -315,6 +315,7 @@ async fn checkup(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
             let open = open_state(cx);
             let conn = cx.tx.conn().await?;
             vm_host::checkup_ok(conn, host.row.id, &boot).await?;
+            // Back from unreachable (only then was it asked for its VMs).
             if let Some(listed) = listed {
                 vm_host::set_state(conn, host.row.id, open).await?;
                 event::record(conn, host.row.id, "reachable-again", "system", &json!({})).await?;
