@@ -39,13 +39,15 @@ pub enum Scenario {
     ApiCreate,
     /// Time from a respirate's SIGKILL to its strands' next step elsewhere (--rounds).
     Takeover,
+    /// --strands writing strands alone, then beside --slow strands waiting on a slow remote peer.
+    Remote,
 }
 
 #[derive(clap::Args, Debug)]
 pub struct BenchArgs {
     #[arg(long, value_enum)]
     pub scenario: Scenario,
-    /// Strands (children for fanout). Default: 20000; 5000 for hops; 10000 for fanout; 1000 for latency; 2000 for api-create.
+    /// Strands (children for fanout). Default: 20000; 5000 for hops; 10000 for fanout and remote; 1000 for latency; 2000 for api-create.
     #[arg(long)]
     pub strands: Option<u64>,
     /// Hops per strand in the hops scenario.
@@ -88,13 +90,19 @@ pub struct BenchArgs {
     /// Seconds the baseline runs.
     #[arg(long, default_value_t = 3.0)]
     pub baseline_secs: f64,
+    /// Strands waiting on a slow remote peer in the remote scenario.
+    #[arg(long, default_value_t = 24)]
+    pub slow: u64,
+    /// How long each remote call of the remote scenario waits, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub remote_ms: u64,
     /// Print only the JSON line (no progress on stderr).
     #[arg(long)]
     pub json: bool,
 }
 
 impl BenchArgs {
-    fn strands(&self) -> u64 {
+    pub(crate) fn strands(&self) -> u64 {
         self.strands.unwrap_or(match self.scenario {
             Scenario::OneStep | Scenario::Sleepers => 20_000,
             Scenario::Hops => 5_000,
@@ -102,6 +110,7 @@ impl BenchArgs {
             Scenario::Latency => 1_000,
             Scenario::ApiCreate => 2_000,
             Scenario::Takeover => 200,
+            Scenario::Remote => 10_000,
         })
     }
 
@@ -117,7 +126,7 @@ impl BenchArgs {
         self.hops() as u64 + 1
     }
 
-    fn say(&self, msg: impl AsRef<str>) {
+    pub(crate) fn say(&self, msg: impl AsRef<str>) {
         if !self.json {
             eprintln!("bench: {}", msg.as_ref());
         }
@@ -128,7 +137,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let url = crate::up::database_url(args.database_url.clone()).await?;
     let pool = worker::connect(&url, args.connections as u32).await?;
     prepare_tables(&pool).await?;
-    if matches!(args.scenario, Scenario::ApiCreate | Scenario::Takeover) && (args.verify || args.enqueue_only) {
+    if matches!(args.scenario, Scenario::ApiCreate | Scenario::Takeover | Scenario::Remote) && (args.verify || args.enqueue_only) {
         bail!("{} has no --enqueue-only or --verify", scenario_name(args.scenario));
     }
     if args.scenario == Scenario::Takeover {
@@ -164,6 +173,7 @@ fn scenario_name(s: Scenario) -> &'static str {
         Scenario::Sleepers => "sleepers",
         Scenario::ApiCreate => "api-create",
         Scenario::Takeover => "takeover",
+        Scenario::Remote => "remote",
     }
 }
 
@@ -289,6 +299,9 @@ async fn measure(pool: &PgPool, args: &BenchArgs) -> anyhow::Result<Value> {
     args.say(format!("baseline: {baseline_tx_per_s:.0} tx/s"));
     if args.scenario == Scenario::ApiCreate {
         return crate::bench_api::measure(pool, args.strands(), args.connections, args.projects, baseline_tx_per_s, |m| args.say(m)).await;
+    }
+    if args.scenario == Scenario::Remote {
+        return crate::bench_remote::measure(pool, args, baseline_tx_per_s).await;
     }
 
     let n = args.strands();

@@ -8,7 +8,8 @@
 //! - [`embedded`]: the private Postgres cluster used when no URL is given.
 //! - [`bench`]: `skein bench`, the benchmark with its in-run Postgres baseline
 //!   ([`bench_api`]: its scenario for creates through the HTTP API;
-//!   [`bench_takeover`]: how fast a killed worker's strands move on).
+//!   [`bench_takeover`]: how fast a killed worker's strands move on;
+//!   [`bench_remote`]: strands beside slow remote calls).
 //! - [`up`]: `skein up`, the control plane on its defaults, with a demo.
 //! - [`api`]: the HTTP API (`skein api`, and inside `skein up`); [`api_cmd`],
 //!   [`project_cmd`], [`token_cmd`]: `skein api`, `skein project`, `skein token`.
@@ -22,6 +23,7 @@ pub mod api;
 pub mod api_cmd;
 pub mod bench;
 pub mod bench_api;
+pub mod bench_remote;
 pub mod bench_takeover;
 pub mod cli;
 pub mod console;

@@ -1,10 +1,15 @@
 //! The step context: everything a label may touch during its one step.
 //!
-//! A label gets its typed frame (`cx.frame`), the step's transaction
-//! (`cx.tx()`, for the prog's own rows: they commit or roll back with the
-//! step), the semaphores as they were when the step began, and the verbs that
-//! act on other strands: `bud`, `reap`, `incr`. Nothing here reaches the
-//! strand table directly; the runner writes the strand row at the end.
+//! A label gets its typed frame (`cx.frame`), a read connection given back
+//! at once (`cx.read()`), the step's transaction (`cx.tx`, for the prog's own
+//! writes: they commit or roll back with the step), the semaphores as they
+//! were when the step began, and the verbs that act on other strands: `bud`,
+//! `reap`, `incr`. Nothing here reaches the strand table directly; the
+//! runner writes the strand row at the end.
+//!
+//! A label that talks to a host reads first, asks the host holding nothing,
+//! then writes (see [`crate::remote`]): the transaction begins on first use
+//! and stays open until the step ends, so remote calls come before it.
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
@@ -15,6 +20,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use skein_models::strand::{self, Exited};
 use skein_models::{semaphore, Ubid, UbidType};
+use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
@@ -72,8 +78,37 @@ impl<'a> Tx<'a> {
     }
 
     /// The connection of the step's transaction: `.execute(cx.tx.conn().await?)`.
+    /// It stays open until the step ends: make remote calls before this.
     pub async fn conn(&mut self) -> Result<&mut PgConnection, sqlx::Error> {
-        begin(self.pool, self.open).await
+        let conn = begin(self.pool, self.open).await?;
+        crate::remote::tx_begun();
+        Ok(conn)
+    }
+}
+
+/// A pooled connection for a label's reads, given back to the pool when
+/// dropped. Reads here are not in the step's transaction: they see what is
+/// committed now, not this step's own writes.
+pub struct Read {
+    conn: PoolConnection<Postgres>,
+}
+
+impl std::ops::Deref for Read {
+    type Target = PgConnection;
+    fn deref(&self) -> &PgConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Read {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.conn
+    }
+}
+
+impl Drop for Read {
+    fn drop(&mut self) {
+        crate::remote::reads_held(-1);
     }
 }
 
@@ -102,6 +137,15 @@ pub struct Ctx<'a, P: Prog> {
 impl<'a, P: Prog> Ctx<'a, P> {
     pub(crate) fn new(frame: P::Frame, tx: Tx<'a>, st: &'a mut StepState) -> Self {
         Ctx { frame, tx, st, _prog: PhantomData }
+    }
+
+    /// A connection for reads, given back when the guard is dropped: load
+    /// what the label needs, drop it, then ask the host.
+    /// `let vm = vm::get(&mut *cx.read().await?, id).await?;`
+    pub async fn read(&self) -> Result<Read, sqlx::Error> {
+        let conn = self.tx.pool.acquire().await?;
+        crate::remote::reads_held(1);
+        Ok(Read { conn })
     }
 
     /// This strand's id.

@@ -1,7 +1,8 @@
 //! skein-engine: the prog API and the step runner.
 //!
 //! - [`prog`]: what a prog author writes: `Prog`, `labels!`, `hop`/`nap`/`push`/`pop`.
-//! - [`ctx`]: what a label sees during its step: frame, transaction, semaphores, `bud`, `reap`.
+//! - [`ctx`]: what a label sees during its step: frame, reads, transaction, semaphores, `bud`, `reap`.
+//! - [`remote`]: remote work holds no database; the check remote clients call.
 //! - [`dispatch`]: the claim loop of `respirate`: batches, wake-ups, shutdown.
 //! - [`liveness`]: who is alive; a dead or hung worker's claims are broken at once.
 //! - [`runner`]: leases strands and runs their steps exactly as `strand-engine.md` says.
@@ -18,11 +19,12 @@ pub mod error;
 pub mod liveness;
 pub mod prog;
 pub mod registry;
+pub mod remote;
 pub mod runner;
 pub mod stack;
 pub mod testing;
 
-pub use ctx::{Ctx, Reaped, Resources};
+pub use ctx::{Ctx, Read, Reaped, Resources};
 pub use error::StepError;
 pub use prog::{hop, nap, pop, push, Flow, Label, NoFrame, Popped, Prog, Step};
 pub use dispatch::{DispatchConfig, Dispatcher};

@@ -33,6 +33,7 @@ use crate::commit::GroupCommit;
 use crate::ctx::{begin, DeadlineChange, Resources, StepState, Tx};
 use crate::error::StepError;
 use crate::registry::{RawFlow, Registry};
+use crate::remote;
 use crate::stack::{self, Deadline, Stack, DESTROYING, LINK, SUBJECT_ID};
 
 /// Timings and thresholds. The defaults suit production; tests shrink them.
@@ -351,14 +352,16 @@ impl Runner {
 
         // Destroy: unwind to the bottom frame once, then run its prog's destroy
         // label, or just exit if it has none.
+        // Their deadline pages are resolved after the label: nothing opens the
+        // step's transaction before the label's remote calls.
         let mut forced: Option<RawFlow> = None;
+        let mut unwound = Vec::new();
         if cur.sems.iter().any(|(_, n)| n == "destroy") && !stack.bottom().contains_key(DESTROYING) {
             if stack.frames.len() > 1 {
                 prog = stack::link(&stack.frames[stack.frames.len() - 2]).expect("checked by Stack::parse").0;
             }
             while stack.frames.len() > 1 {
-                let popped = stack.frames.remove(0);
-                self.resolve_deadline_page(&mut open, ubid, &popped).await?;
+                unwound.push(stack.frames.remove(0));
             }
             stack.bottom_mut().insert(DESTROYING.into(), Value::Bool(true));
             match self.registry.get(&prog)?.destroy_label() {
@@ -367,13 +370,15 @@ impl Runner {
             }
         }
 
-        // A passed deadline pages once, and the frame remembers it did.
+        // A passed deadline pages once, and the frame remembers it did. The
+        // page is raised on a short connection of its own (it stands even if
+        // this step fails; raising an open tag again does nothing).
         if let Some(mut d) = Deadline::read(stack.top()) {
             if !d.notified && d.at <= Utc::now() {
                 let summary = format!("strand {ubid} ({prog}) did not reach {} by {}", d.target, d.at.to_rfc3339());
                 let details = json!({"strand": ubid, "prog": prog, "label": label, "target": d.target});
-                let tx = begin(&self.pool, &mut open).await?;
-                page::raise(tx, &deadline_tag(ubid, &d.target), &summary, "warning", &details).await?;
+                let mut conn = self.pool.acquire().await?;
+                page::raise(&mut conn, &deadline_tag(ubid, &d.target), &summary, "warning", &details).await?;
                 d.notified = true;
                 d.write(stack.top_mut());
             }
@@ -401,12 +406,22 @@ impl Runner {
                     children_nap: self.config.children_nap.as_secs_f64(),
                     resources: self.resources.clone(),
                 };
-                let (flow, data) = runs.run(Tx::new(&self.pool, &mut open), &mut st, &label, stack.top()).await?;
+                let tx_open = open.is_some();
+                let run = runs.run(Tx::new(&self.pool, &mut open), &mut st, &label, stack.top());
+                let (ran, held) = remote::watch(&prog, &label, tx_open, run).await;
+                if let Some(held) = held {
+                    return Err(StepError::Label(held.into()));
+                }
+                let (flow, data) = ran?;
                 stack::replace_prog_data(stack.top_mut(), data)
                     .map_err(|error| StepError::BadFrame { prog: prog.clone(), error })?;
                 (flow, st.budded, st.decrs, st.deadline)
             }
         };
+
+        for popped in &unwound {
+            self.resolve_deadline_page(&mut open, ubid, popped).await?;
+        }
 
         match deadline_change {
             Some(DeadlineChange::Register { target, within }) => {

@@ -2,6 +2,9 @@
 //! measured is the engine: leasing, stepping, committing. With `count` set,
 //! each step also counts itself in `bench_count` in its own transaction,
 //! which is how `skein bench --verify` proves every step committed exactly once.
+//! `Bench::Remote` waits on a slow remote peer each step, beside them.
+
+use std::time::{Duration, Instant};
 
 use skein_engine::prelude::*;
 
@@ -48,6 +51,10 @@ pub struct StepFrame {
     pub enqueued_us: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_us: Option<i64>,
+    /// With `count`: the longest any step waited for and used its database
+    /// connection (where a starved pool shows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_us: Option<i64>,
 }
 
 #[async_trait]
@@ -65,13 +72,16 @@ impl Prog for Stepper {
         }
         if cx.frame.count {
             let id = cx.id();
+            let asked = Instant::now();
             count_step(cx.tx.conn().await?, id).await?;
+            let took = asked.elapsed().as_micros() as i64;
+            cx.frame.write_us = Some(cx.frame.write_us.unwrap_or(0).max(took));
         }
         if cx.frame.at < cx.frame.hops {
             cx.frame.at += 1;
             return hop(StepLabel::Run);
         }
-        pop(json!({ "steps": cx.frame.at + 1, "latency_us": cx.frame.latency_us }))
+        pop(json!({ "steps": cx.frame.at + 1, "latency_us": cx.frame.latency_us, "write_us": cx.frame.write_us }))
     }
 }
 
@@ -144,6 +154,62 @@ impl Prog for Sleeper {
     }
 }
 
+/// `Bench::Remote`: each step reads, asks a remote peer on `port` that is
+/// slow to answer (waiting up to `wait_ms`), then writes what it heard, and
+/// goes round again until `stop` is set. With `hold` it begins its transaction first and keeps it
+/// across the wait: the shape R19 forbids (debug builds refuse it), measured
+/// so the difference shows.
+pub struct Remote;
+
+labels! {
+    pub enum RemoteLabel for Remote { Ask }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct RemoteFrame {
+    pub port: u16,
+    pub wait_ms: u64,
+    #[serde(default)]
+    pub hold: bool,
+    #[serde(default)]
+    pub asked: u64,
+}
+
+/// One call to the peer: connect, send a line, wait for an answer until `wait`.
+async fn ask_peer(port: u16, wait: Duration) -> anyhow::Result<bool> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    skein_engine::remote::check(|| format!("tcp 127.0.0.1:{port}"))?;
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    stream.write_all(b"status\n").await?;
+    let mut answer = [0u8; 64];
+    Ok(matches!(tokio::time::timeout(wait, stream.read(&mut answer)).await, Ok(Ok(n)) if n > 0))
+}
+
+#[async_trait]
+impl Prog for Remote {
+    const NAME: &'static str = "Bench::Remote";
+    type Label = RemoteLabel;
+    type Frame = RemoteFrame;
+    const SEMAPHORES: &'static [&'static str] = &["stop"];
+
+    async fn run(cx: &mut Ctx<'_, Self>, _: RemoteLabel) -> Step<Self> {
+        if cx.is_set("stop") {
+            return pop(json!({ "asked": cx.frame.asked }));
+        }
+        let id = cx.id();
+        if cx.frame.hold {
+            sqlx::query("SELECT 1").execute(cx.tx.conn().await?).await?;
+        } else {
+            sqlx::query("SELECT 1").execute(&mut *cx.read().await?).await?;
+        }
+        let wait = Duration::from_millis(cx.frame.wait_ms).min(cx.time_left());
+        ask_peer(cx.frame.port, wait).await?;
+        cx.frame.asked += 1;
+        count_step(cx.tx.conn().await?, id).await?;
+        nap(0)
+    }
+}
+
 pub fn registry() -> skein_engine::Registry {
-    skein_engine::Registry::new().with::<Stepper>().with::<Fanout>().with::<Sleeper>()
+    skein_engine::Registry::new().with::<Stepper>().with::<Fanout>().with::<Sleeper>().with::<Remote>()
 }

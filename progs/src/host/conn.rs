@@ -1,5 +1,6 @@
 //! A host as a prog reaches it: its row, its SSH target (key unsealed), and
-//! the agent's programs under the host's root directory.
+//! the agent's programs under the host's root directory. Loading a host
+//! holds no connection afterwards, so a label can go on to SSH.
 
 use std::time::Duration;
 
@@ -25,18 +26,20 @@ pub struct Host {
 
 impl Host {
     /// The host this strand drives (its subject).
-    pub async fn load<P: Prog>(cx: &mut Ctx<'_, P>) -> anyhow::Result<Host> {
-        let id = cx.subject_id();
-        Host::load_id(cx, id).await
+    pub async fn load<P: Prog>(cx: &Ctx<'_, P>) -> anyhow::Result<Host> {
+        Host::load_id(cx, cx.subject_id()).await
     }
 
-    /// Host `id`, for a strand that drives something on it (a VM).
-    pub async fn load_id<P: Prog>(cx: &mut Ctx<'_, P>, id: Ubid) -> anyhow::Result<Host> {
+    /// Host `id`, for a strand that drives something on it (a VM). Read on
+    /// a connection given back before this returns: SSH to the host comes
+    /// next, and must hold no database.
+    pub async fn load_id<P: Prog>(cx: &Ctx<'_, P>, id: Ubid) -> anyhow::Result<Host> {
         let ssh = cx.resource::<SshPool>()?.clone();
         let secret = cx.resource::<SecretKey>()?.clone();
-        let conn = cx.tx.conn().await?;
-        let row = vm_host::get(conn, id.uuid()).await?.ok_or_else(|| anyhow::anyhow!("host {id} is gone"))?;
-        let sshable = sshable::get(conn, row.sshable_id).await?.ok_or_else(|| anyhow::anyhow!("sshable of host {id} is gone"))?;
+        let mut db = cx.read().await?;
+        let row = vm_host::get(&mut db, id.uuid()).await?.ok_or_else(|| anyhow::anyhow!("host {id} is gone"))?;
+        let sshable = sshable::get(&mut db, row.sshable_id).await?.ok_or_else(|| anyhow::anyhow!("sshable of host {id} is gone"))?;
+        drop(db);
         let key = secret.open(sshable.id.as_bytes(), &sshable.private_key)?;
         let target = Target {
             host: sshable.host.clone(),

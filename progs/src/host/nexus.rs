@@ -24,7 +24,7 @@ use super::conn::{AgentProgram, Host, SSH_LIMIT};
 use super::daemon::{self, Progress};
 use super::{agent, install, learn};
 use crate::ssh::keys::{self, SecretKey};
-use crate::ssh::{SshError, SshPool, Target};
+use crate::ssh::{Cmd, SshError, SshPool, Target};
 
 pub struct HostNexus;
 
@@ -108,11 +108,17 @@ impl Prog for HostNexus {
 /// Pin the host key on first contact; a later mismatch is refused.
 async fn start(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
     let host = Host::load(cx).await?;
-    vm_host::set_state(cx.tx.conn().await?, host.row.id, "preparing").await?;
-    if host.sshable.host_key.is_none() {
-        let ssh = cx.resource::<SshPool>()?.clone();
-        let key = ssh.host_key(&host.sshable.host, host.sshable.port as u16, cx.time_left().min(SSH_LIMIT)).await?;
-        sshable::pin_host_key(cx.tx.conn().await?, host.sshable.id, &key).await?;
+    let presented = match host.sshable.host_key {
+        Some(_) => None,
+        None => {
+            let ssh = cx.resource::<SshPool>()?;
+            Some(ssh.host_key(&host.sshable.host, host.sshable.port as u16, cx.time_left().min(SSH_LIMIT)).await?)
+        }
+    };
+    let conn = cx.tx.conn().await?;
+    vm_host::set_state(conn, host.row.id, "preparing").await?;
+    if let Some(key) = presented {
+        sshable::pin_host_key(conn, host.sshable.id, &key).await?;
     }
     hop(Label::TakeOver)
 }
@@ -268,28 +274,49 @@ fn unreachable_tag(host: &Host) -> String {
     format!("host-unreachable:{}", host.id())
 }
 
+/// What a checkup asks the host: its boot id, its agent's version, and (when
+/// it comes back from unreachable) the VM directories it has.
+struct Checkup {
+    boot: String,
+    version: String,
+    listed: Option<Vec<String>>,
+}
+
+async fn ask_checkup(host: &Host, list_vms: Option<Cmd>, timeout: Duration) -> Result<Checkup, SshError> {
+    let boot = host.agent(AgentProgram::BootId, &[], timeout).await?.stdout_str().trim().to_string();
+    let version = host.agent(AgentProgram::AgentVersion, &[], timeout).await?.stdout_str().trim().to_string();
+    let listed = match list_vms {
+        Some(ls) => {
+            let out = host.exec(&ls, timeout).await?.stdout_str();
+            Some(out.lines().map(str::trim).filter(|n| !n.is_empty()).map(String::from).collect())
+        }
+        None => None,
+    };
+    Ok(Checkup { boot, version, listed })
+}
+
 /// One checkup, then sleep until the next. Unreachability is expected and
 /// handled here; only the unexpected fails the step.
 async fn checkup(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
     cx.take("checkup");
     let host = Host::load(cx).await?;
-    let timeout = cx.time_left().min(Duration::from_secs(10));
-    let answer = async {
-        let boot = host.agent(AgentProgram::BootId, &[], timeout).await?.stdout_str();
-        let version = host.agent(AgentProgram::AgentVersion, &[], timeout).await?.stdout_str();
-        Ok::<_, SshError>((boot.trim().to_string(), version.trim().to_string()))
-    }
-    .await;
+    // Back from unreachable: also see which VMs it has.
+    let list_vms = match host.row.state.as_str() {
+        "unreachable" => Some(crate::cmd!("ls -1 {}/vms 2>/dev/null || true", host.root())?),
+        _ => None,
+    };
+    let answer = ask_checkup(&host, list_vms, cx.time_left().min(Duration::from_secs(10))).await;
     let interval = cx.frame.checkup_secs;
     match answer {
-        Ok((boot, version)) => {
+        Ok(Checkup { boot, version, listed }) => {
             if host.row.boot_id.as_deref().is_some_and(|b| b != boot) {
                 tracing::info!(host = %host.id(), "host rebooted since the last checkup");
             }
             let open = open_state(cx);
             let conn = cx.tx.conn().await?;
             vm_host::checkup_ok(conn, host.row.id, &boot).await?;
-            if host.row.state == "unreachable" {
+            // Back from unreachable (only then was it asked for its VMs).
+            if let Some(listed) = listed {
                 vm_host::set_state(conn, host.row.id, open).await?;
                 event::record(conn, host.row.id, "reachable-again", "system", &json!({})).await?;
                 // Reconcile its VMs with what actually runs there: each one's
@@ -299,7 +326,7 @@ async fn checkup(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
                     cx.incr(Ubid::from_uuid(*vm), "checkup").await?;
                 }
                 cx.resolve_page(&unreachable_tag(&host)).await?;
-                report_unknown_vms(cx, &host, &vms).await?;
+                report_unknown_vms(cx, &host, &vms, &listed).await?;
             }
             if version != agent::version() {
                 // Agent drift (an old agent, or someone changed it): reinstall.
@@ -350,10 +377,9 @@ async fn wait_reboot(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
 
 /// VMs found on the host that the control plane does not know (their
 /// directory under the agent root): reported, never touched.
-async fn report_unknown_vms(cx: &mut Ctx<'_, HostNexus>, host: &Host, known: &[uuid::Uuid]) -> anyhow::Result<()> {
-    let listed = host.exec(&crate::cmd!("ls -1 {}/vms 2>/dev/null || true", host.root())?, cx.time_left().min(SSH_LIMIT)).await?;
+async fn report_unknown_vms(cx: &mut Ctx<'_, HostNexus>, host: &Host, known: &[uuid::Uuid], listed: &[String]) -> anyhow::Result<()> {
     let known: Vec<String> = known.iter().map(|id| Ubid::from_uuid(*id).to_string()).collect();
-    for name in listed.stdout_str().lines().map(str::trim).filter(|n| !n.is_empty() && !known.iter().any(|k| k == n)) {
+    for name in listed.iter().filter(|n| !known.contains(n)) {
         event::record(cx.tx.conn().await?, host.row.id, "unknown-vm", "system", &json!({"name": name})).await?;
         let summary = format!("host {} has a VM the control plane does not know: {name}", host.row.name);
         cx.raise_page(&format!("host-unknown-vm:{}:{name}", host.id()), &summary, &json!({"host": host.id(), "name": name})).await?;

@@ -66,6 +66,10 @@ pub enum SshError {
     Exit { host: String, cmd: String, status: i32, stdout: String, stderr: String },
     #[error("`{cmd}` on {host} failed mid-way: {reason}")]
     Session { host: String, cmd: String, reason: String },
+    /// A label's mistake, caught in debug and test builds: it called a host
+    /// while holding the database (see `skein_engine::remote`).
+    #[error(transparent)]
+    HeldDatabase(#[from] skein_engine::remote::HeldDatabase),
 }
 
 impl SshError {
@@ -123,6 +127,7 @@ impl SshPool {
     /// The host key `host:port` presents (no authentication): for pinning on first contact.
     pub async fn host_key(&self, host: &str, port: u16, timeout: Duration) -> Result<String, SshError> {
         let (host, name) = (host.to_string(), format!("{host}:{port}"));
+        skein_engine::remote::check(|| format!("ssh {name} host-key"))?;
         blocking(move || {
             let session = handshake(&host, port, &name, timeout)?;
             let (blob, _) = session.host_key().ok_or_else(|| SshError::Connect { host: name, reason: "no host key presented".into() })?;
@@ -149,6 +154,7 @@ impl SshPool {
 
     /// Run `cmd` and return its output whatever its exit status.
     pub async fn run(&self, t: &Target, cmd: &Cmd, stdin: Option<Vec<u8>>, timeout: Duration) -> Result<Output, SshError> {
+        skein_engine::remote::check(|| format!("ssh {} `{}`", t.name(), cmd.shown()))?;
         let (slot, t, cmd) = (self.slot(t), t.clone(), cmd.clone());
         blocking(move || {
             let deadline = Instant::now() + timeout;

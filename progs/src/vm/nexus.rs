@@ -6,9 +6,12 @@
 //! Launch starts qemu through the daemonizer -> WaitBoot waits until the
 //! guest's SSH answers -> Running watches it every `checkup_secs`, and
 //! starts it again if its qemu died while it should run; it answers `stop`
-//! (-> Stopped, which answers `start`) and `restart`. `destroy` stops qemu,
-//! removes user, disk and directory, and returns capacity and quota. Every
-//! change is recorded as an event of the VM.
+//! (-> Stopped, which answers `start`) and `restart`. `destroy` marks it
+//! destroying, then Remove stops qemu, removes user, disk and directory, and
+//! returns capacity and quota. Every change is recorded as an event of the VM.
+//!
+//! Each label reads (on a connection given back at once), asks the host
+//! holding no database, then writes at the end, with the strand's update.
 //!
 //! What the VM is lives in the database; what is true on the host right now
 //! (qemu's pid, the SSH port picked at launch) is asked of the host
@@ -26,7 +29,7 @@ use crate::ssh::Cmd;
 pub struct Nexus;
 
 labels! {
-    pub enum Label for Nexus { Start, Setup, Launch, WaitBoot, Running, Stopped, Destroy }
+    pub enum Label for Nexus { Start, Setup, Launch, WaitBoot, Running, Stopped, Destroy, Remove }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -76,16 +79,18 @@ impl Prog for Nexus {
             Label::Running => running(cx).await,
             Label::Stopped => stopped(cx).await,
             Label::Destroy => destroy(cx).await,
+            Label::Remove => remove(cx).await,
         }
     }
 }
 
-async fn load(cx: &mut Ctx<'_, Nexus>) -> anyhow::Result<Vm> {
+/// The VM's row, read on a connection given back at once.
+async fn load(cx: &Ctx<'_, Nexus>) -> anyhow::Result<Vm> {
     let id = cx.subject_id();
-    vm::get(cx.tx.conn().await?, id.uuid()).await?.ok_or_else(|| anyhow::anyhow!("vm {id} is gone"))
+    vm::get(&mut *cx.read().await?, id.uuid()).await?.ok_or_else(|| anyhow::anyhow!("vm {id} is gone"))
 }
 
-async fn host_of(cx: &mut Ctx<'_, Nexus>, vm: &Vm) -> anyhow::Result<Host> {
+async fn host_of(cx: &Ctx<'_, Nexus>, vm: &Vm) -> anyhow::Result<Host> {
     let host = vm.host_id.ok_or_else(|| anyhow::anyhow!("vm {} is not placed on a host", vm.name))?;
     Host::load_id(cx, Ubid::from_uuid(host)).await
 }
@@ -141,7 +146,7 @@ async fn setup(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
     let key = base64_encode(vm.public_key.as_bytes());
     let subnet = match (vm.subnet_id, &vm.private_ip) {
         (Some(subnet), Some(ip)) => {
-            let mcast = skein_models::subnet::mcast_of(cx.tx.conn().await?, subnet, vm.project_id).await?;
+            let mcast = skein_models::subnet::mcast_of(&mut *cx.read().await?, subnet, vm.project_id).await?;
             Some((ip.clone(), mcast.ok_or_else(|| anyhow::anyhow!("the subnet of vm {} is gone", vm.name))?))
         }
         _ => None,
@@ -175,42 +180,47 @@ async fn launch(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
     let (root, name) = (host.root().to_string(), unix_name(&vm));
     let timeout = cx.time_left().min(SSH_LIMIT);
     let state = host.exec(&daemonizer(&root, "check", &name)?, timeout).await?.stdout_str();
-    match state.trim() {
-        "InProgress" => hop(Label::WaitBoot),
-        finished => {
-            if finished == "Failed" {
-                // Say why, where operators look, before trying again.
-                let log = host.exec(&daemonizer(&root, "logs", &name)?, timeout).await.map(|o| o.stdout_str()).unwrap_or_default();
-                let tail: String = log.chars().rev().take(600).collect::<Vec<_>>().into_iter().rev().collect();
-                cx.frame.launch_failures += 1;
-                happened(cx, &vm, "launch-failed", json!({"log": tail, "failures": cx.frame.launch_failures})).await?;
-                if cx.frame.launch_failures >= 3 {
-                    let summary = format!("vm {} failed to launch {} times", vm.name, cx.frame.launch_failures);
-                    cx.raise_page(&format!("vm-launch:{}", Ubid::from_uuid(vm.id)), &summary, &json!({"log": tail})).await?;
-                }
-            }
-            if finished != "NotStarted" {
-                // qemu exited (or was killed): forget that run before the next.
-                host.exec(&daemonizer(&root, "clean", &name)?, timeout).await?;
-            }
-            let run = crate::cmd!(
-                "SKEIN_ROOT={} {}/agent/bin/daemonizer run {} {}/agent/bin/vm-run {}",
-                root,
-                root,
-                format!("vm-{name}"),
-                root,
-                name
-            )?;
-            host.exec(&run, timeout).await?;
-            vm::set_state(cx.tx.conn().await?, vm.id, "starting").await?;
-            happened(cx, &vm, "launched", json!({"after": finished})).await?;
-            nap(1)
+    let finished = state.trim();
+    if finished == "InProgress" {
+        return hop(Label::WaitBoot);
+    }
+    // A failed launch: fetch why, to say it where operators look.
+    let failed_log = match finished {
+        "Failed" => {
+            let log = host.exec(&daemonizer(&root, "logs", &name)?, timeout).await.map(|o| o.stdout_str()).unwrap_or_default();
+            Some(log.chars().rev().take(600).collect::<Vec<_>>().into_iter().rev().collect::<String>())
+        }
+        _ => None,
+    };
+    if finished != "NotStarted" {
+        // qemu exited (or was killed): forget that run before the next.
+        host.exec(&daemonizer(&root, "clean", &name)?, timeout).await?;
+    }
+    let run = crate::cmd!(
+        "SKEIN_ROOT={} {}/agent/bin/daemonizer run {} {}/agent/bin/vm-run {}",
+        root,
+        root,
+        format!("vm-{name}"),
+        root,
+        name
+    )?;
+    host.exec(&run, timeout).await?;
+
+    if let Some(tail) = failed_log {
+        cx.frame.launch_failures += 1;
+        happened(cx, &vm, "launch-failed", json!({"log": tail, "failures": cx.frame.launch_failures})).await?;
+        if cx.frame.launch_failures >= 3 {
+            let summary = format!("vm {} failed to launch {} times", vm.name, cx.frame.launch_failures);
+            cx.raise_page(&format!("vm-launch:{}", Ubid::from_uuid(vm.id)), &summary, &json!({"log": tail})).await?;
         }
     }
+    vm::set_state(cx.tx.conn().await?, vm.id, "starting").await?;
+    happened(cx, &vm, "launched", json!({"after": finished})).await?;
+    nap(1)
 }
 
 /// What the host says about the VM right now.
-async fn status(cx: &mut Ctx<'_, Nexus>, host: &Host, vm: &Vm) -> anyhow::Result<Value> {
+async fn status(cx: &Ctx<'_, Nexus>, host: &Host, vm: &Vm) -> anyhow::Result<Value> {
     let root = host.root();
     let line = crate::cmd!("SKEIN_ROOT={} {}/agent/bin/vm-status {}", root, root, unix_name(vm))?;
     let out = host.exec(&line, cx.time_left().min(SSH_LIMIT)).await?;
@@ -219,8 +229,10 @@ async fn status(cx: &mut Ctx<'_, Nexus>, host: &Host, vm: &Vm) -> anyhow::Result
 
 /// Wait until the guest's SSH answers through the host.
 async fn wait_boot(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
+    // Read: the VM's row, then its host's; each connection is given back at once.
     let vm = load(cx).await?;
     let host = host_of(cx, &vm).await?;
+    // Ask the host, holding nothing.
     let now = status(cx, &host, &vm).await?;
     if now["running"] != json!(true) {
         return hop(Label::Launch);
@@ -228,6 +240,7 @@ async fn wait_boot(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
     if now["ssh_ready"] != json!(true) {
         return nap(1);
     }
+    // Write, at the end: commits with the hop, or not at all.
     vm::set_state(cx.tx.conn().await?, vm.id, "running").await?;
     cx.frame.launch_failures = 0;
     cx.resolve_page(&format!("vm-launch:{}", Ubid::from_uuid(vm.id))).await?;
@@ -236,7 +249,7 @@ async fn wait_boot(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
 }
 
 /// Stop qemu and forget its run, keeping user, directory and disk.
-async fn stop_qemu(cx: &mut Ctx<'_, Nexus>, host: &Host, vm: &Vm) -> anyhow::Result<()> {
+async fn stop_qemu(cx: &Ctx<'_, Nexus>, host: &Host, vm: &Vm) -> anyhow::Result<()> {
     let (root, name) = (host.root().to_string(), unix_name(vm));
     let timeout = cx.time_left().min(SSH_LIMIT);
     host.exec(&crate::cmd!("SKEIN_ROOT={} {}/agent/bin/vm-stop {}", root, root, name)?, timeout).await?;
@@ -268,21 +281,21 @@ async fn running(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
         // again when it answers; until then there is nothing to ask.
         return nap(cx.frame.checkup_secs as f64);
     }
-    let now = status(cx, &host, &vm).await?;
-    if now["running"] == json!(true) && vm.state == "unavailable" {
-        vm::set_state(cx.tx.conn().await?, vm.id, "running").await?;
-        happened(cx, &vm, "available-again", json!({})).await?;
-    }
-    if now["running"] != json!(true) && vm.desired_state == "running" {
+    let alive = status(cx, &host, &vm).await?["running"] == json!(true);
+    if !alive && vm.desired_state == "running" {
         tracing::warn!(vm = %Ubid::from_uuid(vm.id), "qemu is gone; starting the VM again");
-        cx.frame.restarts += 1;
         // Its run ended with it; forget it here, where the death is known, so
         // Launch does not take it for a failed launch.
         let (root, name) = (host.root().to_string(), unix_name(&vm));
         let _ = host.exec(&daemonizer(&root, "clean", &name)?, cx.time_left().min(SSH_LIMIT)).await;
+        cx.frame.restarts += 1;
         vm::set_state(cx.tx.conn().await?, vm.id, "starting").await?;
         happened(cx, &vm, "qemu-died", json!({"restarts": cx.frame.restarts})).await?;
         return hop(Label::Launch);
+    }
+    if alive && vm.state == "unavailable" {
+        vm::set_state(cx.tx.conn().await?, vm.id, "running").await?;
+        happened(cx, &vm, "available-again", json!({})).await?;
     }
     nap(cx.frame.checkup_secs as f64)
 }
@@ -298,24 +311,34 @@ async fn stopped(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
     nap(3600)
 }
 
-/// Take the VM off its host and give back what it held.
+/// Say the VM is going, before the host is asked to remove it (which may
+/// take a while, or be retried while the host does not answer).
 async fn destroy(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
+    let id = cx.subject_id().uuid();
+    let conn = cx.tx.conn().await?;
+    vm::set_state(conn, id, "destroying").await?;
+    // However the destroy was asked for (API, console, a parent strand), it is what the VM now wants.
+    vm::set_desired(conn, id, "destroyed").await?;
+    hop(Label::Remove)
+}
+
+/// Take the VM off its host and give back what it held.
+async fn remove(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
     let vm = load(cx).await?;
-    vm::set_state(cx.tx.conn().await?, vm.id, "destroying").await?;
-    if let Some(host_id) = vm.host_id {
+    if vm.host_id.is_some() {
         let host = host_of(cx, &vm).await?;
         let (root, name) = (host.root().to_string(), unix_name(&vm));
         let timeout = cx.time_left().min(SSH_LIMIT);
         host.exec(&crate::cmd!("SKEIN_ROOT={} {}/agent/bin/vm-remove {}", root, root, name)?, timeout).await?;
         // The run is over (its qemu is gone): forget it; it may never have started.
         let _ = host.exec(&daemonizer(&root, "clean", &name)?, timeout).await;
-        capacity::release(cx.tx.conn().await?, host_id, vm.size()).await?;
     }
     let conn = cx.tx.conn().await?;
+    if let Some(host_id) = vm.host_id {
+        capacity::release(conn, host_id, vm.size()).await?;
+    }
     capacity::return_quota(conn, vm.project_id).await?;
     vm::set_state(conn, vm.id, "destroyed").await?;
-    // However the destroy was asked for (API, console, a parent strand), it is what the VM now wants.
-    vm::set_desired(conn, vm.id, "destroyed").await?;
     cx.resolve_page(&waiting_tag(&vm)).await?;
     happened(cx, &vm, "destroyed", json!({})).await?;
     pop(json!({ "msg": "vm destroyed" }))
