@@ -55,7 +55,7 @@ pub struct CreateArgs {
     /// The owner's SSH public key (`ssh-ed25519 AAAA... comment`), or `@path` to read it from a file.
     #[arg(long)]
     pub public_key: String,
-    /// A private subnet of the project to join.
+    /// A private subnet of the project to join, by id (ps...) or name; it gets an address there.
     #[arg(long)]
     pub subnet: Option<String>,
     #[command(flatten)]
@@ -120,14 +120,13 @@ pub async fn create(s: &Session, args: CreateArgs, opts: &OpsOptions) -> anyhow:
         Some(path) => cli::read_small_file(path.as_ref(), cli::KEY_FILE_MAX, "--public-key")?,
         None => args.public_key.clone(),
     };
-    let subnet = args.subnet.as_deref().map(|id| Ubid::parse_as(id, UbidType::Subnet)).transpose().map_err(|e| anyhow!("--subnet: {e}"))?;
     let spec = Spec {
         name: &args.name,
         cores: args.cores,
         memory_mib: args.memory_mib,
         disk_mib: args.disk_mib,
         public_key: key.trim(),
-        subnet,
+        subnet: args.subnet.as_deref(),
     };
     rules::vm_spec(&spec).map_err(|e| anyhow!(e.cli_message()))?;
     let owner = project::by_name(&mut *s.pool.acquire().await?, &args.project)

@@ -48,6 +48,10 @@ pub const KEY_TYPES: [&str; 5] = ["ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256
 pub const RSA_MIN_BITS: usize = 2048;
 pub const HOST_CHECKUP_SECS: (i64, i64) = (1, 86_400);
 pub const HOST_PORT: (i64, i64) = (1, 65_535);
+/// A private subnet's prefix length: from 65,536 addresses down to 8.
+pub const SUBNET_PREFIX: (u8, u8) = (16, 29);
+/// The ranges a private subnet may use (RFC 1918).
+pub const PRIVATE_RANGES: [([u8; 4], u8); 3] = [([10, 0, 0, 0], 8), ([172, 16, 0, 0], 12), ([192, 168, 0, 0], 16)];
 
 /// A VM or project name: `^[a-z0-9][a-z0-9-]{0,62}$`.
 pub fn vm_name(field: &'static str, name: &str) -> Result<(), Invalid> {
@@ -173,12 +177,45 @@ pub fn root_dir(r: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
+/// A private subnet's range: `a.b.c.d/len`, IPv4, inside 10/8, 172.16/12
+/// or 192.168/16, a prefix length in [`SUBNET_PREFIX`], and the network
+/// address itself (`10.0.0.5/24` is refused, naming `10.0.0.0/24`).
+pub fn cidr(c: &str) -> Result<(), Invalid> {
+    let bad = |rule: String| Err(Invalid::new("cidr", rule));
+    let (lo, hi) = SUBNET_PREFIX;
+    let Some((addr, len)) = c.split_once('/') else {
+        return bad(format!("must be an IPv4 range such as 10.0.0.0/24 (address/prefix length), not {c:?}"));
+    };
+    let Ok(ip) = addr.parse::<std::net::Ipv4Addr>() else {
+        return bad(format!("must be an IPv4 range such as 10.0.0.0/24; {addr:?} is not an IPv4 address"));
+    };
+    let len = match len.parse::<u8>() {
+        Ok(l) if len.bytes().all(|b| b.is_ascii_digit()) && (lo..=hi).contains(&l) => l,
+        _ => return bad(format!("must have a prefix length between /{lo} and /{hi}, not /{len}")),
+    };
+    let bits = u32::from(ip);
+    let mask = |l: u8| u32::MAX << (32 - l);
+    let private = PRIVATE_RANGES.iter().any(|&(net, l)| bits & mask(l) == u32::from_be_bytes(net));
+    if !private {
+        return bad("must be inside a private range: 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16".into());
+    }
+    let network = std::net::Ipv4Addr::from(bits & mask(len));
+    if network != ip {
+        return bad(format!("must start at its network address: {network}/{len}, not {c}"));
+    }
+    Ok(())
+}
+
 /// Everything about a VM spec that can be checked without the database.
 pub fn vm_spec(spec: &Spec<'_>) -> Result<(), Invalid> {
     vm_name("name", spec.name)?;
     in_range("cores", spec.cores.into(), VM_CORES)?;
     in_range("memory_mib", spec.memory_mib.into(), VM_MEMORY_MIB)?;
     in_range("disk_mib", spec.disk_mib.into(), VM_DISK_MIB)?;
+    if let Some(subnet) = spec.subnet {
+        // A subnet's id (`ps...`) has the shape of a name too.
+        vm_name("subnet", subnet).map_err(|_| Invalid::new("subnet", "must be a private subnet's id (ps...) or name"))?;
+    }
     public_key(spec.public_key)
 }
 
@@ -244,6 +281,8 @@ pub fn refusal(error: &str) -> Option<Refusal> {
         Some(Refusal::Conflict("a VM with that name exists in this project already".into()))
     } else if error.contains("api_token_name_key") {
         Some(Refusal::Conflict("a live token with that name exists in this project already".into()))
+    } else if error.contains("private_subnet_project_id_name_key") {
+        Some(Refusal::Conflict("a subnet with that name exists in this project already".into()))
     } else if error.contains("project_name_key") {
         Some(Refusal::Conflict("a project with that name exists already".into()))
     } else if error.contains("vm_host_name_check") {
@@ -252,7 +291,7 @@ pub fn refusal(error: &str) -> Option<Refusal> {
         invalid("user", "must be a plain unix user name")
     } else if error.contains("vm_host_root_dir_check") {
         invalid("root_dir", "must be an absolute path")
-    } else if error.contains("vm_name_check") || error.contains("project_name_check") {
+    } else if error.contains("vm_name_check") || error.contains("project_name_check") || error.contains("private_subnet_name_check") {
         Some(Refusal::Invalid(vm_name("name", "").unwrap_err()))
     } else if error.contains("vm_public_key_check") {
         invalid("public_key", "must be `<type> <base64 key> [comment]`")
@@ -300,6 +339,23 @@ mod tests {
         assert!(says(&swapped).starts_with("public_key is not a valid ssh-rsa key"), "{}", says(&swapped));
         for bad in ["", "ssh-ed25519", "ssh-ed25519 ", "ssh-dss AAAA", "ssh-ed25519 AA AA\nssh-rsa BBBB", "ssh-ed25519 AA!"] {
             assert!(public_key(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn subnet_ranges_are_private_aligned_ipv4() {
+        for good in ["10.0.0.0/24", "10.9.0.0/16", "172.16.4.0/22", "172.31.255.248/29", "192.168.1.0/24"] {
+            assert_eq!(cidr(good), Ok(()), "{good}");
+        }
+        let says = |c: &str| cidr(c).unwrap_err().message();
+        assert!(says("10.0.0.5/24").contains("10.0.0.0/24"), "{}", says("10.0.0.5/24"));
+        assert!(says("8.8.8.0/24").contains("private range"));
+        assert!(says("172.32.0.0/16").contains("private range"));
+        assert!(says("10.0.0.0/8").contains("between /16 and /29"));
+        assert!(says("10.0.0.0/30").contains("between /16 and /29"));
+        assert!(says("fd00::/64").contains("IPv4"));
+        for bad in ["", "10.0.0.0", "10.0.0.0/", "10.0.0.0/+24", "10.0.0/24", "10.0.0.0/24 ", "256.0.0.0/24"] {
+            assert!(cidr(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -6,7 +6,7 @@
 //! Codes: `invalid_json`, `invalid_body`, `invalid_query`, `invalid_header`
 //! (400); `unauthenticated` (401); `forbidden` (403); `not_found`,
 //! `route_not_found` (404); `method_not_allowed` (405); `conflict`,
-//! `quota_exceeded`, `subnet_full`, `host_has_vms`, `host_destroyed`,
+//! `quota_exceeded`, `subnet_full`, `subnet_has_vms`, `host_has_vms`, `host_destroyed`,
 //! `vm_destroyed`, `vm_not_placed`, `vm_not_running` (409);
 //! `body_too_large` (413); `unsupported_media_type` (415); `invalid_field`,
 //! `idempotency_key_reused` (422); `internal` (500); `timeout` (503: not

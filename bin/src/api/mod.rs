@@ -5,7 +5,7 @@
 //! - [`error`]: the one error shape and its stable codes;
 //! - [`extract`]: strict bodies, path ids, queries and pagination;
 //! - [`idempotency`]: `Idempotency-Key` on creates;
-//! - [`vms`], [`hosts`], [`strands`]: the resources; [`vm_console`]: a VM's console;
+//! - [`vms`], [`subnets`], [`hosts`], [`strands`]: the resources; [`vm_console`]: a VM's console;
 //! - [`openapi`]: the document served at `/openapi.json`;
 //! - [`serve`] (here): the HTTP/1 server, with [`Limits`] so that a slow
 //!   or idle client cannot hold it, and one access log line and metrics
@@ -21,6 +21,7 @@ pub mod hosts;
 pub mod idempotency;
 pub mod openapi;
 pub mod strands;
+pub mod subnets;
 pub mod vm_console;
 pub mod vms;
 
@@ -73,6 +74,10 @@ routes! {
     POST "/v1/vms/{id}/start" => vms::start,
     POST "/v1/vms/{id}/restart" => vms::restart,
     GET "/v1/vms/{id}/console" => vm_console::get,
+    GET "/v1/subnets" => subnets::list,
+    POST "/v1/subnets" => subnets::create,
+    GET "/v1/subnets/{id}" => subnets::get,
+    DELETE "/v1/subnets/{id}" => subnets::delete,
     GET "/v1/hosts" => hosts::list,
     POST "/v1/hosts" => hosts::add,
     GET "/v1/hosts/{id}" => hosts::get,

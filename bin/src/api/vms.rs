@@ -33,7 +33,7 @@ pub struct CreateVm {
     pub memory_mib: i64,
     pub disk_mib: i64,
     pub public_key: String,
-    /// A private subnet of the project (`ps...`) to join.
+    /// A private subnet of the project to join, by id (`ps...`) or name.
     #[serde(default)]
     pub subnet: Option<String>,
 }
@@ -89,10 +89,6 @@ fn spec_of(req: &CreateVm) -> Result<Spec<'_>, ApiError> {
     rules::in_range("cores", req.cores, rules::VM_CORES)?;
     rules::in_range("memory_mib", req.memory_mib, rules::VM_MEMORY_MIB)?;
     rules::in_range("disk_mib", req.disk_mib, rules::VM_DISK_MIB)?;
-    let subnet = match &req.subnet {
-        Some(s) => Some(Ubid::parse_as(s, UbidType::Subnet).map_err(|_| Invalid::new("subnet", "must be a private subnet id (ps...)"))?),
-        None => None,
-    };
     // In range, so these fit an i32.
     let spec = Spec {
         name: &req.name,
@@ -100,7 +96,7 @@ fn spec_of(req: &CreateVm) -> Result<Spec<'_>, ApiError> {
         memory_mib: req.memory_mib as i32,
         disk_mib: req.disk_mib as i32,
         public_key: &req.public_key,
-        subnet,
+        subnet: req.subnet.as_deref(),
     };
     rules::vm_spec(&spec)?;
     Ok(spec)

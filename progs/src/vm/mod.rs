@@ -13,8 +13,8 @@ use sqlx::PgConnection;
 pub enum CreateError {
     #[error("project {0} has used up its VM quota")]
     QuotaExceeded(Ubid),
-    #[error("subnet {0} is not a subnet of this project")]
-    NoSuchSubnet(Ubid),
+    #[error("{0} is not a private subnet of this project")]
+    NoSuchSubnet(String),
     #[error("subnet {0} has no free address left")]
     SubnetFull(Ubid),
     #[error(transparent)]
@@ -30,8 +30,8 @@ pub struct Spec<'a> {
     pub memory_mib: i32,
     pub disk_mib: i32,
     pub public_key: &'a str,
-    /// A private subnet of the project to join, if any.
-    pub subnet: Option<Ubid>,
+    /// A live private subnet of the project to join, by id (`ps...`) or name.
+    pub subnet: Option<&'a str>,
 }
 
 /// Create a VM: take quota, write its row and start its strand, all in the
@@ -52,12 +52,14 @@ pub async fn create(conn: &mut PgConnection, project: Ubid, spec: &Spec<'_>, fra
         public_key: spec.public_key,
     };
     vm::insert(conn, &new).await?;
-    if let Some(subnet) = spec.subnet {
-        if skein_models::subnet::mcast_of(conn, subnet.uuid(), project.uuid()).await?.is_none() {
-            return Err(CreateError::NoSuchSubnet(subnet));
-        }
-        let ip = skein_models::subnet::allocate_ip(conn, subnet.uuid()).await?.ok_or(CreateError::SubnetFull(subnet))?;
-        skein_models::subnet::assign(conn, id.uuid(), subnet.uuid(), &ip).await?;
+    if let Some(reference) = spec.subnet {
+        // An id names only that subnet; anything else is a name.
+        let by_id = Ubid::parse_as(reference, UbidType::Subnet).ok().map(|u| u.uuid());
+        let subnet = skein_models::subnet::lock_live(conn, project.uuid(), by_id, reference)
+            .await?
+            .ok_or_else(|| CreateError::NoSuchSubnet(reference.to_string()))?;
+        let ip = skein_models::subnet::allocate_ip(conn, subnet).await?.ok_or(CreateError::SubnetFull(Ubid::from_uuid(subnet)))?;
+        skein_models::subnet::assign(conn, id.uuid(), subnet, &ip).await?;
     }
     let detail = serde_json::json!({"name": spec.name, "cores": spec.cores, "memory_mib": spec.memory_mib});
     skein_models::event::record(conn, id.uuid(), "created", "user", &detail).await?;

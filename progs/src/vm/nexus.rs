@@ -116,7 +116,7 @@ async fn start(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
         return hop(Label::Setup);
     }
     let conn = cx.tx.conn().await?;
-    match capacity::reserve(conn, vm.size()).await? {
+    match capacity::reserve_for_subnet(conn, vm.size(), vm.subnet_id).await? {
         Some(host) => {
             vm::place(conn, vm.id, host).await?;
             cx.resolve_page(&waiting_tag(&vm)).await?;

@@ -1,0 +1,120 @@
+//! Private subnets, a project's own IPv4 ranges: create, list, get (with its
+//! VMs and their addresses), delete. Project tokens only; another project's
+//! subnet is answered exactly like one that does not exist (404). A deleted
+//! subnet frees its name; deleting one that still has live VMs is a 409.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use skein_models::subnet::{self, Member, Subnet};
+use skein_models::{Ubid, UbidType};
+use skein_progs::rules;
+use sqlx::PgConnection;
+
+use super::auth::Auth;
+use super::error::ApiError;
+use super::extract::{ApiQuery, JsonBody, Page, PageReq, PathId};
+use super::ApiState;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSubnet {
+    pub name: String,
+    /// "10.0.0.0/24": see `rules::cidr`.
+    pub cidr: String,
+}
+
+/// A subnet as the API shows it; `vms` only on `GET /v1/subnets/{id}`.
+#[derive(Debug, Serialize)]
+pub struct SubnetView {
+    pub id: Ubid,
+    pub project: Ubid,
+    pub name: String,
+    pub cidr: String,
+    pub created_at: DateTime<Utc>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vms: Option<Vec<MemberView>>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MemberView {
+    pub id: Ubid,
+    pub name: String,
+    pub state: String,
+    pub private_ip: String,
+}
+
+fn view(s: Subnet, vms: Option<Vec<Member>>) -> SubnetView {
+    SubnetView {
+        id: Ubid::from_uuid(s.id),
+        project: Ubid::from_uuid(s.project_id),
+        name: s.name,
+        cidr: s.cidr,
+        created_at: s.created_at,
+        vms: vms.map(|m| {
+            m.into_iter().map(|m| MemberView { id: Ubid::from_uuid(m.id), name: m.name, state: m.state, private_ip: m.private_ip }).collect()
+        }),
+    }
+}
+
+/// The caller's live subnet `id`; 404 for anything else, whichever the reason.
+async fn visible(conn: &mut PgConnection, auth: &Auth, id: &PathId) -> Result<Subnet, ApiError> {
+    let project = auth.project()?;
+    let id = id.parse(UbidType::Subnet)?;
+    subnet::get(conn, project.uuid(), id.uuid()).await?.ok_or_else(|| ApiError::not_found("private subnet"))
+}
+
+/// `POST /v1/subnets`: 201 with the subnet; 409 if a live subnet of the
+/// project has the name; 422 for a name or range the rules refuse.
+pub async fn create(State(st): State<ApiState>, auth: Auth, body: JsonBody<CreateSubnet>) -> Result<(StatusCode, Json<SubnetView>), ApiError> {
+    let project = auth.project()?;
+    let req = &body.value;
+    rules::vm_name("name", &req.name)?;
+    rules::cidr(&req.cidr)?;
+    let mut tx = st.pool.begin().await?;
+    let id = subnet::create(&mut tx, project.uuid(), &req.name, &req.cidr).await?;
+    let row = subnet::get(&mut tx, project.uuid(), id.uuid()).await?.ok_or_else(|| ApiError::internal("the subnet just created is not there"))?;
+    tx.commit().await?;
+    Ok((StatusCode::CREATED, Json(view(row, None))))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListSubnets {
+    pub limit: Option<i64>,
+    pub after: Option<String>,
+}
+
+/// `GET /v1/subnets`: the project's live subnets, in id order.
+pub async fn list(State(st): State<ApiState>, auth: Auth, ApiQuery(q): ApiQuery<ListSubnets>) -> Result<Json<Page<SubnetView>>, ApiError> {
+    let project = auth.project()?;
+    let req = PageReq::new(q.limit, q.after.as_deref(), UbidType::Subnet)?;
+    let rows = subnet::page(&mut *st.pool.acquire().await?, project.uuid(), req.after, req.fetch()).await?;
+    Ok(Json(Page::of(rows, req, |s| s.id, |s| view(s, None))))
+}
+
+/// `GET /v1/subnets/{id}`: the subnet, its VMs that are not destroyed and their addresses.
+pub async fn get(State(st): State<ApiState>, auth: Auth, id: PathId) -> Result<Json<SubnetView>, ApiError> {
+    let mut conn = st.pool.acquire().await?;
+    let row = visible(&mut conn, &auth, &id).await?;
+    let members = subnet::members(&mut conn, row.id).await?;
+    Ok(Json(view(row, Some(members))))
+}
+
+/// `DELETE /v1/subnets/{id}`: 200 with the subnet as it was; 409
+/// `subnet_has_vms` while VMs not meant to be destroyed are in it.
+pub async fn delete(State(st): State<ApiState>, auth: Auth, id: PathId) -> Result<Json<SubnetView>, ApiError> {
+    let mut tx = st.pool.begin().await?;
+    let row = visible(&mut tx, &auth, &id).await?;
+    // Locked: no VM joins it between counting and deleting.
+    subnet::lock_live(&mut tx, row.project_id, Some(row.id), "").await?.ok_or_else(|| ApiError::not_found("private subnet"))?;
+    let live = subnet::live_vms(&mut tx, row.id).await?;
+    if live > 0 {
+        return Err(ApiError::conflict("subnet_has_vms", format!("subnet {} has {live} VMs that are not destroyed; destroy them first", row.name)));
+    }
+    subnet::delete(&mut tx, row.id).await?;
+    tx.commit().await?;
+    Ok(Json(view(row, None)))
+}
