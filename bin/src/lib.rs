@@ -12,7 +12,8 @@
 //!   [`bench_remote`]: strands beside slow remote calls).
 //! - [`up`]: `skein up`, the control plane on its defaults, with a demo.
 //! - [`api`]: the HTTP API (`skein api`, and inside `skein up`); [`api_cmd`],
-//!   [`project_cmd`], [`token_cmd`]: `skein api`, `skein project`, `skein token`.
+//!   [`project_cmd`], [`token_cmd`], [`subnet_cmd`]: `skein api`, `skein project`,
+//!   `skein token`, `skein subnet`.
 //! - [`console`]: the operator console and the `skein strand|page|host|vm|ubid|audit`
 //!   commands; [`host_cmd`], [`vm_cmd`]: adding hosts and creating VMs;
 //!   [`follow`]: following a strand live (`--wait`); [`cli`]: what every CLI
@@ -35,6 +36,7 @@ pub mod metrics;
 pub mod project_cmd;
 pub mod respirate;
 pub mod signals;
+pub mod subnet_cmd;
 pub mod token_cmd;
 pub mod up;
 pub mod vm_cmd;

@@ -6,7 +6,7 @@
 
 use clap::{Parser, Subcommand};
 use skein_bin::console::{self, Ops, OpsOptions};
-use skein_bin::{api_cmd, bench, embedded::Embedded, host_cmd, project_cmd, token_cmd, up, vm_cmd, worker};
+use skein_bin::{api_cmd, bench, embedded::Embedded, host_cmd, project_cmd, subnet_cmd, token_cmd, up, vm_cmd, worker};
 
 #[derive(Parser, Debug)]
 #[command(name = "skein", version, about = "A Postgres-backed workflow engine and the VM control plane built on it")]
@@ -84,6 +84,13 @@ enum Command {
         #[command(flatten)]
         opts: OpsOptions,
     },
+    /// Private subnets of a project: create, list, show (its VMs and addresses), delete.
+    Subnet {
+        #[command(subcommand)]
+        cmd: subnet_cmd::SubnetCmd,
+        #[command(flatten)]
+        opts: OpsOptions,
+    },
     /// API bearer tokens, for a project or an operator.
     Token {
         #[command(subcommand)]
@@ -147,6 +154,7 @@ async fn tokio_main() -> anyhow::Result<()> {
         Command::Workers { opts } => console::run_one(Ops::Workers, opts).await,
         Command::Api(args) => api_cmd::run(args).await,
         Command::Project { cmd, opts } => project_cmd::run(cmd, opts).await,
+        Command::Subnet { cmd, opts } => subnet_cmd::run(cmd, opts).await,
         Command::Token { cmd, opts } => token_cmd::run(cmd, opts).await,
         Command::Db { action } => {
             let db = Embedded::from_env()?;

@@ -58,6 +58,11 @@ pub async fn get(conn: &mut PgConnection, project: Uuid, id: Uuid) -> Result<Opt
         .await
 }
 
+/// The live subnet `id`, of whichever project (for operators).
+pub async fn by_id(conn: &mut PgConnection, id: Uuid) -> Result<Option<Subnet>, sqlx::Error> {
+    sqlx::query_as(&format!("SELECT {COLUMNS} FROM private_subnet WHERE id = $1 AND deleted_at IS NULL")).bind(id).fetch_optional(conn).await
+}
+
 /// The live subnet of `project` named `name`.
 pub async fn by_name(conn: &mut PgConnection, project: Uuid, name: &str) -> Result<Option<Subnet>, sqlx::Error> {
     sqlx::query_as(&format!("SELECT {COLUMNS} FROM private_subnet WHERE project_id = $1 AND name = $2 AND deleted_at IS NULL"))

@@ -1,0 +1,130 @@
+//! `skein subnet create|list|show|delete`: a project's private subnets, as
+//! the API has them (the same rules, the same refusals). Create and delete
+//! are changes: confirmed, and audited in the transaction that makes them.
+//! A subnet is named by its id (`ps...`) or by its name with `--project`.
+
+use anyhow::{anyhow, bail};
+use serde_json::json;
+use skein_models::subnet::{self, Subnet};
+use skein_models::{project, Ubid, UbidType};
+use skein_progs::rules;
+
+use crate::cli::Change;
+use crate::console::{OpsOptions, Reply, Session};
+
+#[derive(clap::Subcommand, Debug)]
+pub enum SubnetCmd {
+    /// Make a private subnet: its VMs get addresses from CIDR and, until subnets span hosts, all run on one host.
+    Create {
+        /// Its name, unique among the project's live subnets (lowercase letters, digits, dashes).
+        name: String,
+        /// The project it belongs to, by name.
+        #[arg(long)]
+        project: String,
+        /// Its IPv4 range: inside 10/8, 172.16/12 or 192.168/16, /16 to /29, e.g. 10.0.0.0/24.
+        #[arg(long)]
+        cidr: String,
+    },
+    /// List a project's live subnets.
+    List {
+        #[arg(long)]
+        project: String,
+    },
+    /// A subnet, its VMs and their addresses.
+    Show {
+        /// Its id (ps...), or its name with --project.
+        subnet: String,
+        #[arg(long)]
+        project: Option<String>,
+    },
+    /// Delete a subnet (refused while it has VMs that are not destroyed); its name is free again.
+    Delete {
+        /// Its id (ps...), or its name with --project.
+        subnet: String,
+        #[arg(long)]
+        project: Option<String>,
+    },
+}
+
+pub async fn run(cmd: SubnetCmd, opts: OpsOptions) -> anyhow::Result<()> {
+    let s = Session::open(&opts).await?;
+    let reply = match cmd {
+        SubnetCmd::Create { name, project, cidr } => create(&s, &name, &project, &cidr, &opts).await?,
+        SubnetCmd::List { project } => list(&s, &project).await?,
+        SubnetCmd::Show { subnet, project } => show(&s, &subnet, project.as_deref()).await?,
+        SubnetCmd::Delete { subnet, project } => delete(&s, &subnet, project.as_deref(), &opts).await?,
+    };
+    reply.print(opts.json);
+    Ok(())
+}
+
+async fn project_id(s: &Session, name: &str) -> anyhow::Result<uuid::Uuid> {
+    let p = project::by_name(&mut *s.pool.acquire().await?, name).await?;
+    Ok(p.ok_or_else(|| anyhow!("no project {name:?} (`skein project list` shows them)"))?.id)
+}
+
+/// The live subnet `reference` names: an id, or a name in `project`.
+async fn find(s: &Session, reference: &str, project: Option<&str>) -> anyhow::Result<Subnet> {
+    let found = match (Ubid::parse_as(reference, UbidType::Subnet), project) {
+        (Ok(id), _) => subnet::by_id(&mut *s.pool.acquire().await?, id.uuid()).await?,
+        (Err(_), Some(p)) => {
+            let p = project_id(s, p).await?;
+            subnet::by_name(&mut *s.pool.acquire().await?, p, reference).await?
+        }
+        (Err(_), None) => bail!("{reference:?} is not a subnet id (ps...); to name a subnet by its name, add --project"),
+    };
+    found.ok_or_else(|| anyhow!("no live subnet {reference}"))
+}
+
+fn line(sub: &Subnet) -> String {
+    format!("{}  {:<24} {}", Ubid::from_uuid(sub.id), sub.name, sub.cidr)
+}
+
+async fn create(s: &Session, name: &str, project: &str, cidr: &str, opts: &OpsOptions) -> anyhow::Result<Reply> {
+    rules::vm_name("name", name).map_err(|e| anyhow!("the subnet {}", e.rule))?;
+    rules::cidr(cidr).map_err(|e| anyhow!(e.cli_message()))?;
+    let owner = project_id(s, project).await?;
+    let mut change = Change::begin(&s.pool, &s.operator, opts.yes, &format!("create subnet {name} ({cidr}) in project {project}")).await?;
+    let id = subnet::create(change.conn(), owner, name, cidr).await.map_err(|e| rules::explain(e.into()))?;
+    let detail = json!({"name": name, "project": project, "cidr": cidr});
+    change.commit("subnet-create", Some(id.uuid()), &detail).await?;
+    let answer = json!({"id": id, "name": name, "project": project, "cidr": cidr});
+    Ok(Reply::new(format!("subnet {name} ({cidr}) created as {id} in project {project}"), answer))
+}
+
+async fn list(s: &Session, project: &str) -> anyhow::Result<Reply> {
+    let owner = project_id(s, project).await?;
+    // A project has few subnets; one large page holds them all.
+    let subnets = subnet::page(&mut *s.pool.acquire().await?, owner, None, 10_000).await?;
+    let mut text: String = subnets.iter().map(|sub| line(sub) + "\n").collect();
+    text.push_str(&format!("{} subnets in project {project}", subnets.len()));
+    Ok(Reply::new(text, json!({"subnets": subnets})))
+}
+
+async fn show(s: &Session, reference: &str, project: Option<&str>) -> anyhow::Result<Reply> {
+    let sub = find(s, reference, project).await?;
+    let vms = subnet::members(&mut *s.pool.acquire().await?, sub.id).await?;
+    let mut text = line(&sub) + "\n";
+    text.extend(vms.iter().map(|m| format!("  {:<18} {}  {:<24} {}\n", m.private_ip, Ubid::from_uuid(m.id), m.name, m.state)));
+    text.push_str(&format!("{} VMs", vms.len()));
+    let mut answer = serde_json::to_value(&sub)?;
+    answer["vms"] = serde_json::to_value(&vms)?;
+    Ok(Reply::new(text, answer))
+}
+
+async fn delete(s: &Session, reference: &str, project: Option<&str>, opts: &OpsOptions) -> anyhow::Result<Reply> {
+    let sub = find(s, reference, project).await?;
+    let id = Ubid::from_uuid(sub.id);
+    let mut change = Change::begin(&s.pool, &s.operator, opts.yes, &format!("delete subnet {} ({id}, {})", sub.name, sub.cidr)).await?;
+    // Locked: no VM joins it between counting and deleting.
+    if subnet::lock_live(change.conn(), sub.project_id, Some(sub.id), "").await?.is_none() {
+        bail!("subnet {} was deleted meanwhile; nothing changed", sub.name);
+    }
+    let live = subnet::live_vms(change.conn(), sub.id).await?;
+    if live > 0 {
+        bail!("subnet {} has {live} VMs that are not destroyed; destroy them first (`skein subnet show {id}`)", sub.name);
+    }
+    subnet::delete(change.conn(), sub.id).await?;
+    change.commit("subnet-delete", Some(sub.id), &json!({"name": sub.name, "cidr": sub.cidr})).await?;
+    Ok(Reply::new(format!("subnet {} ({id}) deleted; its name is free again", sub.name), json!({"id": id, "name": sub.name, "deleted": true})))
+}
