@@ -140,7 +140,7 @@ async fn invalid_creates_are_refused_with_a_clear_code_and_write_nothing() {
         (with("name", json!("a".repeat(64))), 422, "invalid_field", "name must be"),
         (with("public_key", json!("ssh-dss AAAA")), 422, "invalid_field", "public_key must start with"),
         (with("public_key", json!(format!("{PUBLIC_KEY}\nssh-ed25519 AAAA evil"))), 422, "invalid_field", "public_key must be one line"),
-        (with("subnet", json!("vm123")), 422, "invalid_field", "subnet must be a private subnet id"),
+        (with("subnet", json!("Not A_Name")), 422, "invalid_field", "subnet must be a private subnet's id (ps...) or name"),
         (with("subnet", json!(Ubid::generate(UbidType::Subnet).to_string())), 422, "invalid_field", "is not a private subnet of this project"),
         (json!([1, 2]), 400, "invalid_body", "must be a JSON object"),
         (json!(null), 400, "invalid_body", "must be a JSON object"),

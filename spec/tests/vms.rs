@@ -277,8 +277,8 @@ async fn two_vms_on_one_private_subnet_reach_each_other() {
     let (owner_private, owner_public) = generate_keypair();
     let subnet = skein_models::subnet::create(&mut w.db.pool.acquire().await.unwrap(), project.uuid(), "backend", "10.9.0.0/24").await.unwrap();
     let mut ids = Vec::new();
-    for name in ["db", "app"] {
-        let spec = Spec { name, cores: 1, memory_mib: 256, disk_mib: 64, public_key: &owner_public, subnet: Some(subnet) };
+    for (name, by) in [("db", subnet.to_string()), ("app", "backend".to_string())] {
+        let spec = Spec { name, cores: 1, memory_mib: 256, disk_mib: 64, public_key: &owner_public, subnet: Some(&by) };
         let mut tx = w.db.pool.begin().await.unwrap();
         ids.push(vms::create(&mut tx, project, &spec, nexus::Frame::default()).await.unwrap());
         tx.commit().await.unwrap();
