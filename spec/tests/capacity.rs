@@ -93,3 +93,54 @@ async fn concurrent_creates_never_exceed_a_quota() {
     let count: i32 = sqlx::query_scalar("SELECT vm_count FROM project WHERE id = $1").bind(project).fetch_one(&db.pool).await.unwrap();
     assert_eq!(count, 5);
 }
+
+/// A VM of `subnet` in `project`, placed on `host` (or waiting, if None).
+async fn subnet_vm(db: &TestDb, project: Uuid, subnet: Uuid, name: &str, host: Option<Uuid>) {
+    let id = Ubid::generate(UbidType::Vm).uuid();
+    sqlx::query(
+        "INSERT INTO vm (id, project_id, name, cores, memory_mib, disk_mib, public_key, host_id, subnet_id, private_ip) \
+         VALUES ($1, $2, $3, 1, 512, 1000, 'ssh-ed25519 AAAA', $4, $5, $6::inet)",
+    )
+    .bind(id)
+    .bind(project)
+    .bind(name)
+    .bind(host)
+    .bind(subnet)
+    .bind(format!("10.9.0.{}/24", 10 + name.len()))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_subnets_vms_go_to_the_host_of_its_other_vms_or_wait_for_room_there() {
+    let db = TestDb::new().await;
+    let project = Ubid::generate(UbidType::Project).uuid();
+    sqlx::query("INSERT INTO project (id, name, vm_quota) VALUES ($1, 'tenant', 50)").bind(project).execute(&db.pool).await.unwrap();
+    let mut conn = db.pool.acquire().await.unwrap();
+    let subnet = skein_models::subnet::create(&mut conn, project, "backend", "10.9.0.0/24").await.unwrap().uuid();
+    let small = host(&db, "small", 2, 16_384).await;
+    let roomy = host(&db, "roomy", 64, 65_536).await;
+
+    // Its first VM goes where there is most room, as any VM would.
+    let first = capacity::reserve_for_subnet(&mut conn, SMALL, Some(subnet)).await.unwrap();
+    assert_eq!(first, Some(roomy));
+    // Once a VM of the subnet is on a host, the others follow it there,
+    // even where another host has more room, all of them at once too.
+    sqlx::query("UPDATE vm_host SET used_cores = 0 WHERE id = $1").bind(roomy).execute(&mut *conn).await.unwrap();
+    subnet_vm(&db, project, subnet, "a", Some(small)).await;
+    let got = race(&db, 6, move |pool| async move {
+        let mut conn = pool.acquire().await.unwrap();
+        capacity::reserve_for_subnet(&mut conn, SMALL, Some(subnet)).await.unwrap()
+    })
+    .await;
+    assert_eq!(got.iter().filter(|h| **h == Some(small)).count(), 2, "two cores on the subnet's host: {got:?}");
+    assert!(!got.contains(&Some(roomy)), "none went where the subnet's VMs are not: {got:?}");
+    // A VM outside any subnet still goes anywhere with room.
+    assert_eq!(capacity::reserve_for_subnet(&mut conn, SMALL, None).await.unwrap(), Some(roomy));
+    assert_eq!(capacity::reserve(&mut conn, SMALL).await.unwrap(), Some(roomy));
+
+    // Once its VMs there are destroyed, the subnet may go elsewhere.
+    sqlx::query("UPDATE vm SET state = 'destroyed', desired_state = 'destroyed' WHERE subnet_id = $1").bind(subnet).execute(&mut *conn).await.unwrap();
+    assert_eq!(capacity::reserve_for_subnet(&mut conn, SMALL, Some(subnet)).await.unwrap(), Some(roomy));
+}
