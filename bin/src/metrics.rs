@@ -3,7 +3,8 @@
 //! pool do, and what the database says (due strands, lag, open pages).
 //! The README lists every series with example alert rules; the engine adds
 //! its own (`skein_steps_total`, `skein_steps_failed_total`,
-//! `skein_lease_takeovers_total`).
+//! `skein_lease_takeovers_total`), and the SSH client its calls by host
+//! (`skein_progs::ssh::metrics`).
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -391,6 +391,9 @@ impl Runner {
             .and_then(|s| s.parse().ok())
             .unwrap_or(cur.id);
         let runs = self.registry.get(&prog)?.clone();
+        // What ran, as the report names it: a destroy runs its prog's destroy
+        // label, not the label the strand was at.
+        let (ran_prog, ran_label) = (prog.clone(), label.clone());
         let (flow, budded, decrs, deadline_change) = match forced {
             Some(flow) => (flow, vec![], vec![], None),
             None => {
@@ -563,8 +566,8 @@ impl Runner {
 
         let report = StepReport {
             strand: ubid,
-            prog: cur.prog.clone(),
-            label: cur.label.clone(),
+            prog: ran_prog,
+            label: ran_label,
             outcome,
             budded: budded.into_iter().map(Ubid::from_uuid).collect(),
             micros: 0,

@@ -17,40 +17,20 @@ impl Proc {
     /// Start `respirate` against `url` with short leases (takeovers in seconds)
     /// and a quick fallback poll, unless `extra` sets them.
     pub fn respirate(url: &str, extra: &[&str]) -> Proc {
-        let mut args = vec!["--database-url", url];
-        for (flag, value) in [("--lease-secs", "4"), ("--poll-ms", "200")] {
-            if !extra.contains(&flag) {
-                args.extend([flag, value]);
-            }
-        }
-        args.extend_from_slice(extra);
-        Proc::start("respirate", &args)
+        Proc::start("respirate", &worker_args(url, &[("--lease-secs", "4"), ("--poll-ms", "200")], extra))
     }
 
     /// `spec-respirate` (respirate serving the spec's test progs too) with
     /// long leases, so that anything taken over in seconds was taken over by
     /// liveness, never by a lease running out.
     pub fn spec_respirate(url: &str, extra: &[&str]) -> Proc {
-        let mut args = vec!["--database-url", url];
-        for (flag, value) in [("--lease-secs", "120"), ("--poll-ms", "200")] {
-            if !extra.contains(&flag) {
-                args.extend([flag, value]);
-            }
-        }
-        args.extend_from_slice(extra);
-        Proc::start("spec-respirate", &args)
+        Proc::start("spec-respirate", &worker_args(url, &[("--lease-secs", "120"), ("--poll-ms", "200")], extra))
     }
 
     /// `respirate` as above, with extra environment (e.g. SKEIN_SECRET_KEY).
     pub fn respirate_env(url: &str, extra: &[&str], env: &[(&str, &str)]) -> Proc {
-        let mut args = vec!["--database-url", url];
-        for (flag, value) in [("--lease-secs", "4"), ("--poll-ms", "200"), ("--backoff-cap-secs", "2")] {
-            if !extra.contains(&flag) {
-                args.extend([flag, value]);
-            }
-        }
-        args.extend_from_slice(extra);
-        Proc::start_env("respirate", &args, env)
+        let defaults = [("--lease-secs", "4"), ("--poll-ms", "200"), ("--backoff-cap-secs", "2")];
+        Proc::start_env("respirate", &worker_args(url, &defaults, extra), env)
     }
 
     pub fn start(name: &str, args: &[&str]) -> Proc {
@@ -109,6 +89,19 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A worker's arguments: the database, each default flag `extra` does not
+/// set itself, then `extra`.
+fn worker_args<'a>(url: &'a str, defaults: &[(&'a str, &'a str)], extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["--database-url", url];
+    for (flag, value) in defaults {
+        if !extra.contains(flag) {
+            args.extend([*flag, *value]);
+        }
+    }
+    args.extend_from_slice(extra);
+    args
 }
 
 /// Run `skein` to completion.

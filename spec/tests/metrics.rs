@@ -6,7 +6,10 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use skein_engine::testing::TestDb;
+use skein_progs::host::{self, nexus, NewHost};
+use skein_spec::hosts::{generate_keypair, TestHost};
 use skein_spec::procs::{free_port, skein_ok, Proc};
+use skein_spec::world::World;
 
 fn scrape(addr: &str) -> String {
     let mut body = String::new();
@@ -95,4 +98,36 @@ async fn the_documented_api_series_are_served() {
         ],
         &api,
     );
+}
+
+/// SSH calls by host: a real sshd host answers (a duration series), and a
+/// port nobody listens on refuses (a `connect` failure), each labelled by
+/// its `address:port`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_ssh_series_are_served() {
+    let world = World::new().await;
+    let (private, public) = generate_keypair();
+    let sshd = TestHost::start(&public);
+    world.add("answers", &sshd, &private, nexus::Frame::default()).await;
+    let refused = free_port();
+    let mut tx = world.db.pool.begin().await.unwrap();
+    let new = NewHost { name: "refuses", address: "127.0.0.1", port: refused, user: "root", bootstrap_private_key: &private, root_dir: "/var/lib/skein" };
+    host::add(&mut tx, &world.secret, &new, nexus::Frame::default()).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let addr = format!("127.0.0.1:{}", free_port());
+    let hex = world.secret.to_hex();
+    let worker = Proc::respirate_env(&world.db.url(), &["--metrics-addr", &addr, "--backoff-cap-secs", "1"], &[("SKEIN_SECRET_KEY", &hex)]);
+    let answers = format!("{}:{}", sshd.addr(), sshd.port());
+    scrape_until(
+        &addr,
+        &[
+            &format!("skein_ssh_call_duration_seconds_count{{host=\"{answers}\"}}"),
+            &format!("skein_ssh_call_duration_seconds_bucket{{host=\"127.0.0.1:{refused}\""),
+            &format!("skein_ssh_call_failures_total{{host=\"127.0.0.1:{refused}\",kind=\"connect\"}}"),
+        ],
+        &worker,
+    );
+    let body = scrape(&addr);
+    assert!(!body.contains(&format!("skein_ssh_call_failures_total{{host=\"{answers}\",kind=\"connect\"")), "the answering host never refused:\n{body}");
 }

@@ -444,6 +444,11 @@ async fn r12_destroy_pops_pushed_frames_and_runs_destroy_label_once() {
     h.incr(id, "destroy").await;
     let reports = h.drain().await;
     assert_eq!(reports[0].outcome, Outcome::Hop { to: "Gone".into() }, "Teardown ran first: {reports:?}");
+    assert_eq!(
+        (reports[0].prog.as_str(), reports[0].label.as_str()),
+        ("Spec::Teardown", "Teardown"),
+        "the report names the label that ran, not the one the strand was at"
+    );
     let row = h.strand(id).await;
     assert_eq!((row.prog.as_str(), row.label.as_str()), ("Spec::Teardown", "Gone"));
     assert_eq!(row.stack.as_array().unwrap().len(), 1, "the pushed frame was popped");

@@ -7,6 +7,7 @@ use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
 use rand::RngCore;
+use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use skein_models::{api_token, Ubid};
 use uuid::Uuid;
@@ -34,10 +35,12 @@ pub enum Caller {
     Operator,
 }
 
-/// An authenticated request's caller and the token it used.
-#[derive(Clone, Copy, Debug)]
+/// An authenticated request's caller and the token it used (its id and
+/// name, never its secret: events and logs name it).
+#[derive(Clone, Debug)]
 pub struct Auth {
     pub token: Ubid,
+    pub token_name: String,
     pub caller: Caller,
 }
 
@@ -74,12 +77,18 @@ impl Auth {
         }
     }
 
-    /// The `actor` of events this caller causes.
+    /// The `actor` of events this caller causes: which kind of caller.
     pub fn actor(&self) -> &'static str {
         match self.caller {
             Caller::Project(_) => "user",
             Caller::Operator => "operator",
         }
+    }
+
+    /// Which token caused an event, for its `detail`: `{"token": {"id", "name"}}`.
+    /// Structured, so a reader need not parse it out of a string.
+    pub fn by(&self) -> Value {
+        json!({"token": {"id": self.token, "name": self.token_name}})
     }
 }
 
@@ -112,6 +121,6 @@ impl FromRequestParts<ApiState> for Auth {
         if let Some(notes) = parts.extensions.get::<super::Notes>() {
             notes.token(id); // for the access log
         }
-        Ok(Auth { token: id, caller })
+        Ok(Auth { token: id, token_name: token.name, caller })
     }
 }

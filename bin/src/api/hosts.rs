@@ -8,7 +8,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use skein_models::vm_host::{self, VmHost};
 use skein_models::{event, sshable, Ubid, UbidType};
 use skein_progs::host::{self, nexus, NewHost};
@@ -131,7 +130,7 @@ pub async fn add(State(st): State<ApiState>, auth: Auth, headers: HeaderMap, bod
     }
     let frame = nexus::Frame { checkup_secs: req.checkup_secs as u64, ..Default::default() };
     let id = host::add(&mut tx, &st.secret, &new, frame).await.map_err(ApiError::from_anyhow)?;
-    event::record(&mut tx, id.uuid(), "added", auth.actor(), &json!({"token": auth.token})).await?;
+    event::record(&mut tx, id.uuid(), "added", auth.actor(), &auth.by()).await?;
     let row = vm_host::get(&mut tx, id.uuid()).await?.ok_or_else(|| ApiError::internal("the host just added is not there"))?;
     let response = serde_json::to_value(view(&mut tx, row).await?).map_err(ApiError::internal)?;
     idempotency::finish(&mut tx, key.as_ref(), id.uuid(), StatusCode::CREATED, &response).await?;
@@ -183,7 +182,7 @@ async fn signal(st: &ApiState, auth: &Auth, id: &PathId, action: HostAction) -> 
     auth.operator()?;
     let host = id.parse(UbidType::VmHost)?;
     let mut tx = st.pool.begin().await?;
-    let row = signals::host(&mut tx, host.uuid(), action, auth.actor(), &json!({"token": auth.token})).await?;
+    let row = signals::host(&mut tx, host.uuid(), action, auth.actor(), &auth.by()).await?;
     let view = view(&mut tx, row).await?;
     tx.commit().await?;
     Ok((StatusCode::ACCEPTED, Json(view)))

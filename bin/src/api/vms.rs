@@ -122,7 +122,7 @@ pub async fn create(State(st): State<ApiState>, auth: Auth, headers: HeaderMap, 
     if let Some(replay) = idempotency::claim(&mut tx, key.as_ref()).await? {
         return Ok(replay);
     }
-    let id = vms::create(&mut tx, project, &spec, nexus::Frame::default()).await.map_err(create_error)?;
+    let id = vms::create_by(&mut tx, project, &spec, nexus::Frame::default(), auth.actor(), &auth.by()).await.map_err(create_error)?;
     let row = vm::get(&mut tx, id.uuid()).await?.ok_or_else(|| ApiError::internal("the VM just created is not there"))?;
     let response = serde_json::to_value(view(row, &auth)).map_err(ApiError::internal)?;
     idempotency::finish(&mut tx, key.as_ref(), id.uuid(), StatusCode::CREATED, &response).await?;
@@ -185,7 +185,7 @@ pub async fn restart(st: State<ApiState>, auth: Auth, id: PathId) -> Result<(Sta
 async fn signal(State(st): State<ApiState>, auth: Auth, id: PathId, action: VmAction) -> Result<(StatusCode, Json<VmView>), ApiError> {
     let mut tx = st.pool.begin().await?;
     let row = visible(&mut tx, &auth, &id).await?;
-    let (row, _) = signals::vm(&mut tx, row.id, action, auth.actor(), &json!({"token": auth.token})).await?;
+    let (row, _) = signals::vm(&mut tx, row.id, action, auth.actor(), &auth.by()).await?;
     tx.commit().await?;
     Ok((StatusCode::ACCEPTED, Json(view(row, &auth))))
 }

@@ -278,7 +278,10 @@ pub async fn workers(s: &Session) -> anyhow::Result<Reply> {
         .map(|w| vec![w.holder.clone(), render::relative(w.started_at), render::relative(w.seen_at), w.claims.to_string()])
         .collect();
     let mut text = render::table(&["worker", "started", "last beat", "claims"], &cells);
-    text.push_str(&format!("{} live workers", rows.len()));
+    text.push_str(&match rows.len() {
+        1 => "1 live worker".to_string(),
+        n => format!("{n} live workers"),
+    });
     Ok(Reply::new(text, json!({"workers": rows})))
 }
 

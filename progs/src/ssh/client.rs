@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::cmd::Cmd;
+use super::metrics;
 
 /// Where and as whom to connect, with the host key pinned (or not yet).
 #[derive(Clone)]
@@ -36,6 +37,11 @@ impl std::fmt::Debug for Target {
 impl Target {
     fn name(&self) -> String {
         format!("{}@{}:{}", self.user, self.host, self.port)
+    }
+
+    /// The `host` label of its metrics: one per host, whoever logs in.
+    fn label(&self) -> String {
+        format!("{}:{}", self.host, self.port)
     }
 }
 
@@ -128,12 +134,15 @@ impl SshPool {
     pub async fn host_key(&self, host: &str, port: u16, timeout: Duration) -> Result<String, SshError> {
         let (host, name) = (host.to_string(), format!("{host}:{port}"));
         skein_engine::remote::check(|| format!("ssh {name} host-key"))?;
-        blocking(move || {
+        let (started, label) = (Instant::now(), name.clone());
+        let result = blocking(move || {
             let session = handshake(&host, port, &name, timeout)?;
             let (blob, _) = session.host_key().ok_or_else(|| SshError::Connect { host: name, reason: "no host key presented".into() })?;
             Ok(openssh_line(blob))
         })
-        .await
+        .await;
+        metrics::observe(&label, started, &result);
+        result
     }
 
     /// Run `cmd` with `stdin`, within `timeout`. A non-zero exit is an error
@@ -141,13 +150,16 @@ impl SshPool {
     pub async fn exec(&self, t: &Target, cmd: &Cmd, stdin: Option<Vec<u8>>, timeout: Duration) -> Result<Output, SshError> {
         let out = self.run(t, cmd, stdin, timeout).await?;
         if out.status != 0 {
-            return Err(SshError::Exit {
+            let e = SshError::Exit {
                 host: t.name(),
                 cmd: cmd.shown().to_string(),
                 status: out.status,
                 stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
                 stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            });
+            };
+            // `run` timed the call; a command that ran and failed is counted here.
+            metrics::failure(&t.label(), &e);
+            return Err(e);
         }
         Ok(out)
     }
@@ -155,8 +167,9 @@ impl SshPool {
     /// Run `cmd` and return its output whatever its exit status.
     pub async fn run(&self, t: &Target, cmd: &Cmd, stdin: Option<Vec<u8>>, timeout: Duration) -> Result<Output, SshError> {
         skein_engine::remote::check(|| format!("ssh {} `{}`", t.name(), cmd.shown()))?;
+        let (started, label) = (Instant::now(), t.label());
         let (slot, t, cmd) = (self.slot(t), t.clone(), cmd.clone());
-        blocking(move || {
+        let result = blocking(move || {
             let deadline = Instant::now() + timeout;
             let mut guard = slot.lock().unwrap();
             let reused = guard.is_some();
@@ -182,7 +195,9 @@ impl SshPool {
             }
             result
         })
-        .await
+        .await;
+        metrics::observe(&label, started, &result);
+        result
     }
 }
 

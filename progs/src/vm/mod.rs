@@ -38,6 +38,19 @@ pub struct Spec<'a> {
 /// caller's transaction (all or nothing). Placing it on a host is the
 /// strand's first step, so this returns at once.
 pub async fn create(conn: &mut PgConnection, project: Ubid, spec: &Spec<'_>, frame: nexus::Frame) -> Result<Ubid, CreateError> {
+    create_by(conn, project, spec, frame, "user", &serde_json::json!({})).await
+}
+
+/// [`create`], naming who asked: `actor` and the fields of `by` (an object,
+/// e.g. the API token's id and name) go on the `created` event.
+pub async fn create_by(
+    conn: &mut PgConnection,
+    project: Ubid,
+    spec: &Spec<'_>,
+    frame: nexus::Frame,
+    actor: &str,
+    by: &serde_json::Value,
+) -> Result<Ubid, CreateError> {
     if !capacity::take_quota(conn, project.uuid()).await? {
         return Err(CreateError::QuotaExceeded(project));
     }
@@ -61,8 +74,11 @@ pub async fn create(conn: &mut PgConnection, project: Ubid, spec: &Spec<'_>, fra
         let ip = skein_models::subnet::allocate_ip(conn, subnet).await?.ok_or(CreateError::SubnetFull(Ubid::from_uuid(subnet)))?;
         skein_models::subnet::assign(conn, id.uuid(), subnet, &ip).await?;
     }
-    let detail = serde_json::json!({"name": spec.name, "cores": spec.cores, "memory_mib": spec.memory_mib});
-    skein_models::event::record(conn, id.uuid(), "created", "user", &detail).await?;
+    let mut detail = serde_json::json!({"name": spec.name, "cores": spec.cores, "memory_mib": spec.memory_mib});
+    if let (Some(d), Some(by)) = (detail.as_object_mut(), by.as_object()) {
+        d.extend(by.clone());
+    }
+    skein_models::event::record(conn, id.uuid(), "created", actor, &detail).await?;
     skein_engine::enqueue::start_for(conn, id, frame, nexus::Label::Start).await?;
     Ok(id)
 }
