@@ -157,3 +157,62 @@ async fn another_projects_subnet_answers_like_a_missing_one() {
     api.post("/v1/subnets", &operator, &subnet("ops", "10.1.0.0/24")).await.assert(403, "forbidden");
     api.get(&format!("/v1/subnets/{id}"), &alpha).await.assert(200, "");
 }
+
+#[tokio::test]
+async fn a_vm_joining_and_the_subnets_delete_are_decided_one_after_the_other() {
+    let (_db, api) = setup().await;
+    let (project, token) = api.project("alpha", 10).await;
+    let id = api.post("/v1/subnets", &token, &subnet("backend", "10.9.0.0/24")).await.id();
+    // A VM joining, not committed yet, holds the delete until it commits...
+    let mut joining = api.pool.begin().await.unwrap();
+    let spec = skein_progs::vm::Spec {
+        name: "db",
+        cores: 1,
+        memory_mib: 256,
+        disk_mib: 64,
+        public_key: skein_spec::api::PUBLIC_KEY,
+        subnet: Some("backend"),
+    };
+    skein_progs::vm::create(&mut joining, project, &spec, Default::default()).await.unwrap();
+    let delete = {
+        let (api, token, id) = (api.clone(), token.clone(), id.clone());
+        tokio::spawn(async move { api.delete(&format!("/v1/subnets/{id}"), &token).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!delete.is_finished(), "the delete waits for the join's lock");
+    joining.commit().await.unwrap();
+    // ...and then sees the VM.
+    delete.await.unwrap().assert(409, "subnet_has_vms");
+
+    // The other order: a delete in flight holds the join, which then finds no subnet.
+    let other = api.post("/v1/subnets", &token, &subnet("scratch", "10.7.0.0/24")).await.id();
+    let other = other.parse::<skein_models::Ubid>().unwrap().uuid();
+    let mut deleting = api.pool.begin().await.unwrap();
+    skein_models::subnet::lock_live(&mut deleting, project.uuid(), Some(other), "").await.unwrap().unwrap();
+    skein_models::subnet::delete(&mut deleting, other).await.unwrap();
+    let join = {
+        let (api, token) = (api.clone(), token.clone());
+        tokio::spawn(async move { api.post("/v1/vms", &token, &vm_in("late", "scratch")).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!join.is_finished(), "the join waits for the delete's lock");
+    deleting.commit().await.unwrap();
+    join.await.unwrap().assert(422, "invalid_field");
+    let late: i64 = sqlx::query_scalar("SELECT count(*) FROM vm WHERE name = 'late'").fetch_one(&api.pool).await.unwrap();
+    assert_eq!(late, 0, "no VM joined a deleted subnet");
+}
+
+#[tokio::test]
+async fn the_same_idempotency_key_makes_one_subnet() {
+    let (_db, api) = setup().await;
+    let (_, token) = api.project("alpha", 10).await;
+    let body = subnet("backend", "10.9.0.0/24");
+    let key = [("Idempotency-Key", "subnet-1")];
+    let first = api.call_with("POST", "/v1/subnets", Some(&token), Some(&body), &key).await;
+    first.assert(201, "");
+    let again = api.call_with("POST", "/v1/subnets", Some(&token), Some(&body), &key).await;
+    again.assert(201, "");
+    assert_eq!(again.id(), first.id());
+    assert_eq!(again.headers.get("idempotent-replayed").map(|v| v.to_str().unwrap()), Some("true"));
+    api.call_with("POST", "/v1/subnets", Some(&token), Some(&subnet("other", "10.8.0.0/24")), &key).await.assert(422, "idempotency_key_reused");
+}

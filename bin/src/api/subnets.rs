@@ -4,7 +4,8 @@
 //! subnet frees its name; deleting one that still has live VMs is a 409.
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -16,7 +17,7 @@ use sqlx::PgConnection;
 use super::auth::Auth;
 use super::error::ApiError;
 use super::extract::{ApiQuery, JsonBody, Page, PageReq, PathId};
-use super::ApiState;
+use super::{idempotency, ApiState};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -67,17 +68,24 @@ async fn visible(conn: &mut PgConnection, auth: &Auth, id: &PathId) -> Result<Su
 }
 
 /// `POST /v1/subnets`: 201 with the subnet; 409 if a live subnet of the
-/// project has the name; 422 for a name or range the rules refuse.
-pub async fn create(State(st): State<ApiState>, auth: Auth, body: JsonBody<CreateSubnet>) -> Result<(StatusCode, Json<SubnetView>), ApiError> {
+/// project has the name; 422 for a name or range the rules refuse. Takes
+/// an `Idempotency-Key`, as VM creates do.
+pub async fn create(State(st): State<ApiState>, auth: Auth, headers: HeaderMap, body: JsonBody<CreateSubnet>) -> Result<Response, ApiError> {
     let project = auth.project()?;
     let req = &body.value;
     rules::vm_name("name", &req.name)?;
     rules::cidr(&req.cidr)?;
+    let key = idempotency::from_headers(&headers, &auth, "POST /v1/subnets", &body.json)?;
     let mut tx = st.pool.begin().await?;
+    if let Some(replay) = idempotency::claim(&mut tx, key.as_ref()).await? {
+        return Ok(replay);
+    }
     let id = subnet::create(&mut tx, project.uuid(), &req.name, &req.cidr).await?;
     let row = subnet::get(&mut tx, project.uuid(), id.uuid()).await?.ok_or_else(|| ApiError::internal("the subnet just created is not there"))?;
+    let response = serde_json::to_value(view(row, None)).map_err(ApiError::internal)?;
+    idempotency::finish(&mut tx, key.as_ref(), id.uuid(), StatusCode::CREATED, &response).await?;
     tx.commit().await?;
-    Ok((StatusCode::CREATED, Json(view(row, None))))
+    Ok((StatusCode::CREATED, Json(response)).into_response())
 }
 
 #[derive(Debug, Deserialize)]
