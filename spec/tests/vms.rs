@@ -226,7 +226,7 @@ async fn a_vm_waits_visibly_while_no_host_has_room_and_quota_is_enforced() {
     let row = wait_vm(&w, id, "waiting", Duration::from_secs(30), &worker).await;
     assert!(row.waiting_since.is_some() && row.host_id.is_none());
     let until = Instant::now() + Duration::from_secs(30);
-    while w.open_pages(&format!("vm-waiting:{id}")).await == 0 {
+    while w.open_pages(skein_progs::vm::waiting::TAG).await == 0 {
         assert!(Instant::now() < until, "no page for the waiting VM:\n{}", worker.log_text());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
