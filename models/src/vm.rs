@@ -41,6 +41,24 @@ impl Vm {
     pub fn size(&self) -> Size {
         Size { cores: self.cores, memory_mib: self.memory_mib as i64, disk_mib: self.disk_mib as i64 }
     }
+
+    /// Where its SSH answers, if it was seen while the VM runs (the row
+    /// holds all four columns or none).
+    pub fn ssh(&self) -> Option<Ssh> {
+        match (&self.ssh_host, self.ssh_port, &self.ssh_user, self.ssh_seen_at) {
+            (Some(host), Some(port), Some(user), Some(seen_at)) => Some(Ssh { host: host.clone(), port, user: user.clone(), seen_at }),
+            _ => None,
+        }
+    }
+}
+
+/// Where a VM's owner connects: `ssh -p port user@host`, as seen at `seen_at`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Ssh {
+    pub host: String,
+    pub port: i32,
+    pub user: String,
+    pub seen_at: DateTime<Utc>,
 }
 
 pub struct NewVm<'a> {
