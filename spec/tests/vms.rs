@@ -57,10 +57,14 @@ async fn a_vm_is_created_answers_ssh_and_is_destroyed_leaving_nothing() {
     let host_row = w.host(host_id).await;
     assert_eq!((host_row.used_cores, host_row.used_memory_mib), (1, 256), "capacity is reserved");
 
-    // Into the guest, through the port the host picked at launch (kept on the host).
+    // Into the guest, where the VM says its SSH answers (learned from its
+    // host at boot: the port the host picked at launch, on the host's address).
     let name = id.to_string();
     let dir = h.root_dir().join("vms").join(&name);
-    let port = std::fs::read_to_string(dir.join("ssh.port")).unwrap().trim().to_string();
+    let at = row.ssh().expect("a running VM says where its SSH answers");
+    let port = at.port.to_string();
+    assert_eq!(port, std::fs::read_to_string(dir.join("ssh.port")).unwrap().trim(), "the port its host picked");
+    assert_eq!((at.host.as_str(), at.user.as_str()), (h.addr().to_string().as_str(), "root"));
     let key_file = std::env::temp_dir().join(format!("skein-vm-key-{}", std::process::id()));
     std::fs::write(&key_file, &owner_private).unwrap();
     let mut perms = std::fs::metadata(&key_file).unwrap().permissions();
@@ -69,7 +73,7 @@ async fn a_vm_is_created_answers_ssh_and_is_destroyed_leaving_nothing() {
     let ssh = Command::new("ssh")
         .args(["-i", &key_file.display().to_string(), "-p", &port])
         .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"])
-        .arg(format!("root@{}", h.addr()))
+        .arg(format!("{}@{}", at.user, at.host))
         .arg("uname -a; hostname")
         .output()
         .unwrap();
@@ -83,7 +87,8 @@ async fn a_vm_is_created_answers_ssh_and_is_destroyed_leaving_nothing() {
     // Destroy: nothing of it remains on the host, and what it held is returned.
     let mut conn = w.db.pool.acquire().await.unwrap();
     skein_engine::enqueue::incr(&mut conn, id, "destroy").await.unwrap();
-    wait_vm(&w, id, "destroyed", Duration::from_secs(60), &worker).await;
+    let gone = wait_vm(&w, id, "destroyed", Duration::from_secs(60), &worker).await;
+    assert_eq!(gone.ssh(), None, "nowhere to connect any more");
     assert!(!qemu_running(), "no qemu left");
     assert!(!dir.exists(), "no directory or disk left");
     let user = Command::new("id").arg(&name).output().unwrap();
