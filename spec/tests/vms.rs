@@ -235,6 +235,20 @@ async fn a_vm_waits_visibly_while_no_host_has_room_and_quota_is_enforced() {
         assert!(Instant::now() < until, "no page for the waiting VM:\n{}", worker.log_text());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    // Paged, it sleeps its long nap (600 s). A host becoming accepting wakes
+    // it: it is placed and runs long before the nap would end, and the page
+    // is resolved, as no VM waits any more.
+    let began = Instant::now();
+    let (host_private, host_public) = generate_keypair();
+    let h = TestHost::start(&host_public);
+    let host_id = w.add("vm-host", &h, &host_private, host_nexus::Frame::default()).await;
+    let row = wait_vm(&w, id, "running", Duration::from_secs(300), &worker).await;
+    assert!(began.elapsed() < Duration::from_secs(nexus::WAIT_NAP_SECS), "woken, not at the end of its nap");
+    assert_eq!(row.host_id, Some(host_id.uuid()));
+    assert_eq!(w.open_pages(skein_progs::vm::waiting::TAG).await, 0, "resolved once no VM waits");
+    signal(&w, id, "destroy").await;
+    wait_vm(&w, id, "destroyed", Duration::from_secs(60), &worker).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -249,12 +263,13 @@ async fn a_vm_on_an_unreachable_host_is_unavailable_and_reconciled_when_it_retur
     let project = project(&w, 5).await;
     let (_, owner_public) = generate_keypair();
     let id = create(&w, project, &owner_public, nexus::Frame { checkup_secs: 1, ..Default::default() }).await;
-    wait_vm(&w, id, "running", Duration::from_secs(240), &worker).await;
+    let before = wait_vm(&w, id, "running", Duration::from_secs(240), &worker).await.ssh().expect("where its SSH answers");
 
     // The host vanishes (with everything in its namespace, qemu included).
     h.kill_sshd();
     w.wait_for(host_id, "unreachable", Duration::from_secs(30), &worker, |r| r.state == "unreachable").await;
-    wait_vm(&w, id, "unavailable", Duration::from_secs(10), &worker).await;
+    let unavailable = wait_vm(&w, id, "unavailable", Duration::from_secs(10), &worker).await;
+    assert_eq!(unavailable.ssh().map(|s| s.host), Some(before.host.clone()), "the last endpoint seen stays, with its time");
 
     // Meanwhile something the control plane never made appeared on the host.
     std::fs::create_dir_all(h.root_dir().join("vms/vmstranger1")).unwrap();
@@ -264,8 +279,13 @@ async fn a_vm_on_an_unreachable_host_is_unavailable_and_reconciled_when_it_retur
     // the stranger is reported, not touched.
     h.start_sshd();
     w.wait_for(host_id, "accepting again", Duration::from_secs(30), &worker, |r| r.state == "accepting").await;
-    wait_vm(&w, id, "running", Duration::from_secs(240), &worker).await;
+    let back = wait_vm(&w, id, "running", Duration::from_secs(240), &worker).await;
     assert_eq!(qemus_of(&id.to_string()), 1);
+    // Re-learned from the host after the reconcile: seen again, on the port the new run has.
+    let after = back.ssh().expect("where its SSH answers again");
+    assert!(after.seen_at > before.seen_at, "seen again after it came back");
+    let port = std::fs::read_to_string(h.root_dir().join("vms").join(id.to_string()).join("ssh.port")).unwrap();
+    assert_eq!(after.port.to_string(), port.trim());
     let kinds = event_kinds(&w, id).await;
     let tail: Vec<&str> = kinds.iter().map(String::as_str).skip_while(|k| *k != "unavailable").collect();
     assert_eq!(tail, ["unavailable", "qemu-died", "launched", "running"], "{kinds:?}");

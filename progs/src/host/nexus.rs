@@ -11,10 +11,10 @@
 //! id (paging if it is not back in ten minutes). A host that misses `unreachable_after`
 //! checkups in a row is marked unreachable and paged; it returns to accepting
 //! when it answers again. Each time it becomes accepting, the VMs waiting
-//! for a host with room are woken (`capacity::wake_waiting`). `drain` stops new VMs from being placed on it
-//! (its VMs keep running): it is 'draining' from then on, and stays so when
-//! it comes back from unreachable or is prepared again. `destroy` retires
-//! the host.
+//! for a host with room are woken (`capacity::wake_waiting`). `drain` stops
+//! new VMs from being placed on it (its VMs keep running): it is 'draining'
+//! from then on, and stays so when it comes back from unreachable or is
+//! prepared again. `destroy` retires the host.
 
 use std::time::Duration;
 
