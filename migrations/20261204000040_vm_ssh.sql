@@ -10,7 +10,3 @@ ALTER TABLE vm
     ADD COLUMN ssh_seen_at timestamptz,
     ADD CHECK ((ssh_host IS NULL) = (ssh_port IS NULL) AND (ssh_port IS NULL) = (ssh_user IS NULL)
                AND (ssh_user IS NULL) = (ssh_seen_at IS NULL));
-
--- The VMs waiting for a host with room, counted on every step of every
--- waiting VM (progs/src/vm/waiting.rs): found without reading the others.
-CREATE INDEX vm_waiting ON vm (waiting_since) WHERE state = 'waiting';
