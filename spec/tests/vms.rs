@@ -332,3 +332,35 @@ async fn two_vms_on_one_private_subnet_reach_each_other() {
         wait_vm(&w, id, "destroyed", Duration::from_secs(60), &worker).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destroying_a_vm_wakes_one_that_waits_for_its_room() {
+    let w = World::new().await;
+    let (_h, worker, project) = ready_host(&w).await;
+    let (_, owner_public) = generate_keypair();
+    // Each VM takes every core of the host: the second cannot fit beside the first.
+    let cpus: i32 = sqlx::query_scalar("SELECT cpus FROM vm_host").fetch_one(&w.db.pool).await.unwrap();
+    let whole = |name: &'static str| Spec { name, cores: cpus, memory_mib: 256, disk_mib: 64, public_key: owner_public.as_str(), subnet: None };
+    let long_nap = || nexus::Frame { wait_page_secs: 3600, ..Default::default() };
+    let mut tx = w.db.pool.begin().await.unwrap();
+    let first = vms::create(&mut tx, project, &whole("first"), long_nap()).await.unwrap();
+    tx.commit().await.unwrap();
+    wait_vm(&w, first, "running", Duration::from_secs(240), &worker).await;
+    let mut tx = w.db.pool.begin().await.unwrap();
+    let second = vms::create(&mut tx, project, &whole("second"), long_nap()).await.unwrap();
+    tx.commit().await.unwrap();
+    wait_vm(&w, second, "waiting", Duration::from_secs(30), &worker).await;
+
+    // The first gives its room back: the second, asleep for 600 s, is woken and placed.
+    let began = Instant::now();
+    signal(&w, first, "destroy").await;
+    wait_vm(&w, first, "destroyed", Duration::from_secs(60), &worker).await;
+    let until = Instant::now() + Duration::from_secs(120);
+    while vm_row(&w, second).await.host_id.is_none() {
+        assert!(Instant::now() < until, "the waiting VM was not woken:\n{}", worker.log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(began.elapsed() < Duration::from_secs(nexus::WAIT_NAP_SECS), "woken, not at the end of its nap");
+    signal(&w, second, "destroy").await;
+    wait_vm(&w, second, "destroyed", Duration::from_secs(120), &worker).await;
+}
