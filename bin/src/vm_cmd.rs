@@ -1,5 +1,5 @@
-//! `skein vm create|stop|start|restart|destroy` (and the console's `list`
-//! and `show`): a VM for a project, written with its strand in one
+//! `skein vm create|stop|start|restart|destroy|ssh` (and the console's
+//! `list` and `show`): a VM for a project, written with its strand in one
 //! transaction (with `--wait`, followed until it runs), and the everyday
 //! requests to it. Each change is confirmed and audited in the transaction
 //! that makes it; what a VM can be asked in which state is `signals::vm`,
@@ -29,6 +29,17 @@ pub enum VmCli {
     Restart { id: String },
     /// Destroy a VM: its strand takes it off its host; the row stays as history.
     Destroy { id: String },
+    /// SSH into a running VM, where its host last said its SSH answers
+    /// (`vm show` says it too): runs `ssh -p PORT USER@HOST [ARGS...]`.
+    Ssh {
+        id: String,
+        /// The private key to log in with (`ssh -i`); else ssh's own defaults.
+        #[arg(long, short = 'i')]
+        identity: Option<std::path::PathBuf>,
+        /// More for ssh after `--`: options, or a command to run in the VM.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// The end of a VM's serial console (what the guest printed), read from its host.
     Console {
         id: String,
@@ -70,6 +81,10 @@ pub async fn run(cmd: VmCli, opts: OpsOptions) -> anyhow::Result<()> {
         VmCli::Start { id } => (id, VmAction::Start),
         VmCli::Restart { id } => (id, VmAction::Restart),
         VmCli::Destroy { id } => (id, VmAction::Destroy),
+        VmCli::Ssh { id, identity, args } => {
+            let s = Session::open(&opts).await?;
+            return ssh(&s, &id, identity.as_deref(), &args).await;
+        }
         VmCli::Console { id, bytes } => {
             let s = Session::open(&opts).await?;
             console(&s, &id, bytes).await?.print(opts.json);
@@ -94,6 +109,23 @@ async fn signal(s: &Session, id: &str, action: VmAction, opts: &OpsOptions) -> a
     }
     change.commit(&format!("vm-{verb}"), Some(vm_id.uuid()), &json!({"name": now.name})).await?;
     Ok(Reply::new(format!("vm {}: {verb} asked; its strand does it (`skein vm show {id}`)", now.name), answer))
+}
+
+/// Become `ssh` to the VM (its exit status is the command's): the
+/// endpoint its host last reported, never a guess.
+async fn ssh(s: &Session, id: &str, identity: Option<&std::path::Path>, extra: &[String]) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let vm_id = Ubid::parse_as(id, UbidType::Vm).map_err(|e| anyhow!("{e}"))?;
+    let row = vm::get(&mut *s.pool.acquire().await?, vm_id.uuid()).await?.ok_or_else(|| anyhow!("no vm {id}"))?;
+    let at = row.ssh().ok_or_else(|| anyhow!("vm {} is {}: it has no SSH endpoint until it runs (`skein vm show {id}`)", row.name, row.state))?;
+    let mut cmd = std::process::Command::new("ssh");
+    if let Some(key) = identity {
+        cmd.arg("-i").arg(key);
+    }
+    cmd.arg("-p").arg(at.port.to_string()).arg(format!("{}@{}", at.user, at.host)).args(extra);
+    // Only returns if ssh could not be started.
+    let e = cmd.exec();
+    Err(anyhow!("could not run ssh: {e}"))
 }
 
 /// The console's tail; printed with control characters escaped, so a guest

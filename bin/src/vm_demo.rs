@@ -87,7 +87,6 @@ async fn demo(pool: &PgPool, made: &mut Made) -> anyhow::Result<()> {
     let secret = crate::worker::secret_key()?;
     let name = format!("local-{}", suffix());
     let (addr, root, port) = (local.addr().to_string(), local.root_dir().display().to_string(), local.port());
-    let local_addr = local.addr();
     let new = NewHost { name: &name, address: &addr, port, user: "root", bootstrap_private_key: &bootstrap_private, root_dir: &root };
     let mut tx = pool.begin().await?;
     let host_id = host::add(&mut tx, &secret, &new, host_nexus::Frame::default()).await?;
@@ -135,19 +134,20 @@ async fn demo(pool: &PgPool, made: &mut Made) -> anyhow::Result<()> {
         bail!("the vm was placed on another host ({}), not the demo's local host", Ubid::from_uuid(placed));
     }
     skein_engine::enqueue::incr(&mut *pool.acquire().await?, host_id, "drain").await?;
-    wait(Duration::from_secs(600), || async {
+    // Where to reach it: what the VM says (as the API and `vm show` do).
+    let at = wait(Duration::from_secs(600), || async {
         let v = vm::get(&mut *pool.acquire().await?, vm_id.uuid()).await?.context("vm row gone")?;
-        Ok((v.state == "running").then_some(()))
+        Ok(v.ssh().filter(|_| v.state == "running"))
     })
     .await
     .context("the vm did not reach running")?;
-    let port = std::fs::read_to_string(root_path(made).join("vms").join(vm_id.to_string()).join("ssh.port"))?;
-    let ssh = format!("ssh -i {} -p {} root@{local_addr}", key_file.display(), port.trim());
-    say(format!("vm running after {:.1} s; reach it with: {ssh}", began.elapsed().as_secs_f64()));
+    let (port, target) = (at.port.to_string(), format!("{}@{}", at.user, at.host));
+    let ssh = format!("ssh -i {} -p {port} {target}", key_file.display());
+    say(format!("vm running after {:.1} s; reach it with: {ssh} (or: skein vm ssh {vm_id} -i {})", began.elapsed().as_secs_f64(), key_file.display()));
     let out = Command::new("ssh")
-        .args(["-i", &key_file.display().to_string(), "-p", port.trim()])
+        .args(["-i", &key_file.display().to_string(), "-p", &port])
         .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR"])
-        .arg(format!("root@{local_addr}"))
+        .arg(&target)
         .arg("uname -a")
         .output()
         .context("running ssh")?;
@@ -156,10 +156,6 @@ async fn demo(pool: &PgPool, made: &mut Made) -> anyhow::Result<()> {
     }
     say(format!("inside the guest, `uname -a` says: {}", String::from_utf8_lossy(&out.stdout).trim()));
     Ok(())
-}
-
-fn root_path(made: &Made) -> PathBuf {
-    made.local.as_ref().map(|l| l.root_dir().to_path_buf()).unwrap_or_default()
 }
 
 /// Six characters of a fresh UBID: names no earlier run has used.

@@ -72,6 +72,28 @@ async fn resolved(conn: &mut PgConnection, done: Option<Page>) -> Result<bool, s
     }
 }
 
+/// The open page with this tag, if any.
+pub async fn open_with_tag(conn: &mut PgConnection, tag: &str) -> Result<Option<Page>, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM page WHERE tag = $1 AND resolved_at IS NULL").bind(tag).fetch_optional(conn).await
+}
+
+/// When a page with this tag was last resolved, if ever.
+pub async fn last_resolved(conn: &mut PgConnection, tag: &str) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    sqlx::query_scalar("SELECT max(resolved_at) FROM page WHERE tag = $1").bind(tag).fetch_one(conn).await
+}
+
+/// Say what the open page with this tag is about now (a cause that grew or
+/// shrank), without raising it again: not forwarded. False if none is open.
+pub async fn refresh(conn: &mut PgConnection, tag: &str, summary: &str, details: &Value) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("UPDATE page SET summary = $2, details = $3 WHERE tag = $1 AND resolved_at IS NULL")
+        .bind(tag)
+        .bind(summary)
+        .bind(details)
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 pub async fn open(conn: &mut PgConnection) -> Result<Vec<Page>, sqlx::Error> {
     sqlx::query_as("SELECT * FROM page WHERE resolved_at IS NULL ORDER BY created_at").fetch_all(conn).await
 }

@@ -26,15 +26,39 @@ pub struct Vm {
     pub subnet_id: Option<Uuid>,
     /// "a.b.c.d/len" on its subnet.
     pub private_ip: Option<String>,
+    /// Where its SSH answers, while it runs (see [`set_ssh`]).
+    pub ssh_host: Option<String>,
+    pub ssh_port: Option<i32>,
+    pub ssh_user: Option<String>,
+    pub ssh_seen_at: Option<DateTime<Utc>>,
 }
 
 const COLUMNS: &str = "id, project_id, name, cores, memory_mib, disk_mib, public_key, host_id, desired_state, state, \
-                       waiting_since, created_at, subnet_id, private_ip::text AS private_ip";
+                       waiting_since, created_at, subnet_id, private_ip::text AS private_ip, \
+                       ssh_host, ssh_port, ssh_user, ssh_seen_at";
 
 impl Vm {
     pub fn size(&self) -> Size {
         Size { cores: self.cores, memory_mib: self.memory_mib as i64, disk_mib: self.disk_mib as i64 }
     }
+
+    /// Where its SSH answers, if it was seen while the VM runs (the row
+    /// holds all four columns or none).
+    pub fn ssh(&self) -> Option<Ssh> {
+        match (&self.ssh_host, self.ssh_port, &self.ssh_user, self.ssh_seen_at) {
+            (Some(host), Some(port), Some(user), Some(seen_at)) => Some(Ssh { host: host.clone(), port, user: user.clone(), seen_at }),
+            _ => None,
+        }
+    }
+}
+
+/// Where a VM's owner connects: `ssh -p port user@host`, as seen at `seen_at`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Ssh {
+    pub host: String,
+    pub port: i32,
+    pub user: String,
+    pub seen_at: DateTime<Utc>,
 }
 
 pub struct NewVm<'a> {
@@ -67,10 +91,33 @@ pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<Option<Vm>, sqlx::
     sqlx::query_as(&format!("SELECT {COLUMNS} FROM vm WHERE id = $1")).bind(id).fetch_optional(conn).await
 }
 
+/// Its state for people. Leaving 'running' (and 'unavailable', which keeps
+/// the last endpoint seen, with its time) forgets where its SSH answered:
+/// a VM that is not running has no endpoint to show.
 pub async fn set_state(conn: &mut PgConnection, id: Uuid, state: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE vm SET state = $2, waiting_since = CASE WHEN $2 = 'waiting' THEN coalesce(waiting_since, now()) END WHERE id = $1")
+    sqlx::query(
+        "UPDATE vm SET state = $2, waiting_since = CASE WHEN $2 = 'waiting' THEN coalesce(waiting_since, now()) END, \
+             ssh_host = CASE WHEN $2 IN ('running', 'unavailable') THEN ssh_host END, \
+             ssh_port = CASE WHEN $2 IN ('running', 'unavailable') THEN ssh_port END, \
+             ssh_user = CASE WHEN $2 IN ('running', 'unavailable') THEN ssh_user END, \
+             ssh_seen_at = CASE WHEN $2 IN ('running', 'unavailable') THEN ssh_seen_at END \
+         WHERE id = $1",
+    )
         .bind(id)
         .bind(state)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Its host just said the guest's SSH answers on `port` of `host` (the
+/// host's own SSH address), for `user`: what its owner connects to, seen now.
+pub async fn set_ssh(conn: &mut PgConnection, id: Uuid, host: &str, port: i32, user: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE vm SET ssh_host = $2, ssh_port = $3, ssh_user = $4, ssh_seen_at = now() WHERE id = $1")
+        .bind(id)
+        .bind(host)
+        .bind(port)
+        .bind(user)
         .execute(conn)
         .await?;
     Ok(())

@@ -81,6 +81,11 @@ async fn a_vm_is_created_followed_and_destroyed_through_the_api_and_the_host_dra
     assert_eq!(labels.last().map(String::as_str), Some("Running"), "progress follows the strand: {labels:?}");
     let got = api.get(&vm, &alpha).await;
     assert_eq!(got.body["state"], "running");
+    // Where its owner connects, as its host reported it at boot.
+    let ssh = &got.body["ssh"];
+    assert_eq!((&ssh["host"], &ssh["user"]), (&json!(h.addr().to_string()), &json!("root")), "{}", got.body);
+    let port = std::fs::read_to_string(h.root_dir().join("vms").join(created.id()).join("ssh.port")).unwrap();
+    assert_eq!(ssh["port"].to_string(), port.trim(), "the port its host forwards");
     let as_operator = api.get(&vm, &operator).await;
     assert_eq!(as_operator.body["host"], added.id().as_str(), "operators see where it runs");
 

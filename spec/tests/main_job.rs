@@ -20,6 +20,8 @@ async fn skein_up_runs_the_demo_census_to_its_end() {
         "demo: done (the census exited with {\"doubled\":32,\"total\":16})",
         // The VM part: a local host prepared by its strand, a VM on it, a command inside the guest.
         "vm demo: host accepting VMs",
+        // Reached where the VM says its SSH answers, as its owner would.
+        "(or: skein vm ssh vm",
         "vm demo: inside the guest, `uname -a` says: Linux vm",
         "vm demo: done: nothing of the vm or the local host is left on this machine",
     ] {

@@ -57,10 +57,14 @@ async fn a_vm_is_created_answers_ssh_and_is_destroyed_leaving_nothing() {
     let host_row = w.host(host_id).await;
     assert_eq!((host_row.used_cores, host_row.used_memory_mib), (1, 256), "capacity is reserved");
 
-    // Into the guest, through the port the host picked at launch (kept on the host).
+    // Into the guest, where the VM says its SSH answers (learned from its
+    // host at boot: the port the host picked at launch, on the host's address).
     let name = id.to_string();
     let dir = h.root_dir().join("vms").join(&name);
-    let port = std::fs::read_to_string(dir.join("ssh.port")).unwrap().trim().to_string();
+    let at = row.ssh().expect("a running VM says where its SSH answers");
+    let port = at.port.to_string();
+    assert_eq!(port, std::fs::read_to_string(dir.join("ssh.port")).unwrap().trim(), "the port its host picked");
+    assert_eq!((at.host.as_str(), at.user.as_str()), (h.addr().to_string().as_str(), "root"));
     let key_file = std::env::temp_dir().join(format!("skein-vm-key-{}", std::process::id()));
     std::fs::write(&key_file, &owner_private).unwrap();
     let mut perms = std::fs::metadata(&key_file).unwrap().permissions();
@@ -69,7 +73,7 @@ async fn a_vm_is_created_answers_ssh_and_is_destroyed_leaving_nothing() {
     let ssh = Command::new("ssh")
         .args(["-i", &key_file.display().to_string(), "-p", &port])
         .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"])
-        .arg(format!("root@{}", h.addr()))
+        .arg(format!("{}@{}", at.user, at.host))
         .arg("uname -a; hostname")
         .output()
         .unwrap();
@@ -83,7 +87,8 @@ async fn a_vm_is_created_answers_ssh_and_is_destroyed_leaving_nothing() {
     // Destroy: nothing of it remains on the host, and what it held is returned.
     let mut conn = w.db.pool.acquire().await.unwrap();
     skein_engine::enqueue::incr(&mut conn, id, "destroy").await.unwrap();
-    wait_vm(&w, id, "destroyed", Duration::from_secs(60), &worker).await;
+    let gone = wait_vm(&w, id, "destroyed", Duration::from_secs(60), &worker).await;
+    assert_eq!(gone.ssh(), None, "nowhere to connect any more");
     assert!(!qemu_running(), "no qemu left");
     assert!(!dir.exists(), "no directory or disk left");
     let user = Command::new("id").arg(&name).output().unwrap();
@@ -226,10 +231,24 @@ async fn a_vm_waits_visibly_while_no_host_has_room_and_quota_is_enforced() {
     let row = wait_vm(&w, id, "waiting", Duration::from_secs(30), &worker).await;
     assert!(row.waiting_since.is_some() && row.host_id.is_none());
     let until = Instant::now() + Duration::from_secs(30);
-    while w.open_pages(&format!("vm-waiting:{id}")).await == 0 {
+    while w.open_pages(skein_progs::vm::waiting::TAG).await == 0 {
         assert!(Instant::now() < until, "no page for the waiting VM:\n{}", worker.log_text());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    // Paged, it sleeps its long nap (600 s). A host becoming accepting wakes
+    // it: it is placed and runs long before the nap would end, and the page
+    // is resolved, as no VM waits any more.
+    let began = Instant::now();
+    let (host_private, host_public) = generate_keypair();
+    let h = TestHost::start(&host_public);
+    let host_id = w.add("vm-host", &h, &host_private, host_nexus::Frame::default()).await;
+    let row = wait_vm(&w, id, "running", Duration::from_secs(300), &worker).await;
+    assert!(began.elapsed() < Duration::from_secs(nexus::WAIT_NAP_SECS), "woken, not at the end of its nap");
+    assert_eq!(row.host_id, Some(host_id.uuid()));
+    assert_eq!(w.open_pages(skein_progs::vm::waiting::TAG).await, 0, "resolved once no VM waits");
+    signal(&w, id, "destroy").await;
+    wait_vm(&w, id, "destroyed", Duration::from_secs(60), &worker).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -244,12 +263,13 @@ async fn a_vm_on_an_unreachable_host_is_unavailable_and_reconciled_when_it_retur
     let project = project(&w, 5).await;
     let (_, owner_public) = generate_keypair();
     let id = create(&w, project, &owner_public, nexus::Frame { checkup_secs: 1, ..Default::default() }).await;
-    wait_vm(&w, id, "running", Duration::from_secs(240), &worker).await;
+    let before = wait_vm(&w, id, "running", Duration::from_secs(240), &worker).await.ssh().expect("where its SSH answers");
 
     // The host vanishes (with everything in its namespace, qemu included).
     h.kill_sshd();
     w.wait_for(host_id, "unreachable", Duration::from_secs(30), &worker, |r| r.state == "unreachable").await;
-    wait_vm(&w, id, "unavailable", Duration::from_secs(10), &worker).await;
+    let unavailable = wait_vm(&w, id, "unavailable", Duration::from_secs(10), &worker).await;
+    assert_eq!(unavailable.ssh().map(|s| s.host), Some(before.host.clone()), "the last endpoint seen stays, with its time");
 
     // Meanwhile something the control plane never made appeared on the host.
     std::fs::create_dir_all(h.root_dir().join("vms/vmstranger1")).unwrap();
@@ -259,8 +279,13 @@ async fn a_vm_on_an_unreachable_host_is_unavailable_and_reconciled_when_it_retur
     // the stranger is reported, not touched.
     h.start_sshd();
     w.wait_for(host_id, "accepting again", Duration::from_secs(30), &worker, |r| r.state == "accepting").await;
-    wait_vm(&w, id, "running", Duration::from_secs(240), &worker).await;
+    let back = wait_vm(&w, id, "running", Duration::from_secs(240), &worker).await;
     assert_eq!(qemus_of(&id.to_string()), 1);
+    // Re-learned from the host after the reconcile: seen again, on the port the new run has.
+    let after = back.ssh().expect("where its SSH answers again");
+    assert!(after.seen_at > before.seen_at, "seen again after it came back");
+    let port = std::fs::read_to_string(h.root_dir().join("vms").join(id.to_string()).join("ssh.port")).unwrap();
+    assert_eq!(after.port.to_string(), port.trim());
     let kinds = event_kinds(&w, id).await;
     let tail: Vec<&str> = kinds.iter().map(String::as_str).skip_while(|k| *k != "unavailable").collect();
     assert_eq!(tail, ["unavailable", "qemu-died", "launched", "running"], "{kinds:?}");
@@ -306,4 +331,36 @@ async fn two_vms_on_one_private_subnet_reach_each_other() {
         signal(&w, id, "destroy").await;
         wait_vm(&w, id, "destroyed", Duration::from_secs(60), &worker).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destroying_a_vm_wakes_one_that_waits_for_its_room() {
+    let w = World::new().await;
+    let (_h, worker, project) = ready_host(&w).await;
+    let (_, owner_public) = generate_keypair();
+    // Each VM takes every core of the host: the second cannot fit beside the first.
+    let cpus: i32 = sqlx::query_scalar("SELECT cpus FROM vm_host").fetch_one(&w.db.pool).await.unwrap();
+    let whole = |name: &'static str| Spec { name, cores: cpus, memory_mib: 256, disk_mib: 64, public_key: owner_public.as_str(), subnet: None };
+    let long_nap = || nexus::Frame { wait_page_secs: 3600, ..Default::default() };
+    let mut tx = w.db.pool.begin().await.unwrap();
+    let first = vms::create(&mut tx, project, &whole("first"), long_nap()).await.unwrap();
+    tx.commit().await.unwrap();
+    wait_vm(&w, first, "running", Duration::from_secs(240), &worker).await;
+    let mut tx = w.db.pool.begin().await.unwrap();
+    let second = vms::create(&mut tx, project, &whole("second"), long_nap()).await.unwrap();
+    tx.commit().await.unwrap();
+    wait_vm(&w, second, "waiting", Duration::from_secs(30), &worker).await;
+
+    // The first gives its room back: the second, asleep for 600 s, is woken and placed.
+    let began = Instant::now();
+    signal(&w, first, "destroy").await;
+    wait_vm(&w, first, "destroyed", Duration::from_secs(60), &worker).await;
+    let until = Instant::now() + Duration::from_secs(120);
+    while vm_row(&w, second).await.host_id.is_none() {
+        assert!(Instant::now() < until, "the waiting VM was not woken:\n{}", worker.log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(began.elapsed() < Duration::from_secs(nexus::WAIT_NAP_SECS), "woken, not at the end of its nap");
+    signal(&w, second, "destroy").await;
+    wait_vm(&w, second, "destroyed", Duration::from_secs(120), &worker).await;
 }

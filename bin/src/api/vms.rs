@@ -52,12 +52,15 @@ pub struct VmView {
     pub public_key: String,
     pub subnet: Option<Ubid>,
     pub private_ip: Option<String>,
+    /// Where its SSH answers; null until it runs.
+    pub ssh: Option<vm::Ssh>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub host: Option<Ubid>,
     pub created_at: DateTime<Utc>,
 }
 
 fn view(v: Vm, auth: &Auth) -> VmView {
+    let ssh = v.ssh();
     VmView {
         id: Ubid::from_uuid(v.id),
         project: Ubid::from_uuid(v.project_id),
@@ -70,6 +73,7 @@ fn view(v: Vm, auth: &Auth) -> VmView {
         public_key: v.public_key,
         subnet: v.subnet_id.map(Ubid::from_uuid),
         private_ip: v.private_ip,
+        ssh,
         host: v.host_id.filter(|_| auth.caller == Caller::Operator).map(Ubid::from_uuid),
         created_at: v.created_at,
     }
@@ -230,6 +234,6 @@ pub async fn progress(State(st): State<ApiState>, auth: Auth, id: PathId) -> Res
         .collect();
     Ok(Json(json!({
         "id": Ubid::from_uuid(row.id), "state": row.state, "desired_state": row.desired_state,
-        "strand": strand, "events": events,
+        "ssh": row.ssh(), "strand": strand, "events": events,
     })))
 }

@@ -220,11 +220,21 @@ pub async fn vms(s: &Session, cmd: VmCmd, opts: &OpsOptions) -> anyhow::Result<R
                 ("size", format!("{} cores, {} MiB memory, {} MiB disk", v.cores, v.memory_mib, v.disk_mib)),
                 ("host", v.host_id.map(render::id).unwrap_or("not placed".into())),
                 ("private ip", v.private_ip.clone().unwrap_or("-".into())),
+                ("ssh", ssh_text(&v)),
                 ("created", render::when(v.created_at)),
             ]));
             text.push_str(&events_text(&events));
-            Ok(Reply::new(text, json!({"vm": v, "project": project_name, "strand": st, "events": events})))
+            let ssh = v.ssh();
+            Ok(Reply::new(text, json!({"vm": v, "ssh": ssh, "project": project_name, "strand": st, "events": events})))
         }
+    }
+}
+
+/// Where its owner connects, as last seen; or why there is nowhere yet.
+fn ssh_text(v: &vm::Vm) -> String {
+    match v.ssh() {
+        Some(ssh) => format!("ssh -p {} {}@{} (seen {}; `skein vm ssh {}`)", ssh.port, ssh.user, ssh.host, render::relative(ssh.seen_at), render::id(v.id)),
+        None => "- (not running)".into(),
     }
 }
 

@@ -10,15 +10,16 @@
 //! (or when `checkup` is set); `reboot` reboots it and waits for a new boot
 //! id (paging if it is not back in ten minutes). A host that misses `unreachable_after`
 //! checkups in a row is marked unreachable and paged; it returns to accepting
-//! when it answers again. `drain` stops new VMs from being placed on it
-//! (its VMs keep running): it is 'draining' from then on, and stays so when
-//! it comes back from unreachable or is prepared again. `destroy` retires
-//! the host.
+//! when it answers again. Each time it becomes accepting, the VMs waiting
+//! for a host with room are woken (`capacity::wake_waiting`). `drain` stops
+//! new VMs from being placed on it (its VMs keep running): it is 'draining'
+//! from then on, and stays so when it comes back from unreachable or is
+//! prepared again. `destroy` retires the host.
 
 use std::time::Duration;
 
 use skein_engine::prelude::*;
-use skein_models::{event, sshable, vm, vm_host, Ubid};
+use skein_models::{capacity, event, sshable, vm, vm_host, Ubid};
 
 use super::conn::{AgentProgram, Host, SSH_LIMIT};
 use super::daemon::{self, Progress};
@@ -235,6 +236,9 @@ async fn probe_kvm(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
             let conn = cx.tx.conn().await?;
             vm_host::record_facts(conn, host.row.id, &facts).await?;
             vm_host::set_state(conn, host.row.id, open).await?;
+            if open == "accepting" {
+                capacity::wake_waiting(conn).await?;
+            }
             let image = host.row.image_version.clone().unwrap_or_default();
             event::record(conn, host.row.id, open, "system", &json!({"image": image, "kvm": kvm})).await?;
             hop(Label::Wait)
@@ -318,6 +322,9 @@ async fn checkup(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
             // Back from unreachable (only then was it asked for its VMs).
             if let Some(listed) = listed {
                 vm_host::set_state(conn, host.row.id, open).await?;
+                if open == "accepting" {
+                    capacity::wake_waiting(conn).await?;
+                }
                 event::record(conn, host.row.id, "reachable-again", "system", &json!({})).await?;
                 // Reconcile its VMs with what actually runs there: each one's
                 // strand checks (alive: running again; gone: per desired state).

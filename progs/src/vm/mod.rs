@@ -3,6 +3,7 @@
 
 pub mod console;
 pub mod nexus;
+pub mod waiting;
 
 use skein_models::capacity;
 use skein_models::vm::{self, NewVm};

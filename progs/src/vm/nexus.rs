@@ -1,7 +1,8 @@
 //! `Vm::Nexus`: a VM's life on a host.
 //!
 //! Start places it on a host with room (reserving the capacity atomically;
-//! with no room it waits, visibly, and pages after `wait_page_secs`) ->
+//! with no room it waits, visibly, woken when capacity appears, and one page
+//! for all waiting VMs is raised after `wait_page_secs`: `super::waiting`) ->
 //! Setup makes its unix user, directory and overlay disk on the host ->
 //! Launch starts qemu through the daemonizer -> WaitBoot waits until the
 //! guest's SSH answers -> Running watches it every `checkup_secs`, and
@@ -15,7 +16,9 @@
 //!
 //! What the VM is lives in the database; what is true on the host right now
 //! (qemu's pid, the SSH port picked at launch) is asked of the host
-//! (`vm-status`) every time, never trusted from an old copy.
+//! (`vm-status`) every time, never trusted from an old copy. Where its SSH
+//! answers is recorded for its owner each time it is asked (at boot and on
+//! every checkup), with the time it was seen.
 
 
 use skein_engine::prelude::*;
@@ -25,6 +28,8 @@ use skein_models::{capacity, event, Ubid};
 use crate::host::conn::{Host, SSH_LIMIT};
 use crate::ssh::client::base64_encode;
 use crate::ssh::Cmd;
+
+use super::waiting;
 
 pub struct Nexus;
 
@@ -105,21 +110,23 @@ async fn happened(cx: &mut Ctx<'_, Nexus>, vm: &Vm, kind: &str, detail: Value) -
     Ok(event::record(cx.tx.conn().await?, vm.id, kind, "system", &detail).await?)
 }
 
-fn waiting_tag(vm: &Vm) -> String {
-    format!("vm-waiting:{}", Ubid::from_uuid(vm.id))
-}
+/// How long a waiting VM sleeps when nothing wakes it. Capacity appearing
+/// wakes it at once (`capacity::wake_waiting`); this is only the fallback.
+pub const WAIT_NAP_SECS: u64 = 600;
 
-/// Place the VM on a host with room, or wait where an operator can see why.
+/// Place the VM on a host with room, or wait where an operator can see why
+/// (one page for all waiting VMs: `super::waiting`).
 async fn start(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
     let vm = load(cx).await?;
     if vm.host_id.is_some() {
         return hop(Label::Setup);
     }
+    let wait_page_secs = cx.frame.wait_page_secs;
     let conn = cx.tx.conn().await?;
     match capacity::reserve_for_subnet(conn, vm.size(), vm.subnet_id).await? {
         Some(host) => {
             vm::place(conn, vm.id, host).await?;
-            cx.resolve_page(&waiting_tag(&vm)).await?;
+            waiting::update(conn, wait_page_secs).await?;
             happened(cx, &vm, "placed", json!({"host": Ubid::from_uuid(host)})).await?;
             hop(Label::Setup)
         }
@@ -128,12 +135,10 @@ async fn start(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
                 event::record(conn, vm.id, "waiting", "system", &json!({"reason": "no host has room"})).await?;
             }
             vm::set_state(conn, vm.id, "waiting").await?;
-            let waited = vm.waiting_since.map(|t| (chrono::Utc::now() - t).num_seconds()).unwrap_or(0);
-            if waited >= cx.frame.wait_page_secs as i64 {
-                let summary = format!("vm {} has waited {waited} s for a host with room for {:?}", vm.name, vm.size());
-                cx.raise_page(&waiting_tag(&vm), &summary, &json!({"vm": Ubid::from_uuid(vm.id)})).await?;
-            }
-            nap(5)
+            // Asleep until capacity appears; awake in time to page if none does.
+            let page_due = waiting::update(conn, wait_page_secs).await?;
+            let secs = page_due.map(|due| (due - chrono::Utc::now()).num_milliseconds() as f64 / 1000.0);
+            nap(secs.map_or(WAIT_NAP_SECS as f64, |s| s.clamp(0.0, WAIT_NAP_SECS as f64)))
         }
     }
 }
@@ -241,11 +246,30 @@ async fn wait_boot(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
         return nap(1);
     }
     // Write, at the end: commits with the hop, or not at all.
-    vm::set_state(cx.tx.conn().await?, vm.id, "running").await?;
+    let conn = cx.tx.conn().await?;
+    vm::set_state(conn, vm.id, "running").await?;
+    learned_ssh(conn, &host, &vm, &now).await?;
     cx.frame.launch_failures = 0;
     cx.resolve_page(&format!("vm-launch:{}", Ubid::from_uuid(vm.id))).await?;
     happened(cx, &vm, "running", json!({"ssh_port": now["ssh_port"]})).await?;
     hop(Label::Running)
+}
+
+/// The user the owner's key lets in on the guest.
+pub const GUEST_USER: &str = "root";
+
+/// Where the owner reaches the guest, as its host just said (`status`):
+/// the port its host forwards, on the host's own SSH address. Recorded only
+/// when the guest's SSH answered, so what is shown was true when it was seen.
+async fn learned_ssh(conn: &mut sqlx::PgConnection, host: &Host, vm: &Vm, now: &Value) -> anyhow::Result<()> {
+    if now["ssh_ready"] != json!(true) {
+        return Ok(());
+    }
+    let Some(port) = now["ssh_port"].as_i64().and_then(|p| i32::try_from(p).ok()) else {
+        return Ok(());
+    };
+    vm::set_ssh(conn, vm.id, &host.sshable.host, port, GUEST_USER).await?;
+    Ok(())
 }
 
 /// Stop qemu and forget its run, keeping user, directory and disk.
@@ -281,7 +305,8 @@ async fn running(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
         // again when it answers; until then there is nothing to ask.
         return nap(cx.frame.checkup_secs as f64);
     }
-    let alive = status(cx, &host, &vm).await?["running"] == json!(true);
+    let now = status(cx, &host, &vm).await?;
+    let alive = now["running"] == json!(true);
     if !alive && vm.desired_state == "running" {
         tracing::warn!(vm = %Ubid::from_uuid(vm.id), "qemu is gone; starting the VM again");
         // Its run ended with it; forget it here, where the death is known, so
@@ -296,6 +321,9 @@ async fn running(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
     if alive && vm.state == "unavailable" {
         vm::set_state(cx.tx.conn().await?, vm.id, "running").await?;
         happened(cx, &vm, "available-again", json!({})).await?;
+    }
+    if alive {
+        learned_ssh(cx.tx.conn().await?, &host, &vm, &now).await?;
     }
     nap(cx.frame.checkup_secs as f64)
 }
@@ -339,7 +367,13 @@ async fn remove(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
     }
     capacity::return_quota(conn, vm.project_id).await?;
     vm::set_state(conn, vm.id, "destroyed").await?;
-    cx.resolve_page(&waiting_tag(&vm)).await?;
+    if vm.host_id.is_some() {
+        // Its share is free again: a waiting VM may fit now.
+        capacity::wake_waiting(conn).await?;
+    } else {
+        // It may have been the last one waiting.
+        waiting::update(conn, cx.frame.wait_page_secs).await?;
+    }
     happened(cx, &vm, "destroyed", json!({})).await?;
     pop(json!({ "msg": "vm destroyed" }))
 }
