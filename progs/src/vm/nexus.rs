@@ -262,14 +262,35 @@ pub const GUEST_USER: &str = "root";
 /// the port its host forwards, on the host's own SSH address. Recorded only
 /// when the guest's SSH answered, so what is shown was true when it was seen.
 async fn learned_ssh(conn: &mut sqlx::PgConnection, host: &Host, vm: &Vm, now: &Value) -> anyhow::Result<()> {
-    if now["ssh_ready"] != json!(true) {
-        return Ok(());
+    if let Some(port) = ssh_port_answering(now) {
+        vm::set_ssh(conn, vm.id, &host.sshable.host, port, GUEST_USER).await?;
     }
-    let Some(port) = now["ssh_port"].as_i64().and_then(|p| i32::try_from(p).ok()) else {
-        return Ok(());
-    };
-    vm::set_ssh(conn, vm.id, &host.sshable.host, port, GUEST_USER).await?;
     Ok(())
+}
+
+/// The guest's forwarded SSH port, if its SSH answered just now.
+fn ssh_port_answering(now: &Value) -> Option<i32> {
+    if now["ssh_ready"] != json!(true) {
+        return None;
+    }
+    now["ssh_port"].as_i64().and_then(|p| i32::try_from(p).ok())
+}
+
+/// How old the shown endpoint may grow before a checkup that finds it
+/// unchanged writes it again: a quiet checkup stays a step that writes nothing
+/// of its own (group-committed), while `seen_at` stays recent.
+const SSH_SEEN_REFRESH: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
+
+/// Whether a checkup has news for the owner: the endpoint moved, or what is
+/// shown was seen longer ago than `SSH_SEEN_REFRESH`.
+fn ssh_news(host: &Host, vm: &Vm, now: &Value) -> bool {
+    let Some(port) = ssh_port_answering(now) else { return false };
+    match vm.ssh() {
+        Some(shown) => {
+            shown.host != host.sshable.host || shown.port != port || chrono::Utc::now() - shown.seen_at > SSH_SEEN_REFRESH
+        }
+        None => true,
+    }
 }
 
 /// Stop qemu and forget its run, keeping user, directory and disk.
@@ -322,7 +343,7 @@ async fn running(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
         vm::set_state(cx.tx.conn().await?, vm.id, "running").await?;
         happened(cx, &vm, "available-again", json!({})).await?;
     }
-    if alive {
+    if alive && ssh_news(&host, &vm, &now) {
         learned_ssh(cx.tx.conn().await?, &host, &vm, &now).await?;
     }
     nap(cx.frame.checkup_secs as f64)
