@@ -64,6 +64,7 @@ async fn sample(pool: PgPool) {
         let idle = pool.num_idle() as f64;
         metrics::gauge!("skein_db_pool_connections", "state" => "in_use").set(size - idle);
         metrics::gauge!("skein_db_pool_connections", "state" => "idle").set(idle);
+        metrics::gauge!("skein_db_pool_connections", "state" => "waiting").set(skein_engine::pool::waiting() as f64);
         metrics::gauge!("skein_db_pool_max_connections").set(f64::from(pool.options().get_max_connections()));
         if let Ok((due, lag)) = inspect::due_and_lag(&pool).await {
             metrics::gauge!("skein_due_strands").set(due as f64);

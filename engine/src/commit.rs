@@ -111,10 +111,10 @@ async fn flush(pool: &PgPool, jobs: Vec<Job>) {
     }
     if !child_exits.is_empty() {
         let result = async {
-            let mut tx = pool.begin().await?;
+            let mut tx = crate::pool::begin(pool).await?;
             let (written, recheck) = strand::exit_children(&mut tx, &child_exits).await?;
             tx.commit().await?;
-            let mut conn = pool.acquire().await?;
+            let mut conn = crate::pool::acquire(pool).await?;
             for parent in recheck {
                 strand::wake_parent_if_idle(&mut conn, parent).await?;
             }
@@ -124,7 +124,7 @@ async fn flush(pool: &PgPool, jobs: Vec<Job>) {
         reply_exits(child_replies, result);
     }
     if !writes.is_empty() {
-        let result = async { strand::write_steps(&mut *pool.acquire().await?, &writes).await }.await;
+        let result = async { strand::write_steps(&mut *crate::pool::acquire(pool).await?, &writes).await }.await;
         match result {
             Ok(rows) => {
                 let mut rows: std::collections::HashMap<Uuid, Continued> = rows.into_iter().map(|r| (r.id, r)).collect();
@@ -140,7 +140,7 @@ async fn flush(pool: &PgPool, jobs: Vec<Job>) {
         }
     }
     if !exits.is_empty() {
-        let result = async { strand::exit_top_level(&mut *pool.acquire().await?, &exits).await }.await;
+        let result = async { strand::exit_top_level(&mut *crate::pool::acquire(pool).await?, &exits).await }.await;
         reply_exits(exit_replies, result);
     }
     tracing::trace!(steps = flushed, micros = flush_began.elapsed().as_micros() as u64, "group commit");

@@ -118,7 +118,7 @@ pub(crate) async fn begin<'t>(
     open: &'t mut Option<Transaction<'static, Postgres>>,
 ) -> Result<&'t mut PgConnection, sqlx::Error> {
     if open.is_none() {
-        *open = Some(pool.begin().await?);
+        *open = Some(crate::pool::begin(pool).await?);
     }
     Ok(open.as_mut().expect("just begun"))
 }
@@ -143,7 +143,7 @@ impl<'a, P: Prog> Ctx<'a, P> {
     /// what the label needs, drop it, then ask the host.
     /// `let vm = vm::get(&mut *cx.read().await?, id).await?;`
     pub async fn read(&self) -> Result<Read, sqlx::Error> {
-        let conn = self.tx.pool.acquire().await?;
+        let conn = crate::pool::acquire(self.tx.pool).await?;
         crate::remote::reads_held(1);
         Ok(Read { conn })
     }
@@ -252,13 +252,13 @@ impl<'a, P: Prog> Ctx<'a, P> {
     /// if this step then fails. A tag names one problem; raising an open tag
     /// again does nothing. True if the page is new.
     pub async fn raise_page(&mut self, tag: &str, summary: &str, details: &Value) -> anyhow::Result<bool> {
-        let mut conn = self.tx.pool.acquire().await?;
+        let mut conn = crate::pool::acquire(self.tx.pool).await?;
         Ok(skein_models::page::raise(&mut conn, tag, summary, "error", details).await?)
     }
 
     /// Resolve the open page with this tag, if any (on its own connection).
     pub async fn resolve_page(&mut self, tag: &str) -> anyhow::Result<bool> {
-        let mut conn = self.tx.pool.acquire().await?;
+        let mut conn = crate::pool::acquire(self.tx.pool).await?;
         Ok(skein_models::page::resolve(&mut conn, tag).await?)
     }
 

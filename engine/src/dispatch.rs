@@ -130,7 +130,7 @@ impl Dispatcher {
         // Abandoned steps rolled back when their tasks were dropped; free their strands now
         // instead of making them wait out the lease.
         let leftover: Vec<(Uuid, DateTime<Utc>)> = held.lock().unwrap().drain().map(|(id, (lease, _))| (id, lease)).collect();
-        if let Ok(mut conn) = this.runner.pool().acquire().await {
+        if let Ok(mut conn) = crate::pool::acquire(this.runner.pool()).await {
             for (id, lease) in leftover {
                 let _ = strand::release(&mut conn, id, lease).await;
             }
@@ -277,7 +277,7 @@ impl Dispatcher {
 
     /// How long until the next free strand is due, capped by the poll interval.
     async fn next_due_in(&self) -> Duration {
-        let mut conn = match self.runner.pool().acquire().await {
+        let mut conn = match crate::pool::acquire(self.runner.pool()).await {
             Ok(c) => c,
             Err(_) => return self.config.poll,
         };

@@ -5,6 +5,7 @@
 //! - [`remote`]: remote work holds no database; the check remote clients call.
 //! - [`dispatch`]: the claim loop of `respirate`: batches, wake-ups, shutdown.
 //! - [`liveness`]: who is alive; a dead or hung worker's claims are broken at once.
+//! - [`pool`]: the connection pool, with its waiters counted.
 //! - [`runner`]: leases strands and runs their steps exactly as `strand-engine.md` says.
 //! - [`registry`]: stored prog names back to Rust types.
 //! - [`stack`]: the jsonb stack and the engine's keys in it.
@@ -17,6 +18,7 @@ pub mod dispatch;
 pub mod enqueue;
 pub mod error;
 pub mod liveness;
+pub mod pool;
 pub mod prog;
 pub mod registry;
 pub mod remote;

@@ -234,7 +234,7 @@ impl Runner {
     /// break these claims the moment that worker dies.
     pub async fn claim_as(&self, limit: i64, exclude: &[Uuid], holder: &str) -> Result<Vec<Claim>, sqlx::Error> {
         let asked = Instant::now();
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = crate::pool::acquire(&self.pool).await?;
         let leased = strand::claim_due(&mut conn, limit, self.terms(), holder, exclude).await?;
         Ok(leased.into_iter().map(|leased| Claim { leased, lease_ends: asked + self.config.lease }).collect())
     }
@@ -242,7 +242,7 @@ impl Runner {
     /// Lease one strand by id: only when due, or (`due_only = false`) whenever it is free.
     pub async fn claim_id(&self, id: Uuid, due_only: bool) -> Result<Option<Claim>, sqlx::Error> {
         let asked = Instant::now();
-        let mut conn = self.pool.acquire().await?;
+        let mut conn = crate::pool::acquire(&self.pool).await?;
         let leased = strand::claim_one(&mut conn, id, self.terms(), &self.config.holder, due_only).await?;
         Ok(leased.map(|leased| Claim { leased, lease_ends: asked + self.config.lease }))
     }
@@ -377,7 +377,7 @@ impl Runner {
             if !d.notified && d.at <= Utc::now() {
                 let summary = format!("strand {ubid} ({prog}) did not reach {} by {}", d.target, d.at.to_rfc3339());
                 let details = json!({"strand": ubid, "prog": prog, "label": label, "target": d.target});
-                let mut conn = self.pool.acquire().await?;
+                let mut conn = crate::pool::acquire(&self.pool).await?;
                 page::raise(&mut conn, &deadline_tag(ubid, &d.target), &summary, "warning", &details).await?;
                 d.notified = true;
                 d.write(stack.top_mut());
@@ -525,7 +525,7 @@ impl Runner {
                     let (written, recheck) = strand::exit_children(&mut tx, std::slice::from_ref(&exit)).await?;
                     tx.commit().await?;
                     for parent in recheck {
-                        strand::wake_parent_if_idle(&mut *self.pool.acquire().await?, parent).await?;
+                        strand::wake_parent_if_idle(&mut *crate::pool::acquire(&self.pool).await?, parent).await?;
                     }
                     !written.is_empty()
                 }
@@ -596,7 +596,7 @@ impl Runner {
         let message = error.to_string();
         tracing::warn!(error = %message, "step failed");
         let recorded = async {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = crate::pool::begin(&self.pool).await?;
             let cap = self.config.backoff_cap.as_secs_f64();
             // The lease's try + 1 counts the first step's failure; after a
             // success under this lease, this is the first failure again.

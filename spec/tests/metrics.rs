@@ -53,6 +53,7 @@ async fn the_documented_worker_series_are_served() {
             "skein_steps_total{prog=\"Bench::Step\"}",
             "skein_db_pool_connections{state=\"in_use\"}",
             "skein_db_pool_connections{state=\"idle\"}",
+            "skein_db_pool_connections{state=\"waiting\"}",
             "skein_db_pool_max_connections",
             "skein_open_pages{severity=\"critical\"} 1",
             "skein_open_pages{severity=\"error\"}",
