@@ -92,12 +92,21 @@ async fn create(s: &Session, name: &str, project: &str, cidr: &str, opts: &OpsOp
     Ok(Reply::new(format!("subnet {name} ({cidr}) created as {id} in project {project}"), answer))
 }
 
+/// "1 VM", "2 VMs".
+fn plural(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
 async fn list(s: &Session, project: &str) -> anyhow::Result<Reply> {
     let owner = project_id(s, project).await?;
     // A project has few subnets; one large page holds them all.
     let subnets = subnet::page(&mut *s.pool.acquire().await?, owner, None, 10_000).await?;
     let mut text: String = subnets.iter().map(|sub| line(sub) + "\n").collect();
-    text.push_str(&format!("{} subnets in project {project}", subnets.len()));
+    text.push_str(&format!("{} in project {project}", plural(subnets.len(), "subnet")));
     Ok(Reply::new(text, json!({"subnets": subnets})))
 }
 
@@ -106,7 +115,7 @@ async fn show(s: &Session, reference: &str, project: Option<&str>) -> anyhow::Re
     let vms = subnet::members(&mut *s.pool.acquire().await?, sub.id).await?;
     let mut text = line(&sub) + "\n";
     text.extend(vms.iter().map(|m| format!("  {:<18} {}  {:<24} {}\n", m.private_ip, Ubid::from_uuid(m.id), m.name, m.state)));
-    text.push_str(&format!("{} VMs", vms.len()));
+    text.push_str(&plural(vms.len(), "VM"));
     let mut answer = serde_json::to_value(&sub)?;
     answer["vms"] = serde_json::to_value(&vms)?;
     Ok(Reply::new(text, answer))
