@@ -3,6 +3,7 @@
 //! middle of a step (as another worker or an operator would).
 
 pub mod api;
+pub mod cli;
 pub mod guest_image;
 /// Test hosts: real sshd in network namespaces (shared with `skein up`'s demo).
 pub use skein_bin::local_host as hosts;

@@ -4,75 +4,14 @@
 //! token list, project set-quota|delete); the API's rules for hosts; and
 //! key files bounded before they are read.
 
-use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use skein_engine::testing::TestDb;
+use skein_spec::cli::Cli;
 use skein_spec::api::{Api, PUBLIC_KEY};
 
 const HOST_KEY: &str = "-----BEGIN OPENSSH PRIVATE KEY-----\nnot used: the host is never reached\n-----END OPENSSH PRIVATE KEY-----\n";
 
-struct Cli {
-    db: TestDb,
-    dir: std::path::PathBuf,
-}
-
-impl Cli {
-    async fn new(tag: &str) -> Cli {
-        let dir = std::env::temp_dir().join(format!("skein-cli-owner-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Cli { db: TestDb::new().await, dir }
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(skein_spec::binary("skein"))
-            .args(args)
-            .args(["--database-url", &self.db.url()])
-            .env("SKEIN_OPERATOR", "alice")
-            .env("SKEIN_SECRET_KEY", "33".repeat(32))
-            .stdin(Stdio::null())
-            .output()
-            .expect("run skein")
-    }
-
-    /// A command that must succeed with `--yes --json`: its JSON.
-    fn ok(&self, args: &[&str]) -> Value {
-        let out = self.run(&[args, &["--yes", "--json"]].concat());
-        assert!(out.status.success(), "skein {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?}: no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
-    }
-
-    /// A command that must fail (exit 1, no panic): its stderr.
-    fn refused(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-        assert_eq!(out.status.code(), Some(1), "skein {args:?} should fail; printed {}{stderr}", String::from_utf8_lossy(&out.stdout));
-        assert!(stderr.starts_with("error: ") && !stderr.contains("panicked"), "{args:?}: {stderr}");
-        stderr
-    }
-
-    async fn i64(&self, sql: &str) -> i64 {
-        sqlx::query_scalar(sql).fetch_one(&self.db.pool).await.unwrap()
-    }
-
-    /// The audit trail, oldest first: (operator, action).
-    async fn audit(&self) -> Vec<(String, String)> {
-        sqlx::query_as("SELECT operator, action FROM operator_audit ORDER BY created_at, id").fetch_all(&self.db.pool).await.unwrap()
-    }
-
-    fn file(&self, name: &str, text: &str) -> String {
-        let path = self.dir.join(name);
-        std::fs::write(&path, text).unwrap();
-        path.display().to_string()
-    }
-}
-
-impl Drop for Cli {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 #[tokio::test]
 async fn every_change_is_refused_from_a_script_without_yes_and_audited_with_it() {

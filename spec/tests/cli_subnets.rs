@@ -3,51 +3,12 @@
 //! and audited with it, ranges held to the API's rules, a subnet with live
 //! VMs kept, and a deleted subnet's name free again.
 
-use std::process::{Command, Output, Stdio};
-
-use serde_json::Value;
-use skein_engine::testing::TestDb;
+use skein_spec::cli::Cli;
 use skein_spec::api::PUBLIC_KEY;
-
-struct Cli {
-    db: TestDb,
-}
-
-impl Cli {
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(skein_spec::binary("skein"))
-            .args(args)
-            .args(["--database-url", &self.db.url()])
-            .env("SKEIN_OPERATOR", "alice")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run skein")
-    }
-
-    /// A command that must succeed with `--yes --json`: its JSON.
-    fn ok(&self, args: &[&str]) -> Value {
-        let out = self.run(&[args, &["--yes", "--json"]].concat());
-        assert!(out.status.success(), "skein {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?}: no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
-    }
-
-    /// A command that must fail (exit 1, no panic): its stderr.
-    fn refused(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-        assert_eq!(out.status.code(), Some(1), "skein {args:?} should fail; printed {}{stderr}", String::from_utf8_lossy(&out.stdout));
-        assert!(stderr.starts_with("error: ") && !stderr.contains("panicked"), "{args:?}: {stderr}");
-        stderr
-    }
-
-    async fn i64(&self, sql: &str) -> i64 {
-        sqlx::query_scalar(sql).fetch_one(&self.db.pool).await.unwrap()
-    }
-}
 
 #[tokio::test]
 async fn subnets_are_made_joined_shown_and_deleted_from_the_command_line() {
-    let c = Cli { db: TestDb::new().await };
+    let c = Cli::new("subnets").await;
     c.ok(&["project", "create", "acme"]);
     let create = ["subnet", "create", "backend", "--project", "acme", "--cidr", "10.9.0.0/24"];
     assert!(c.refused(&create).contains("pass --yes to confirm"));
