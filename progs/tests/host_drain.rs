@@ -6,20 +6,15 @@
 use skein_engine::enqueue;
 use skein_engine::testing::Harness;
 use skein_models::capacity::{self, Size};
-use skein_models::{event, sshable, vm_host, Ubid, UbidType};
+use skein_models::{event, vm_host, Ubid};
 use skein_progs::host::nexus::{self, HostNexus};
+
+mod support;
 
 /// A host row in `state` with room for VMs, and its strand waiting in Wait.
 async fn host_in(h: &Harness, state: &str) -> Ubid {
-    let mut conn = h.pool().acquire().await.unwrap();
-    let sh = Ubid::generate(UbidType::Sshable).uuid();
-    sshable::insert(&mut conn, sh, "192.0.2.1", 22, "root", b"sealed").await.unwrap();
-    let id = Ubid::generate(UbidType::VmHost);
-    vm_host::insert(&mut conn, id.uuid(), sh, "h1", "/var/lib/skein").await.unwrap();
-    let facts = vm_host::Facts { cpus: Some(8), memory_mib: Some(16_384), storage_free_mib: Some(100_000), ..Default::default() };
-    vm_host::record_facts(&mut conn, id.uuid(), &facts).await.unwrap();
-    vm_host::set_state(&mut conn, id.uuid(), state).await.unwrap();
-    enqueue::start_for(&mut conn, id, nexus::Frame::default(), nexus::Label::Wait).await.unwrap();
+    let id = support::host_row(h, state).await;
+    enqueue::start_for(&mut h.pool().acquire().await.unwrap(), id, nexus::Frame::default(), nexus::Label::Wait).await.unwrap();
     id
 }
 

@@ -7,8 +7,10 @@
 use chrono::Utc;
 use skein_engine::testing::Harness;
 use skein_engine::Outcome;
-use skein_models::{capacity, page, sshable, vm, vm_host, Ubid, UbidType};
+use skein_models::{capacity, page, vm, Ubid, UbidType};
 use skein_progs::vm::{self as vms, nexus, waiting, Spec};
+
+mod support;
 
 const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOfakeKeyForDatabaseRowsOnly t@x";
 
@@ -28,15 +30,7 @@ async fn create(h: &Harness, project: Ubid, name: &str, cores: i32, memory_mib: 
 
 /// An accepting host with room for a few VMs (no strand: nothing here talks to it).
 async fn accepting_host(h: &Harness) -> Ubid {
-    let mut conn = h.pool().acquire().await.unwrap();
-    let sh = Ubid::generate(UbidType::Sshable).uuid();
-    sshable::insert(&mut conn, sh, "192.0.2.1", 22, "root", b"sealed").await.unwrap();
-    let id = Ubid::generate(UbidType::VmHost);
-    vm_host::insert(&mut conn, id.uuid(), sh, "h1", "/var/lib/skein").await.unwrap();
-    let facts = vm_host::Facts { cpus: Some(8), memory_mib: Some(16_384), storage_free_mib: Some(100_000), ..Default::default() };
-    vm_host::record_facts(&mut conn, id.uuid(), &facts).await.unwrap();
-    vm_host::set_state(&mut conn, id.uuid(), "accepting").await.unwrap();
-    id
+    support::host_row(h, "accepting").await
 }
 
 /// What capacity appearing does, in the transaction that makes it appear.
