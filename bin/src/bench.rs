@@ -197,13 +197,17 @@ async fn clean(pool: &PgPool, args: &BenchArgs) -> anyhow::Result<()> {
     if n > 0 {
         args.say(format!("removing {n} strands left by an earlier run"));
     }
-    sqlx::raw_sql(
-        "DELETE FROM strand WHERE prog IN ('Bench::Step', 'Bench::Fanout'); \
-         DELETE FROM strand_archive WHERE prog IN ('Bench::Step', 'Bench::Fanout'); \
-         TRUNCATE bench_count;",
-    )
-    .execute(pool)
-    .await?;
+    forget_runs(pool, &["Bench::Step", "Bench::Fanout"]).await
+}
+
+/// Remove what earlier runs of `progs` left: their strands, live and
+/// archived, and the step counts.
+pub(crate) async fn forget_runs(pool: &PgPool, progs: &[&str]) -> anyhow::Result<()> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("DELETE FROM strand WHERE prog = ANY($1)").bind(progs).execute(&mut *tx).await?;
+    sqlx::query("DELETE FROM strand_archive WHERE prog = ANY($1)").bind(progs).execute(&mut *tx).await?;
+    sqlx::query("TRUNCATE bench_count").execute(&mut *tx).await?;
+    tx.commit().await?;
     Ok(())
 }
 

@@ -62,14 +62,7 @@ async fn slow_steps(pool: &PgPool) -> anyhow::Result<i64> {
 }
 
 async fn clean(pool: &PgPool) -> anyhow::Result<()> {
-    sqlx::raw_sql(
-        "DELETE FROM strand WHERE prog IN ('Bench::Step', 'Bench::Remote'); \
-         DELETE FROM strand_archive WHERE prog IN ('Bench::Step', 'Bench::Remote'); \
-         TRUNCATE bench_count;",
-    )
-    .execute(pool)
-    .await?;
-    Ok(())
+    crate::bench::forget_runs(pool, &["Bench::Step", "Bench::Remote"]).await
 }
 
 /// The engine pool's connections in use, sampled until `stop`: (max, mean).
