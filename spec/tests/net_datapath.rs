@@ -344,11 +344,17 @@ async fn a_subnet_spans_two_hosts_encrypted_isolated_rekeyed_and_torn_down() {
     assert!(got >= 4, "b1 -> a1 across hosts: {got}/5");
     let (got, rtt_same) = g_a1.ping(&g_a2.ip, 5);
     assert!(got >= 4, "a1 -> a2 on one host: {got}/5");
-    let mut via = ssh_base(&owner_key.0, g_a1.port());
+    let mut via = ssh_base(&owner_key.0, 22);
     via.args(["-o", &format!("ProxyCommand=ssh -F /dev/null -i {} -p {} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR root@{} nc %h %p", owner_key.0.display(), g_a1.port(), ha.addr())]);
     via.arg(format!("root@{}", g_b1.ip)).arg("hostname");
     let out = run(via, None);
-    assert!(out.status.success(), "ssh a1 -> b1 over 10.0.0.3: {}", text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ssh a1 -> b1 over 10.0.0.3: {}\na1: {}\nb1: {}",
+        text(&out.stderr),
+        text(&g_a1.try_sh("echo | nc -w 3 10.0.0.3 22 | head -c 80; ip -o addr; ip neigh").stdout),
+        text(&g_b1.try_sh("netstat -ltn; ip -o addr; ip neigh").stdout)
+    );
     assert_eq!(text(&out.stdout).trim(), b1, "the SSH over the private address lands in b1");
 
     // 2. On the wire: tunnel traffic only, never the guests' bytes.
