@@ -69,6 +69,10 @@ pub struct BenchArgs {
     /// Also count every step in a table, in the step's transaction (always on with --enqueue-only).
     #[arg(long)]
     pub count: bool,
+    /// Each step that writes commits its own transaction, as before writing
+    /// steps shared transactions (to compare the two in one sitting).
+    #[arg(long)]
+    pub private_writes: bool,
     /// Only enqueue the workload, for separately started respirate processes.
     #[arg(long, conflicts_with = "verify")]
     pub enqueue_only: bool,
@@ -321,7 +325,8 @@ async fn measure(pool: &PgPool, args: &BenchArgs) -> anyhow::Result<Value> {
     let all_done = Arc::new(Notify::new());
     let step_ms = Arc::new(Mutex::new(Vec::<f64>::with_capacity(n as usize * 2)));
     let exit_vals = Arc::new(Mutex::new(Vec::<Value>::new()));
-    let runner = Runner::new(pool.clone(), skein_progs::registry());
+    let config = skein_engine::Config { shared_writes: !args.private_writes, ..Default::default() };
+    let runner = Runner::new(pool.clone(), skein_progs::registry()).with_config(config);
     let dispatcher = {
         let (exits, steps, all_done, step_ms, exit_vals) =
             (exits.clone(), steps.clone(), all_done.clone(), step_ms.clone(), exit_vals.clone());
@@ -385,6 +390,7 @@ async fn measure(pool: &PgPool, args: &BenchArgs) -> anyhow::Result<Value> {
         "steps_in_flight": args.concurrency,
         "lanes": args.lanes,
         "counted": args.count,
+        "shared_writes": !args.private_writes,
     });
     if args.scenario == Scenario::Latency {
         times = exit_vals.iter().filter_map(|v| v["latency_us"].as_f64()).map(|us| us / 1000.0).collect();

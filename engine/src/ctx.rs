@@ -25,6 +25,7 @@ use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::prog::{hop, nap, Label, Prog, Step};
+use crate::shared_tx::{Lanes, Member};
 use crate::stack::SUBJECT_ID;
 
 /// Shared resources a runner hands to every step (an SSH pool, a secrets
@@ -66,23 +67,57 @@ pub(crate) struct StepState {
 
 /// The step's transaction, begun on first use. A label that never touches
 /// the database costs no transaction of its own: its strand write is
-/// group-committed with other steps'.
+/// group-committed with other steps'. One that writes joins a transaction
+/// shared with other writing steps (see [`crate::shared_tx`]), or, when
+/// retried after its group was aborted, a private one.
 pub struct Tx<'a> {
     pool: &'a PgPool,
-    open: &'a mut Option<Transaction<'static, Postgres>>,
+    open: &'a mut StepTx,
 }
 
 impl<'a> Tx<'a> {
-    pub(crate) fn new(pool: &'a PgPool, open: &'a mut Option<Transaction<'static, Postgres>>) -> Self {
+    pub(crate) fn new(pool: &'a PgPool, open: &'a mut StepTx) -> Self {
         Tx { pool, open }
     }
 
     /// The connection of the step's transaction: `.execute(cx.tx.conn().await?)`.
     /// It stays open until the step ends: make remote calls before this.
     pub async fn conn(&mut self) -> Result<&mut PgConnection, sqlx::Error> {
-        let conn = begin(self.pool, self.open).await?;
+        let conn = self.open.conn(self.pool).await?;
         crate::remote::tx_begun();
         Ok(conn)
+    }
+}
+
+/// Where a step's writes go, once it has any.
+pub(crate) enum StepTx {
+    /// Nothing written yet; the first write joins these lanes, or (None)
+    /// begins a private transaction.
+    None(Option<Arc<Lanes>>),
+    /// A transaction of its own.
+    Private(Transaction<'static, Postgres>),
+    /// A place in a shared transaction.
+    Shared(Member),
+}
+
+impl StepTx {
+    pub fn is_open(&self) -> bool {
+        !matches!(self, StepTx::None(_))
+    }
+
+    /// The open transaction's connection, begun (or joined) if there is none yet.
+    pub async fn conn(&mut self, pool: &PgPool) -> Result<&mut PgConnection, sqlx::Error> {
+        if let StepTx::None(lanes) = self {
+            *self = match lanes {
+                Some(lanes) => StepTx::Shared(lanes.join().await?),
+                None => StepTx::Private(crate::pool::begin(pool).await?),
+            };
+        }
+        Ok(match self {
+            StepTx::Private(tx) => tx,
+            StepTx::Shared(member) => member.conn(),
+            StepTx::None(_) => unreachable!("just begun"),
+        })
     }
 }
 
@@ -110,17 +145,6 @@ impl Drop for Read {
     fn drop(&mut self) {
         crate::remote::reads_held(-1);
     }
-}
-
-/// The open transaction, begun if there is none yet.
-pub(crate) async fn begin<'t>(
-    pool: &PgPool,
-    open: &'t mut Option<Transaction<'static, Postgres>>,
-) -> Result<&'t mut PgConnection, sqlx::Error> {
-    if open.is_none() {
-        *open = Some(crate::pool::begin(pool).await?);
-    }
-    Ok(open.as_mut().expect("just begun"))
 }
 
 /// What a label sees. `P` is the prog running, so `cx.frame` is its frame type.

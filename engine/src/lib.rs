@@ -23,6 +23,7 @@ pub mod prog;
 pub mod registry;
 pub mod remote;
 pub mod runner;
+mod shared_tx;
 pub mod stack;
 pub mod testing;
 

@@ -145,6 +145,7 @@ pub fn test_config() -> Config {
         page_after_failures: 3,
         children_nap: Duration::from_secs(3600),
         holder: format!("test:{}", std::process::id()),
+        shared_writes: true,
     }
 }
 

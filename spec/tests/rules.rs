@@ -550,6 +550,47 @@ async fn r14_a_failure_after_quick_hops_keeps_their_progress() {
     assert_eq!(row.try_, 1);
 }
 
+/// Steps that write share transactions (engine/src/shared_tx.rs). A label
+/// that writes and then fails spoils its group; its neighbours run again in
+/// transactions of their own. Run many of both at once on one lane: every
+/// counted step commits exactly once, no failed step's write survives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r14_a_failing_step_in_a_shared_transaction_costs_its_neighbours_a_replay_not_their_writes() {
+    use skein_progs::bench::{StepFrame, StepLabel};
+    let h = harness().await;
+    sqlx::query("CREATE TABLE bench_count (strand_id uuid PRIMARY KEY, steps integer NOT NULL)").execute(h.pool()).await.unwrap();
+    let (counters, hops, failing) = (200u32, 4u32, 20u32);
+    for _ in 0..counters {
+        h.start(StepFrame { hops, count: true, ..Default::default() }, StepLabel::Run).await;
+    }
+    for _ in 0..failing {
+        h.start(MeddlerFrame { mode: "fail".into(), pokes_seen: 0 }, MeddlerLabel::Act).await;
+    }
+    // Four connections: one lane, so writers share its transactions.
+    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(4).connect(&h.db.url()).await.unwrap();
+    let door = SideDoor { pool: h.pool().clone(), runner: h.runner.clone() };
+    let runner = Runner::new(pool, registry()).with_config(test_config()).with_resources(Resources::default().with(door));
+    let dispatcher = skein_engine::Dispatcher::new(runner, skein_engine::DispatchConfig { concurrency: 64, ..Default::default() });
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = tokio::spawn(dispatcher.run(async move { stopped.await.ok(); }));
+    let began = std::time::Instant::now();
+    while count(&h, "SELECT count(*) FROM strand WHERE prog = 'Bench::Step'").await > 0 {
+        assert!(began.elapsed() < Duration::from_secs(120), "the counters did not finish");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.send(()).unwrap();
+    running.await.unwrap();
+
+    let per_strand: Vec<i32> = sqlx::query_scalar("SELECT steps FROM bench_count").fetch_all(h.pool()).await.unwrap();
+    assert_eq!(per_strand.len(), counters as usize);
+    assert!(per_strand.iter().all(|&n| n == hops as i32 + 1), "each step counted exactly once: {per_strand:?}");
+    assert_eq!(count(&h, "SELECT count(*) FROM spec_write").await, 0, "no failed step's write committed");
+    let failures = count(&h, "SELECT count(*) FROM strand WHERE prog = 'Spec::Meddler' AND try > 0").await;
+    assert_eq!(failures, failing as i64, "every failing strand recorded its failure");
+    let errors: Vec<String> = sqlx::query_scalar("SELECT DISTINCT last_error FROM strand WHERE prog = 'Spec::Meddler'").fetch_all(h.pool()).await.unwrap();
+    assert_eq!(errors, vec!["disk on fire".to_string()], "they failed in their label, after writing");
+}
+
 // R15 ---------------------------------------------------------------------
 
 #[tokio::test]
