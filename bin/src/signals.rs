@@ -7,7 +7,10 @@
 use serde_json::{json, Value};
 use skein_models::vm::{self, Vm};
 use skein_models::vm_host::{self, VmHost};
+use skein_engine::Signal;
 use skein_models::{event, Ubid};
+use skein_progs::host::nexus as host_nexus;
+use skein_progs::vm::nexus as vm_nexus;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -76,7 +79,7 @@ pub async fn vm(conn: &mut PgConnection, id: Uuid, action: VmAction, actor: &str
     let unplaced = v.state == "creating" || v.state == "waiting";
     let (semaphore, desired) = match action {
         VmAction::Destroy if gone => return Ok((v, false)),
-        VmAction::Destroy => ("destroy", "destroyed"),
+        VmAction::Destroy => (Signal::DESTROY, "destroyed"),
         _ if gone => return Err(Refused::conflict("vm_destroyed", format!("vm {} is destroyed or being destroyed", v.name))),
         VmAction::Stop if v.desired_state == "stopped" => return Ok((v, false)),
         VmAction::Stop if unplaced => {
@@ -85,10 +88,10 @@ pub async fn vm(conn: &mut PgConnection, id: Uuid, action: VmAction, actor: &str
                 format!("vm {} is still waiting for a host, so it cannot be stopped yet: destroy it, or stop it once it runs", v.name),
             ))
         }
-        VmAction::Stop => ("stop", "stopped"),
+        VmAction::Stop => (vm_nexus::Sem::Stop.into(), "stopped"),
         VmAction::Start if v.desired_state == "running" => return Ok((v, false)),
-        VmAction::Start => ("start", "running"),
-        VmAction::Restart if v.state == "running" && v.desired_state == "running" => ("restart", "running"),
+        VmAction::Start => (vm_nexus::Sem::Start.into(), "running"),
+        VmAction::Restart if v.state == "running" && v.desired_state == "running" => (vm_nexus::Sem::Restart.into(), "running"),
         VmAction::Restart if unplaced => {
             return Err(Refused::conflict("vm_not_placed", format!("vm {} is still waiting for a host: it can be restarted once it runs", v.name)))
         }
@@ -126,8 +129,8 @@ pub async fn host(conn: &mut PgConnection, id: Uuid, action: HostAction, actor: 
         return Err(Refused::conflict("host_destroyed", format!("host {} is destroyed", row.name)));
     }
     let semaphore = match action {
-        HostAction::Drain => "drain",
-        HostAction::Destroy => "destroy",
+        HostAction::Drain => host_nexus::Sem::Drain.into(),
+        HostAction::Destroy => Signal::DESTROY,
     };
     let vms = vm::on_host(conn, row.id).await?.len();
     if action == HostAction::Destroy && vms > 0 {

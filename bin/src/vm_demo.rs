@@ -133,7 +133,7 @@ async fn demo(pool: &PgPool, made: &mut Made) -> anyhow::Result<()> {
     if placed != host_id.uuid() {
         bail!("the vm was placed on another host ({}), not the demo's local host", Ubid::from_uuid(placed));
     }
-    skein_engine::enqueue::incr(&mut *pool.acquire().await?, host_id, "drain").await?;
+    skein_engine::enqueue::incr(&mut *pool.acquire().await?, host_id, skein_progs::host::nexus::Sem::Drain).await?;
     // Where to reach it: what the VM says (as the API and `vm show` do).
     let at = wait(Duration::from_secs(600), || async {
         let v = vm::get(&mut *pool.acquire().await?, vm_id.uuid()).await?.context("vm row gone")?;
@@ -216,7 +216,7 @@ where
     if gone(pool.clone()).await? {
         return Ok(());
     }
-    skein_engine::enqueue::incr(&mut *pool.acquire().await?, id, "destroy").await?;
+    skein_engine::enqueue::incr(&mut *pool.acquire().await?, id, skein_engine::Signal::DESTROY).await?;
     wait(limit, || async { Ok(gone(pool.clone()).await?.then_some(())) }).await
 }
 

@@ -32,7 +32,7 @@ const SMALL: Size = Size { cores: 1, memory_mib: 512, disk_mib: 1000 };
 async fn drain_makes_an_accepting_host_draining_and_placement_passes_it_by() {
     let h = Harness::new(skein_progs::registry()).await;
     let id = host_in(&h, "accepting").await;
-    assert!(h.incr(id, "drain").await);
+    assert!(h.incr(id, nexus::Sem::Drain).await);
     h.step(id).await.assert_hop(nexus::Label::Wait);
     assert_eq!(state(&h, id).await, "draining");
     assert!(h.frame::<HostNexus>(id).await.draining, "remembered for later checkups and re-preparation");
@@ -42,7 +42,7 @@ async fn drain_makes_an_accepting_host_draining_and_placement_passes_it_by() {
     assert_eq!(placed, None, "no VM is placed on a draining host");
 
     // Draining again changes nothing and records nothing new.
-    assert!(h.incr(id, "drain").await);
+    assert!(h.incr(id, nexus::Sem::Drain).await);
     h.step(id).await.assert_hop(nexus::Label::Wait);
     assert_eq!(events(&h, id).await.len(), 1);
     assert_eq!(state(&h, id).await, "draining");
@@ -52,7 +52,7 @@ async fn drain_makes_an_accepting_host_draining_and_placement_passes_it_by() {
 async fn an_unreachable_host_stays_unreachable_when_drained_but_will_come_back_draining() {
     let h = Harness::new(skein_progs::registry()).await;
     let id = host_in(&h, "unreachable").await;
-    assert!(h.incr(id, "drain").await);
+    assert!(h.incr(id, nexus::Sem::Drain).await);
     h.step(id).await.assert_hop(nexus::Label::Wait);
     assert_eq!(state(&h, id).await, "unreachable", "what is true now");
     assert!(h.frame::<HostNexus>(id).await.draining);

@@ -144,7 +144,7 @@ async fn destroying_the_last_waiting_vm_resolves_the_page() {
     let id = create(&h, p, "a", 1, 512, 0).await;
     h.step(id).await;
     assert_eq!(pages(&h).await.len(), 1);
-    assert!(h.incr(id, "destroy").await);
+    assert!(h.incr(id, skein_engine::Signal::DESTROY).await);
     let reports = h.run(id).await;
     assert!(matches!(reports.last().unwrap().outcome, Outcome::Exit { .. }), "{:?}", reports.iter().map(|r| r.outcome.to_string()).collect::<Vec<_>>());
     assert_eq!(state(&h, id).await.state, "destroyed");

@@ -179,7 +179,7 @@ async fn a_reboot_is_requested_and_the_host_comes_back_with_a_new_boot_id() {
     assert!(started.success());
 
     let mut conn = w.db.pool.acquire().await.unwrap();
-    assert!(skein_engine::enqueue::incr(&mut conn, id, "reboot").await.unwrap());
+    assert!(skein_engine::enqueue::incr(&mut conn, id, nexus::Sem::Reboot).await.unwrap());
     let after = w.wait_for(id, "a new boot id", Duration::from_secs(30), &worker, |r| r.boot_id.is_some() && r.boot_id != before.boot_id).await;
     assert_eq!(after.state, "accepting");
     let label: String = sqlx::query_scalar("SELECT label FROM strand WHERE id = $1").bind(id.uuid()).fetch_one(&w.db.pool).await.unwrap();

@@ -86,7 +86,7 @@ async fn a_vm_is_created_answers_ssh_and_is_destroyed_leaving_nothing() {
 
     // Destroy: nothing of it remains on the host, and what it held is returned.
     let mut conn = w.db.pool.acquire().await.unwrap();
-    skein_engine::enqueue::incr(&mut conn, id, "destroy").await.unwrap();
+    skein_engine::enqueue::incr(&mut conn, id, skein_engine::Signal::DESTROY).await.unwrap();
     let gone = wait_vm(&w, id, "destroyed", Duration::from_secs(60), &worker).await;
     assert_eq!(gone.ssh(), None, "nowhere to connect any more");
     assert!(!qemu_running(), "no qemu left");
@@ -130,8 +130,8 @@ async fn create(w: &World, project: Ubid, public_key: &str, frame: nexus::Frame)
     id
 }
 
-async fn signal(w: &World, id: Ubid, name: &str) {
-    assert!(skein_engine::enqueue::incr(&mut w.db.pool.acquire().await.unwrap(), id, name).await.unwrap());
+async fn signal(w: &World, id: Ubid, signal: impl Into<skein_engine::Signal>) {
+    assert!(skein_engine::enqueue::incr(&mut w.db.pool.acquire().await.unwrap(), id, signal).await.unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -154,17 +154,17 @@ async fn a_dead_qemu_is_noticed_and_started_again_and_stop_start_restart_work() 
     wait_vm(&w, id, "running", Duration::from_secs(240), &worker).await;
     assert_eq!(qemus_of(&name), 1, "exactly one qemu again");
 
-    signal(&w, id, "stop").await;
+    signal(&w, id, nexus::Sem::Stop).await;
     let row = wait_vm(&w, id, "stopped", Duration::from_secs(60), &worker).await;
     assert_eq!(row.desired_state, "stopped");
     assert_eq!(qemus_of(&name), 0, "stopped means no qemu");
     assert!(_h.root_dir().join("vms").join(&name).join("disk.qcow2").exists(), "but the disk stays");
 
-    signal(&w, id, "start").await;
+    signal(&w, id, nexus::Sem::Start).await;
     wait_vm(&w, id, "running", Duration::from_secs(240), &worker).await;
     assert_eq!(qemus_of(&name), 1);
 
-    signal(&w, id, "restart").await;
+    signal(&w, id, nexus::Sem::Restart).await;
     let until = Instant::now() + Duration::from_secs(60);
     while !event_kinds(&w, id).await.contains(&"restarting".to_string()) {
         assert!(Instant::now() < until, "restart not answered:\n{}", worker.log_text());
@@ -173,7 +173,7 @@ async fn a_dead_qemu_is_noticed_and_started_again_and_stop_start_restart_work() 
     wait_vm(&w, id, "running", Duration::from_secs(240), &worker).await;
     assert_eq!(qemus_of(&name), 1);
 
-    signal(&w, id, "destroy").await;
+    signal(&w, id, skein_engine::Signal::DESTROY).await;
     wait_vm(&w, id, "destroyed", Duration::from_secs(60), &worker).await;
     assert_eq!(qemus_of(&name), 0);
 }
@@ -200,7 +200,7 @@ async fn respirate_killed_at_random_points_of_a_creation_still_converges_to_one_
     assert!(row.host_id.is_some());
     let host_row = sqlx::query_scalar::<_, i32>("SELECT used_cores FROM vm_host").fetch_one(&w.db.pool).await.unwrap();
     assert_eq!(host_row, 1, "capacity reserved once, not once per attempt");
-    signal(&w, id, "destroy").await;
+    signal(&w, id, skein_engine::Signal::DESTROY).await;
     wait_vm(&w, id, "destroyed", Duration::from_secs(60), &worker).await;
 }
 
@@ -247,7 +247,7 @@ async fn a_vm_waits_visibly_while_no_host_has_room_and_quota_is_enforced() {
     assert!(began.elapsed() < Duration::from_secs(nexus::WAIT_NAP_SECS), "woken, not at the end of its nap");
     assert_eq!(row.host_id, Some(host_id.uuid()));
     assert_eq!(w.open_pages(skein_progs::vm::waiting::TAG).await, 0, "resolved once no VM waits");
-    signal(&w, id, "destroy").await;
+    signal(&w, id, skein_engine::Signal::DESTROY).await;
     wait_vm(&w, id, "destroyed", Duration::from_secs(60), &worker).await;
 }
 
@@ -291,7 +291,7 @@ async fn a_vm_on_an_unreachable_host_is_unavailable_and_reconciled_when_it_retur
     assert_eq!(tail, ["unavailable", "qemu-died", "launched", "running"], "{kinds:?}");
     assert_eq!(w.open_pages(&format!("host-unknown-vm:{host_id}:vmstranger1")).await, 1, "the unknown VM is reported");
     assert!(h.root_dir().join("vms/vmstranger1").exists(), "and left alone");
-    signal(&w, id, "destroy").await;
+    signal(&w, id, skein_engine::Signal::DESTROY).await;
     wait_vm(&w, id, "destroyed", Duration::from_secs(60), &worker).await;
 }
 
@@ -328,7 +328,7 @@ async fn two_vms_on_one_private_subnet_reach_each_other() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("3 packets received"), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
     for id in ids {
-        signal(&w, id, "destroy").await;
+        signal(&w, id, skein_engine::Signal::DESTROY).await;
         wait_vm(&w, id, "destroyed", Duration::from_secs(60), &worker).await;
     }
 }
@@ -353,7 +353,7 @@ async fn destroying_a_vm_wakes_one_that_waits_for_its_room() {
 
     // The first gives its room back: the second, asleep for 600 s, is woken and placed.
     let began = Instant::now();
-    signal(&w, first, "destroy").await;
+    signal(&w, first, skein_engine::Signal::DESTROY).await;
     wait_vm(&w, first, "destroyed", Duration::from_secs(60), &worker).await;
     let until = Instant::now() + Duration::from_secs(120);
     while vm_row(&w, second).await.host_id.is_none() {
@@ -361,6 +361,6 @@ async fn destroying_a_vm_wakes_one_that_waits_for_its_room() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(began.elapsed() < Duration::from_secs(nexus::WAIT_NAP_SECS), "woken, not at the end of its nap");
-    signal(&w, second, "destroy").await;
+    signal(&w, second, skein_engine::Signal::DESTROY).await;
     wait_vm(&w, second, "destroyed", Duration::from_secs(120), &worker).await;
 }

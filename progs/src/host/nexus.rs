@@ -72,19 +72,34 @@ impl Default for Frame {
     }
 }
 
+semaphores! {
+    /// `reboot`: reboot the host and wait for it; `checkup`: check it now;
+    /// `drain`: place no new VMs on it.
+    pub enum Sem { Reboot = "reboot", Checkup = "checkup", Drain = "drain" }
+}
+
+/// What a host's strand exits with once it is destroyed.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Destroyed {
+    pub msg: String,
+    /// Whether its agent's files were removed from the host.
+    pub cleaned: bool,
+}
+
 #[async_trait]
 impl Prog for HostNexus {
     const NAME: &'static str = "Vm::HostNexus";
     type Label = Label;
     type Frame = Frame;
+    type Sem = Sem;
+    type Output = Destroyed;
     const DESTROY: Option<Label> = Some(Label::Destroy);
-    const SEMAPHORES: &'static [&'static str] = &["reboot", "checkup", "drain"];
 
     async fn run(cx: &mut Ctx<'_, Self>, label: Label) -> Step<Self> {
         match label {
             Label::Start => start(cx).await,
             Label::TakeOver => take_over(cx).await,
-            Label::InstallAgent => match cx.retval() {
+            Label::InstallAgent => match cx.retval::<install::InstallAgent>()? {
                 Some(_) => hop(Label::Learn),
                 None => push(install::Frame {}, install::Label::Install),
             },
@@ -96,8 +111,8 @@ impl Prog for HostNexus {
             Label::WaitLearn => wait_learn(cx).await,
             Label::PrepImage => prep_image(cx).await,
             Label::ProbeKvm => probe_kvm(cx).await,
-            Label::Wait if cx.take("drain") => drain(cx).await,
-            Label::Wait if cx.take("reboot") => hop(Label::Reboot),
+            Label::Wait if cx.take(Sem::Drain) => drain(cx).await,
+            Label::Wait if cx.take(Sem::Reboot) => hop(Label::Reboot),
             Label::Wait => checkup(cx).await,
             Label::Reboot => reboot(cx).await,
             Label::WaitReboot => wait_reboot(cx).await,
@@ -153,33 +168,30 @@ async fn take_over(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
 
 /// Gather the children's facts into the host row.
 async fn wait_learn(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
-    let reaped = cx.reap().await?;
+    let mut reaped = cx.reap::<learn::Learn>().await?;
     let mut facts = vm_host::Facts::default();
-    for child in &reaped.exited {
-        let f = &child.exitval["facts"];
-        let int = |k: &str| f[k].as_i64();
-        match child.exitval["what"].as_str() {
-            Some("cpu") => {
-                facts.cpus = int("cpus").map(|v| v as i32);
-                facts.cores = int("cores").map(|v| v as i32);
-                facts.sockets = int("sockets").map(|v| v as i32);
-                facts.cpu_model = f["model"].as_str().map(String::from);
+    for child in reaped.exited.drain(..) {
+        match child.output {
+            learn::Output::Cpu(c) => {
+                facts.cpus = Some(c.cpus);
+                facts.cores = Some(c.cores);
+                facts.sockets = Some(c.sockets);
+                facts.cpu_model = Some(c.model);
             }
-            Some("memory") => facts.memory_mib = int("total_mib"),
-            Some("storage") => {
-                facts.storage_total_mib = int("total_mib");
-                facts.storage_free_mib = int("free_mib");
+            learn::Output::Memory(m) => facts.memory_mib = Some(m.total_mib),
+            learn::Output::Storage(s) => {
+                facts.storage_total_mib = Some(s.total_mib);
+                facts.storage_free_mib = Some(s.free_mib);
             }
-            Some("os") => {
-                facts.os = f["pretty_name"].as_str().map(String::from);
-                facts.kernel = f["kernel"].as_str().map(String::from);
-                facts.arch = f["arch"].as_str().map(String::from);
+            learn::Output::Os(o) => {
+                facts.os = Some(o.pretty_name);
+                facts.kernel = Some(o.kernel);
+                facts.arch = Some(o.arch);
             }
-            Some("kvm") => {
-                facts.kvm_usable = f["usable"].as_bool();
-                facts.kvm_reason = f["reason"].as_str().map(String::from);
+            learn::Output::Kvm(k) => {
+                facts.kvm_usable = Some(k.usable);
+                facts.kvm_reason = Some(k.reason);
             }
-            _ => {}
         }
     }
     let id = cx.subject_id().uuid();
@@ -249,7 +261,7 @@ async fn probe_kvm(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
 /// The state of a prepared, reachable host: 'accepting', unless an operator
 /// drained it (or asked to, and the Wait label has not taken it yet).
 fn open_state(cx: &Ctx<'_, HostNexus>) -> &'static str {
-    if cx.frame.draining || cx.is_set("drain") {
+    if cx.frame.draining || cx.is_set(Sem::Drain) {
         "draining"
     } else {
         "accepting"
@@ -302,7 +314,7 @@ async fn ask_checkup(host: &Host, list_vms: Option<Cmd>, timeout: Duration) -> R
 /// One checkup, then sleep until the next. Unreachability is expected and
 /// handled here; only the unexpected fails the step.
 async fn checkup(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
-    cx.take("checkup");
+    cx.take(Sem::Checkup);
     let host = Host::load(cx).await?;
     // Back from unreachable: also see which VMs it has.
     let list_vms = match host.row.state.as_str() {
@@ -330,7 +342,7 @@ async fn checkup(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
                 // strand checks (alive: running again; gone: per desired state).
                 let vms = vm::on_host(conn, host.row.id).await?;
                 for vm in &vms {
-                    cx.incr(Ubid::from_uuid(*vm), "checkup").await?;
+                    cx.incr(Ubid::from_uuid(*vm), crate::vm::nexus::Sem::Checkup).await?;
                 }
                 cx.resolve_page(&unreachable_tag(&host)).await?;
                 report_unknown_vms(cx, &host, &vms, &listed).await?;
@@ -420,5 +432,5 @@ async fn destroy(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
     vm_host::set_state(cx.tx.conn().await?, host.row.id, "destroyed").await?;
     event::record(cx.tx.conn().await?, host.row.id, "destroyed", "system", &json!({"cleaned": removed.is_ok()})).await?;
     cx.resolve_page(&unreachable_tag(&host)).await?;
-    pop(json!({ "msg": "host destroyed", "cleaned": removed.is_ok() }))
+    pop(Destroyed { msg: "host destroyed".into(), cleaned: removed.is_ok() })
 }

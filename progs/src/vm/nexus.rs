@@ -67,13 +67,19 @@ impl Default for Frame {
     }
 }
 
+semaphores! {
+    /// What a VM is asked to do (`checkup`: its host saw it change; look now).
+    pub enum Sem { Stop = "stop", Start = "start", Restart = "restart", Checkup = "checkup" }
+}
+
 #[async_trait]
 impl Prog for Nexus {
     const NAME: &'static str = "Vm::Nexus";
     type Label = Label;
     type Frame = Frame;
+    type Sem = Sem;
+    type Output = Msg;
     const DESTROY: Option<Label> = Some(Label::Destroy);
-    const SEMAPHORES: &'static [&'static str] = &["stop", "start", "restart", "checkup"];
 
     async fn run(cx: &mut Ctx<'_, Self>, label: Label) -> Step<Self> {
         match label {
@@ -304,10 +310,10 @@ async fn stop_qemu(cx: &Ctx<'_, Nexus>, host: &Host, vm: &Vm) -> anyhow::Result<
 
 /// Watch a running VM, answer stop and restart, start it again if its qemu died.
 async fn running(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
-    cx.take("checkup");
+    cx.take(Sem::Checkup);
     let vm = load(cx).await?;
     let host = host_of(cx, &vm).await?;
-    if cx.take("stop") {
+    if cx.take(Sem::Stop) {
         stop_qemu(cx, &host, &vm).await?;
         let conn = cx.tx.conn().await?;
         vm::set_desired(conn, vm.id, "stopped").await?;
@@ -315,7 +321,7 @@ async fn running(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
         happened(cx, &vm, "stopped", json!({})).await?;
         return hop(Label::Stopped);
     }
-    if cx.take("restart") {
+    if cx.take(Sem::Restart) {
         stop_qemu(cx, &host, &vm).await?;
         vm::set_state(cx.tx.conn().await?, vm.id, "starting").await?;
         happened(cx, &vm, "restarting", json!({})).await?;
@@ -351,7 +357,7 @@ async fn running(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
 
 /// A stopped VM keeps its disk and capacity; `start` boots it again.
 async fn stopped(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
-    if cx.take("start") {
+    if cx.take(Sem::Start) {
         let vm = load(cx).await?;
         vm::set_desired(cx.tx.conn().await?, vm.id, "running").await?;
         happened(cx, &vm, "starting", json!({})).await?;
@@ -396,5 +402,5 @@ async fn remove(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
         waiting::update(conn, cx.frame.wait_page_secs).await?;
     }
     happened(cx, &vm, "destroyed", json!({})).await?;
-    pop(json!({ "msg": "vm destroyed" }))
+    pop("vm destroyed")
 }
