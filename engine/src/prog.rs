@@ -253,7 +253,7 @@ pub fn nap<P: Prog>(secs: impl Into<f64>) -> Step<P> {
 }
 
 /// Call the sub-prog that owns `label`, with `frame` as its new top frame.
-/// When it pops, this prog's current label runs again with `cx.retval()` set.
+/// When it pops, this prog's current label runs again with `cx.retval::<Sub>()` set.
 pub fn push<P: Prog, L: Label>(frame: <L::Prog as Prog>::Frame, label: L) -> Step<P> {
     let frame = serde_json::to_value(frame)?;
     Ok(Flow::Push(Pushed { prog: <L::Prog as Prog>::NAME, label: label.name(), frame }))
