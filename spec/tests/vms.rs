@@ -4,6 +4,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use skein_models::vm_host::HostState;
 use skein_models::{vm, Ubid, UbidType};
 use skein_progs::host::nexus as host_nexus;
 use skein_progs::vm::{self as vms, nexus, Spec};
@@ -24,7 +25,7 @@ async fn wait_vm(w: &World, id: Ubid, want: &str, limit: Duration, worker: &skei
     let until = Instant::now() + limit;
     loop {
         let row = vm_row(w, id).await;
-        if row.state == want {
+        if row.state.as_str() == want {
             return row;
         }
         if Instant::now() > until {
@@ -41,7 +42,7 @@ async fn a_vm_is_created_answers_ssh_and_is_destroyed_leaving_nothing() {
     let h = TestHost::start(&host_public);
     let host_id = w.add("vm-host", &h, &host_private, host_nexus::Frame::default()).await;
     let worker = w.worker();
-    w.wait_for(host_id, "accepting", Duration::from_secs(180), &worker, |r| r.state == "accepting").await;
+    w.wait_for(host_id, "accepting", Duration::from_secs(180), &worker, |r| r.state == HostState::Accepting).await;
 
     let (owner_private, owner_public) = generate_keypair();
     let project = project(&w, 3).await;
@@ -117,7 +118,7 @@ async fn ready_host(w: &World) -> (TestHost, skein_spec::procs::Proc, Ubid) {
     let h = TestHost::start(&host_public);
     let host_id = w.add("vm-host", &h, &host_private, host_nexus::Frame::default()).await;
     let worker = w.worker();
-    w.wait_for(host_id, "accepting", Duration::from_secs(180), &worker, |r| r.state == "accepting").await;
+    w.wait_for(host_id, "accepting", Duration::from_secs(180), &worker, |r| r.state == HostState::Accepting).await;
     let project = project(w, 5).await;
     (h, worker, project)
 }
@@ -156,7 +157,7 @@ async fn a_dead_qemu_is_noticed_and_started_again_and_stop_start_restart_work() 
 
     signal(&w, id, nexus::Sem::Stop).await;
     let row = wait_vm(&w, id, "stopped", Duration::from_secs(60), &worker).await;
-    assert_eq!(row.desired_state, "stopped");
+    assert_eq!(row.desired_state, vm::DesiredState::Stopped);
     assert_eq!(qemus_of(&name), 0, "stopped means no qemu");
     assert!(_h.root_dir().join("vms").join(&name).join("disk.qcow2").exists(), "but the disk stays");
 
@@ -259,7 +260,7 @@ async fn a_vm_on_an_unreachable_host_is_unavailable_and_reconciled_when_it_retur
     let quick = host_nexus::Frame { checkup_secs: 1, unreachable_after: 2, ..Default::default() };
     let host_id = w.add("vm-host", &h, &host_private, quick).await;
     let worker = w.worker();
-    w.wait_for(host_id, "accepting", Duration::from_secs(180), &worker, |r| r.state == "accepting").await;
+    w.wait_for(host_id, "accepting", Duration::from_secs(180), &worker, |r| r.state == HostState::Accepting).await;
     let project = project(&w, 5).await;
     let (_, owner_public) = generate_keypair();
     let id = create(&w, project, &owner_public, nexus::Frame { checkup_secs: 1, ..Default::default() }).await;
@@ -267,7 +268,7 @@ async fn a_vm_on_an_unreachable_host_is_unavailable_and_reconciled_when_it_retur
 
     // The host vanishes (with everything in its namespace, qemu included).
     h.kill_sshd();
-    w.wait_for(host_id, "unreachable", Duration::from_secs(30), &worker, |r| r.state == "unreachable").await;
+    w.wait_for(host_id, "unreachable", Duration::from_secs(30), &worker, |r| r.state == HostState::Unreachable).await;
     let unavailable = wait_vm(&w, id, "unavailable", Duration::from_secs(10), &worker).await;
     assert_eq!(unavailable.ssh().map(|s| s.host), Some(before.host.clone()), "the last endpoint seen stays, with its time");
 
@@ -278,7 +279,7 @@ async fn a_vm_on_an_unreachable_host_is_unavailable_and_reconciled_when_it_retur
     // what runs there (its qemu is gone, it should run: it is started again);
     // the stranger is reported, not touched.
     h.start_sshd();
-    w.wait_for(host_id, "accepting again", Duration::from_secs(30), &worker, |r| r.state == "accepting").await;
+    w.wait_for(host_id, "accepting again", Duration::from_secs(30), &worker, |r| r.state == HostState::Accepting).await;
     let back = wait_vm(&w, id, "running", Duration::from_secs(240), &worker).await;
     assert_eq!(qemus_of(&id.to_string()), 1);
     // Re-learned from the host after the reconcile: seen again, on the port the new run has.

@@ -19,6 +19,7 @@
 use std::time::Duration;
 
 use skein_engine::prelude::*;
+use skein_models::vm_host::HostState;
 use skein_models::{capacity, event, sshable, vm, vm_host, Ubid};
 
 use super::conn::{AgentProgram, Host, SSH_LIMIT};
@@ -132,7 +133,7 @@ async fn start(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
         }
     };
     let conn = cx.tx.conn().await?;
-    vm_host::set_state(conn, host.row.id, "preparing").await?;
+    vm_host::set_state(conn, host.row.id, HostState::Preparing).await?;
     if let Some(key) = presented {
         sshable::pin_host_key(conn, host.sshable.id, &key).await?;
     }
@@ -248,11 +249,11 @@ async fn probe_kvm(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
             let conn = cx.tx.conn().await?;
             vm_host::record_facts(conn, host.row.id, &facts).await?;
             vm_host::set_state(conn, host.row.id, open).await?;
-            if open == "accepting" {
+            if open == HostState::Accepting {
                 capacity::wake_waiting(conn).await?;
             }
             let image = host.row.image_version.clone().unwrap_or_default();
-            event::record(conn, host.row.id, open, "system", &json!({"image": image, "kvm": kvm})).await?;
+            event::record(conn, host.row.id, open.as_str(), "system", &json!({"image": image, "kvm": kvm})).await?;
             hop(Label::Wait)
         }
     }
@@ -260,11 +261,11 @@ async fn probe_kvm(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
 
 /// The state of a prepared, reachable host: 'accepting', unless an operator
 /// drained it (or asked to, and the Wait label has not taken it yet).
-fn open_state(cx: &Ctx<'_, HostNexus>) -> &'static str {
+fn open_state(cx: &Ctx<'_, HostNexus>) -> HostState {
     if cx.frame.draining || cx.is_set(Sem::Drain) {
-        "draining"
+        HostState::Draining
     } else {
-        "accepting"
+        HostState::Accepting
     }
 }
 
@@ -279,8 +280,8 @@ async fn drain(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
     let id = subject.uuid();
     let conn = cx.tx.conn().await?;
     let row = vm_host::get(conn, id).await?.ok_or_else(|| anyhow::anyhow!("host {subject} is gone"))?;
-    if row.state == "accepting" {
-        vm_host::set_state(conn, id, "draining").await?;
+    if row.state == HostState::Accepting {
+        vm_host::set_state(conn, id, HostState::Draining).await?;
     }
     event::record(conn, id, "draining", "system", &json!({"was": row.state})).await?;
     hop(Label::Wait)
@@ -317,8 +318,8 @@ async fn checkup(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
     cx.take(Sem::Checkup);
     let host = Host::load(cx).await?;
     // Back from unreachable: also see which VMs it has.
-    let list_vms = match host.row.state.as_str() {
-        "unreachable" => Some(crate::cmd!("ls -1 {}/vms 2>/dev/null || true", host.root())?),
+    let list_vms = match host.row.state {
+        HostState::Unreachable => Some(crate::cmd!("ls -1 {}/vms 2>/dev/null || true", host.root())?),
         _ => None,
     };
     let answer = ask_checkup(&host, list_vms, cx.time_left().min(Duration::from_secs(10))).await;
@@ -334,7 +335,7 @@ async fn checkup(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
             // Back from unreachable (only then was it asked for its VMs).
             if let Some(listed) = listed {
                 vm_host::set_state(conn, host.row.id, open).await?;
-                if open == "accepting" {
+                if open == HostState::Accepting {
                     capacity::wake_waiting(conn).await?;
                 }
                 event::record(conn, host.row.id, "reachable-again", "system", &json!({})).await?;
@@ -409,8 +410,8 @@ async fn report_unknown_vms(cx: &mut Ctx<'_, HostNexus>, host: &Host, known: &[u
 async fn missed(cx: &mut Ctx<'_, HostNexus>, host: &Host, e: &SshError) -> Step<HostNexus> {
     let misses = vm_host::checkup_missed(cx.tx.conn().await?, host.row.id).await?;
     tracing::warn!(host = %host.id(), misses, error = %e, "checkup missed");
-    if misses >= cx.frame.unreachable_after && host.row.state != "unreachable" {
-        vm_host::set_state(cx.tx.conn().await?, host.row.id, "unreachable").await?;
+    if misses >= cx.frame.unreachable_after && host.row.state != HostState::Unreachable {
+        vm_host::set_state(cx.tx.conn().await?, host.row.id, HostState::Unreachable).await?;
         event::record(cx.tx.conn().await?, host.row.id, "unreachable", "system", &json!({"misses": misses})).await?;
         // Its VMs are not known to run any more: say so rather than "running".
         for id in vm::mark_unavailable_on(cx.tx.conn().await?, host.row.id).await? {
@@ -429,7 +430,7 @@ async fn destroy(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
     if let Err(e) = &removed {
         tracing::warn!(host = %host.id(), error = %e, "could not clean the host while destroying it");
     }
-    vm_host::set_state(cx.tx.conn().await?, host.row.id, "destroyed").await?;
+    vm_host::set_state(cx.tx.conn().await?, host.row.id, HostState::Destroyed).await?;
     event::record(cx.tx.conn().await?, host.row.id, "destroyed", "system", &json!({"cleaned": removed.is_ok()})).await?;
     cx.resolve_page(&unreachable_tag(&host)).await?;
     pop(Destroyed { msg: "host destroyed".into(), cleaned: removed.is_ok() })
