@@ -93,3 +93,24 @@ impl Prog for Learn {
         pop(learned)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_fact_the_agent_prints_reads_as_its_typed_output() {
+        let cpu = json!({"what": "cpu", "facts": {"cpus": 4, "cores": 2, "sockets": 1, "threads_per_core": 2, "model": "x"}});
+        let Output::Cpu(c) = serde_json::from_value(cpu.clone()).unwrap() else { panic!("not cpu") };
+        assert_eq!((c.cpus, c.cores, c.model.as_str()), (4, 2, "x"));
+        assert_eq!(serde_json::to_value(Output::Cpu(c)).unwrap(), cpu, "stored as the agent printed it");
+        let kvm = json!({"what": "kvm", "facts": {"device": true, "usable": false, "reason": "guest hung"}});
+        assert!(matches!(serde_json::from_value(kvm).unwrap(), Output::Kvm(Kvm { usable: false, .. })));
+    }
+
+    #[test]
+    fn a_fact_missing_a_field_is_refused_not_recorded_as_nothing() {
+        let err = serde_json::from_value::<Output>(json!({"what": "memory", "facts": {"available_mib": 5}})).unwrap_err();
+        assert!(err.to_string().contains("missing field `total_mib`"), "{err}");
+    }
+}
