@@ -18,13 +18,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use skein_models::strand::{self, Exited};
+use skein_models::strand;
 use skein_models::{semaphore, Ubid, UbidType};
 use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use crate::prog::{hop, nap, Label, Prog, Step};
+use crate::prog::{hop, nap, output_of, Label, Prog, Semaphore, Signal, Step};
 use crate::shared_tx::{Lanes, Member};
 use crate::stack::SUBJECT_ID;
 
@@ -183,9 +183,13 @@ impl<'a, P: Prog> Ctx<'a, P> {
         Ubid::from_uuid(self.st.subject_id)
     }
 
-    /// The value the last popped sub-prog returned, until the next hop.
-    pub fn retval(&self) -> Option<&Value> {
-        self.st.retval.as_ref()
+    /// What the sub-prog `Q` this label pushed returned, until the next hop:
+    /// `None` before it has popped. A value that is not a `Q::Output` fails
+    /// the step, saying what came back.
+    pub fn retval<Q: Prog>(&self) -> anyhow::Result<Option<Q::Output>> {
+        let Some(value) = &self.st.retval else { return Ok(None) };
+        let output = output_of::<Q>(value, || format!("the sub-prog {} pushed", P::NAME))?;
+        Ok(Some(output))
     }
 
     /// Time left before this step is abandoned. Bound every remote call by it.
@@ -201,37 +205,32 @@ impl<'a, P: Prog> Ctx<'a, P> {
             .ok_or_else(|| anyhow::anyhow!("this runner has no {} resource", std::any::type_name::<T>()))
     }
 
-    /// Whether `name` was incremented when this step began.
-    pub fn is_set(&self, name: &str) -> bool {
-        debug_assert!(
-            name == "destroy" || P::SEMAPHORES.contains(&name),
-            "{} reads semaphore {name:?} but does not declare it in Prog::SEMAPHORES",
-            P::NAME
-        );
-        self.st.sems.iter().any(|(_, n)| n == name)
+    /// Whether `sem` was incremented when this step began.
+    pub fn is_set(&self, sem: P::Sem) -> bool {
+        self.st.sems.iter().any(|(_, n)| n == sem.name())
     }
 
-    /// Forget `name`: the increments this step saw are deleted when it commits;
+    /// Forget `sem`: the increments this step saw are deleted when it commits;
     /// one that arrives meanwhile survives for the next step.
-    pub fn decr(&mut self, name: &str) {
-        if !self.st.decrs.iter().any(|d| d == name) {
-            self.st.decrs.push(name.to_string());
+    pub fn decr(&mut self, sem: P::Sem) {
+        if !self.st.decrs.iter().any(|d| d == sem.name()) {
+            self.st.decrs.push(sem.name().to_string());
         }
     }
 
-    /// `is_set` and `decr` in one: true if `name` was set, and it is now consumed.
-    pub fn take(&mut self, name: &str) -> bool {
-        let set = self.is_set(name);
+    /// `is_set` and `decr` in one: true if `sem` was set, and it is now consumed.
+    pub fn take(&mut self, sem: P::Sem) -> bool {
+        let set = self.is_set(sem);
         if set {
-            self.decr(name);
+            self.decr(sem);
         }
         set
     }
 
-    /// Increment `name` on another strand and wake it, when this step commits.
-    /// False if that strand is gone.
-    pub async fn incr(&mut self, strand: Ubid, name: &str) -> anyhow::Result<bool> {
-        Ok(semaphore::incr(self.tx.conn().await?, strand.uuid(), name).await?)
+    /// Set `signal` on another strand (`vm::Sem::Checkup`, `Signal::DESTROY`)
+    /// and wake it, when this step commits. False if that strand is gone.
+    pub async fn incr(&mut self, strand: Ubid, signal: impl Into<Signal>) -> anyhow::Result<bool> {
+        Ok(semaphore::incr(self.tx.conn().await?, strand.uuid(), signal.into().name()).await?)
     }
 
     /// Start a child strand running the prog that owns `label`, runnable as
@@ -264,12 +263,28 @@ impl<'a, P: Prog> Ctx<'a, P> {
         Ok(ids.into_iter().map(Ubid::from_uuid).collect())
     }
 
-    /// Collect exited children: each one's exit value, with the child deleted
-    /// (and its semaphores). Children still running, or still holding a
-    /// lease, are left alone and counted in `running`.
-    pub async fn reap(&mut self) -> anyhow::Result<Reaped> {
+    /// Collect exited children, all running `Q`: each one's output, with the
+    /// child deleted (and its semaphores). Children still running, or still
+    /// holding a lease, are left alone and counted in `running`. A child of
+    /// another prog, or whose exit value is not a `Q::Output`, fails the step
+    /// (and so deletes nothing), naming the child and what it returned.
+    pub async fn reap<Q: Prog>(&mut self) -> anyhow::Result<Reaped<Q>> {
         let (exited, running) = strand::reap(self.tx.conn().await?, self.st.id).await?;
-        Ok(Reaped { exited, running, children_nap: self.st.children_nap })
+        let mut children = Vec::with_capacity(exited.len());
+        for child in exited {
+            let id = Ubid::from_uuid(child.id);
+            anyhow::ensure!(
+                child.prog == Q::NAME,
+                "{} reaped child strand {id}, which runs {}, not {}: reap it as cx.reap::<{}>()",
+                P::NAME,
+                child.prog,
+                Q::NAME,
+                child.prog
+            );
+            let output = output_of::<Q>(&child.exitval, || format!("child strand {id} of {}", P::NAME))?;
+            children.push(Child { id, output });
+        }
+        Ok(Reaped { exited: children, running, children_nap: self.st.children_nap })
     }
 
     /// Raise a page for operators now, on its own connection: it stands even
@@ -297,17 +312,24 @@ impl<'a, P: Prog> Ctx<'a, P> {
     }
 }
 
-/// What `cx.reap()` found.
+/// A child that exited, and its output.
 #[derive(Debug)]
-pub struct Reaped {
-    /// Children that exited, now deleted, with their exit values.
-    pub exited: Vec<Exited>,
+pub struct Child<O> {
+    pub id: Ubid,
+    pub output: O,
+}
+
+/// What `cx.reap::<Q>()` found.
+#[derive(Debug)]
+pub struct Reaped<Q: Prog> {
+    /// Children that exited, now deleted, with their outputs.
+    pub exited: Vec<Child<Q::Output>>,
     /// Children still running.
     pub running: i64,
     children_nap: f64,
 }
 
-impl Reaped {
+impl<Q: Prog> Reaped<Q> {
     /// Hop to `next` once no child is left; until then sleep. The last child to
     /// exit wakes this strand, so the nap is only a fallback and can be long.
     pub fn hop_when_done<P: Prog>(&self, next: P::Label) -> Step<P> {
