@@ -22,11 +22,22 @@ labels! {
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Frame {}
 
+/// What an install returns: the agent version now on the host, and the
+/// SHA-256 of the tunnel program beside it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Output {
+    pub agent_version: String,
+    #[serde(default)]
+    pub tunnel_sha256: String,
+}
+
 #[async_trait]
 impl Prog for InstallAgent {
     const NAME: &'static str = "Host::InstallAgent";
     type Label = Label;
     type Frame = Frame;
+    type Sem = NoSems;
+    type Output = Output;
 
     async fn run(cx: &mut Ctx<'_, Self>, _: Label) -> Step<Self> {
         let host = Host::load(cx).await?;
@@ -58,6 +69,6 @@ impl Prog for InstallAgent {
             host.exec_with_stdin(&install, binary.clone(), timeout).await?;
         }
         vm_host::set_agent_version(cx.tx.conn().await?, host.row.id, &want).await?;
-        pop(json!({ "agent_version": want, "tunnel_sha256": digest }))
+        pop(Output { agent_version: want, tunnel_sha256: digest.clone() })
     }
 }
