@@ -17,7 +17,6 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use skein_models::vm_host::HostState;
 use skein_progs::host::nexus as host_nexus;
 use skein_spec::hosts::{generate_keypair, TestHost};
 use skein_spec::world::World;
@@ -269,7 +268,7 @@ async fn a_subnet_spans_two_hosts_encrypted_isolated_rekeyed_and_torn_down() {
     let idb = w.add("host-b", &hb, &host_private, host_nexus::Frame::default()).await;
     let worker = w.worker();
     for id in [ida, idb] {
-        w.wait_for(id, "accepting", Duration::from_secs(300), &worker, |r| r.state == HostState::Accepting).await;
+        w.wait_for(id, "accepting", Duration::from_secs(300), &worker, |r| r.state == skein_models::vm_host::HostState::Accepting).await;
     }
     drop(worker); // from here on the test drives the agent itself
 

@@ -27,6 +27,7 @@ pub struct Frame {}
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Output {
     pub agent_version: String,
+    /// The digest of the `skein-tunnel` binary now on the host.
     #[serde(default)]
     pub tunnel_sha256: String,
 }
