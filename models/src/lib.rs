@@ -8,6 +8,7 @@
 pub mod api_token;
 pub mod archive;
 pub mod audit;
+pub mod bench;
 pub mod capacity;
 pub mod db;
 pub mod event;
