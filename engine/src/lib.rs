@@ -11,6 +11,8 @@
 //! - [`stack`]: the jsonb stack and the engine's keys in it.
 //! - [`enqueue`]: starting and signalling strands from outside.
 //! - [`testing`]: a fresh database per test and one-line step assertions.
+//! - [`error`]: how a step fails (`StepError`); `commit` (private): the group
+//!   committer that writes the strand rows of pure steps together.
 
 mod commit;
 pub mod ctx;
