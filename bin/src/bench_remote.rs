@@ -145,7 +145,7 @@ async fn run(pool: &PgPool, args: &BenchArgs, peer: &SlowPeer, slow: Slow) -> an
     // dispatcher stops without waiting out their continue budget.
     let slow_ids = db::ids_of(&mut *pool.acquire().await?, Remote::NAME).await?;
     for id in slow_ids {
-        enqueue::incr(&mut *pool.acquire().await?, skein_engine::Ubid::from_uuid(id), "stop").await?;
+        enqueue::incr(&mut *pool.acquire().await?, skein_engine::Ubid::from_uuid(id), skein_progs::bench::RemoteSem::Stop).await?;
     }
     let _ = stop_tx.send(());
     dispatch.await?;
