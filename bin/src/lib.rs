@@ -21,24 +21,12 @@
 //!   a VM or host can be asked to do in which state (API and CLI alike).
 
 pub mod api;
-pub mod api_cmd;
-pub mod bench;
-pub mod bench_api;
-pub mod bench_remote;
-pub mod bench_takeover;
-pub mod cli;
+pub mod cmd;
 pub mod console;
 pub mod embedded;
-pub mod follow;
-pub mod host_cmd;
 pub mod local_host;
 pub mod metrics;
-pub mod project_cmd;
+pub mod process;
+pub mod render;
 pub mod respirate;
 pub mod signals;
-pub mod subnet_cmd;
-pub mod token_cmd;
-pub mod up;
-pub mod vm_cmd;
-pub mod vm_demo;
-pub mod worker;

@@ -134,7 +134,7 @@ pub enum PageCmd {
 #[derive(clap::Subcommand, Debug)]
 pub enum HostCmd {
     /// Register a host reachable over SSH; a strand takes it over and prepares it.
-    Add(crate::host_cmd::AddArgs),
+    Add(crate::cmd::host::AddArgs),
     /// Hosts with their state, capacity and strand (not destroyed ones, unless --all).
     List {
         /// Include destroyed hosts.
@@ -148,7 +148,7 @@ pub enum HostCmd {
 #[derive(clap::Subcommand, Debug)]
 pub enum VmCmd {
     /// Create a VM for a project; its strand places and starts it.
-    Create(crate::vm_cmd::CreateArgs),
+    Create(crate::cmd::vm::CreateArgs),
     /// VMs with their state and host.
     List {
         /// Only this project's (by name).

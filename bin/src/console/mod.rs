@@ -9,15 +9,13 @@
 
 pub mod command;
 mod fleet;
-pub(crate) mod render;
 mod repl;
-mod session;
 mod strands;
 
 use clap::Parser;
 
 pub use command::Ops;
-pub use session::{confirm, OpsOptions, Reply, Session};
+pub use crate::cmd::session::{confirm, OpsOptions, Reply, Session};
 
 #[derive(clap::Args, Debug)]
 pub struct ConsoleArgs {

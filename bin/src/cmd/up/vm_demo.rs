@@ -97,7 +97,7 @@ async fn demo(pool: &PgPool, made: &mut Made) -> anyhow::Result<()> {
     // by the same builder, and placed where the host's own build finds it.
     let image = seed_image(local).await?;
     say(format!("guest image {image} placed in the local host's root (built once, cached)"));
-    let secret = crate::worker::secret_key()?;
+    let secret = crate::process::secret_key()?;
     let name = format!("local-{}", suffix());
     let (addr, root, port) = (local.addr().to_string(), local.root_dir().display().to_string(), local.port());
     let new = NewHost { name: &name, address: &addr, port, user: "root", bootstrap_private_key: &bootstrap_private, root_dir: &root };

@@ -10,6 +10,10 @@
 //! started `respirate` processes: enqueue, let them run, then check that
 //! every strand finished and every step committed exactly once.
 
+pub mod api;
+pub mod remote;
+pub mod takeover;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,7 +26,7 @@ use skein_progs::bench::{Fanout, FanoutFrame, FanoutLabel, FanoutOutput, Sleeper
 use sqlx::PgPool;
 use tokio::sync::Notify;
 
-use crate::worker;
+use crate::process;
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
 pub enum Scenario {
@@ -139,15 +143,15 @@ impl BenchArgs {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let url = crate::up::database_url(args.database_url.clone()).await?;
-    let pool = worker::connect(&url, args.connections as u32).await?;
+    let url = crate::cmd::up::database_url(args.database_url.clone()).await?;
+    let pool = process::connect(&url, args.connections as u32).await?;
     db::prepare_tables(&mut *pool.acquire().await?).await?;
     if matches!(args.scenario, Scenario::ApiCreate | Scenario::Takeover | Scenario::Remote) && (args.verify || args.enqueue_only) {
         bail!("{} has no --enqueue-only or --verify", scenario_name(args.scenario));
     }
     if args.scenario == Scenario::Takeover {
         clean(&pool, &args).await?;
-        let line = crate::bench_takeover::measure(&pool, &url, args.rounds.max(1), args.strands(), |m| args.say(m)).await?;
+        let line = crate::cmd::bench::takeover::measure(&pool, &url, args.rounds.max(1), args.strands(), |m| args.say(m)).await?;
         println!("{line}");
         return Ok(());
     }
@@ -274,10 +278,10 @@ async fn measure(pool: &PgPool, args: &BenchArgs) -> anyhow::Result<Value> {
     let baseline_tx_per_s = baseline(pool, args.connections, args.baseline_secs).await?;
     args.say(format!("baseline: {baseline_tx_per_s:.0} tx/s"));
     if args.scenario == Scenario::ApiCreate {
-        return crate::bench_api::measure(pool, args.strands(), args.connections, args.projects, baseline_tx_per_s, |m| args.say(m)).await;
+        return crate::cmd::bench::api::measure(pool, args.strands(), args.connections, args.projects, baseline_tx_per_s, |m| args.say(m)).await;
     }
     if args.scenario == Scenario::Remote {
-        return crate::bench_remote::measure(pool, args, baseline_tx_per_s).await;
+        return crate::cmd::bench::remote::measure(pool, args, baseline_tx_per_s).await;
     }
 
     let n = args.strands();

@@ -209,7 +209,7 @@ pub fn exit_with(result: anyhow::Result<()>) -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // Errors can quote what a person typed: escape control characters.
-            let clean = |t: String| crate::console::render::clean(&t);
+            let clean = |t: String| crate::render::clean(&t);
             eprintln!("error: {}", clean(e.to_string()));
             for cause in e.chain().skip(1) {
                 eprintln!("  caused by: {}", clean(cause.to_string()));

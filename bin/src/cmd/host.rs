@@ -9,9 +9,10 @@ use skein_models::{Ubid, UbidType};
 use skein_progs::host::{self, nexus, NewHost};
 use skein_progs::rules;
 
-use crate::cli::{self, Change};
-use crate::console::{command::HostCmd, OpsOptions, Reply, Session};
-use crate::follow::Subject;
+use crate::cmd::change::{self, Change};
+use crate::cmd::session::{OpsOptions, Reply, Session};
+use crate::console::command::HostCmd;
+use crate::cmd::follow::Subject;
 use crate::signals::{self, HostAction};
 
 /// `skein host ...`: the console's host commands and the ones that retire a host.
@@ -54,7 +55,7 @@ pub struct AddArgs {
     #[arg(long, default_value_t = 60, allow_negative_numbers = true)]
     pub checkup_secs: i64,
     #[command(flatten)]
-    pub wait: crate::follow::WaitArgs,
+    pub wait: crate::cmd::follow::WaitArgs,
 }
 
 /// `skein host ...`, printed.
@@ -95,8 +96,8 @@ pub async fn add(s: &Session, args: AddArgs, opts: &OpsOptions) -> anyhow::Resul
     rules::root_dir(&args.root_dir).map_err(cli_error)?;
     rules::in_range("port", args.port, rules::HOST_PORT).map_err(cli_error)?;
     rules::host_checkup_secs(args.checkup_secs).map_err(cli_error)?;
-    let key = cli::read_small_file(&args.key_file, cli::KEY_FILE_MAX, "--key-file")?;
-    let secret = crate::worker::secret_key()?;
+    let key = change::read_small_file(&args.key_file, change::KEY_FILE_MAX, "--key-file")?;
+    let secret = crate::process::secret_key()?;
     let new = NewHost {
         name: &args.name,
         address: &args.address,
@@ -121,6 +122,6 @@ pub async fn add(s: &Session, args: AddArgs, opts: &OpsOptions) -> anyhow::Resul
     if !opts.json {
         println!("{added}; following its strand until it accepts VMs");
     }
-    let end = crate::follow::follow(&s.pool, id, Subject::Host, &args.wait, opts.json).await?;
+    let end = crate::cmd::follow::follow(&s.pool, id, Subject::Host, &args.wait, opts.json).await?;
     Ok(Reply::new(end.summary(), json!({"id": id, "name": args.name, "state": end.state})))
 }

@@ -11,9 +11,10 @@ use skein_models::{project, vm, Ubid, UbidType};
 use skein_progs::rules;
 use skein_progs::vm::{self as vms, console as vm_console, nexus, Spec};
 
-use crate::cli::{self, Change};
-use crate::console::{command::VmCmd, OpsOptions, Reply, Session};
-use crate::follow::{self, Subject, WaitArgs};
+use crate::cmd::change::{self, Change};
+use crate::cmd::session::{OpsOptions, Reply, Session};
+use crate::console::command::VmCmd;
+use crate::cmd::follow::{self, Subject, WaitArgs};
 use crate::signals::{self, VmAction};
 
 /// `skein vm ...`: the console's VM commands and the everyday requests.
@@ -133,7 +134,7 @@ async fn ssh(s: &Session, id: &str, identity: Option<&std::path::Path>, extra: &
 async fn console(s: &Session, id: &str, bytes: u64) -> anyhow::Result<Reply> {
     let vm_id = Ubid::parse_as(id, UbidType::Vm).map_err(|e| anyhow!("{e}"))?;
     let row = vm::get(&mut *s.pool.acquire().await?, vm_id.uuid()).await?.ok_or_else(|| anyhow!("no vm {id}"))?;
-    let at = vm_console::locate(&mut *s.pool.acquire().await?, &crate::worker::secret_key()?, &row).await?;
+    let at = vm_console::locate(&mut *s.pool.acquire().await?, &crate::process::secret_key()?, &row).await?;
     let tail = vm_console::read(&skein_progs::ssh::SshPool::new(), &at, bytes, std::time::Duration::from_secs(15)).await?;
     // A serial console ends its lines with \r\n; the rest of what it holds
     // (terminal escapes included) is shown escaped by `Reply::print`.
@@ -149,7 +150,7 @@ async fn console(s: &Session, id: &str, bytes: u64) -> anyhow::Result<Reply> {
 
 pub async fn create(s: &Session, args: CreateArgs, opts: &OpsOptions) -> anyhow::Result<Reply> {
     let key = match args.public_key.strip_prefix('@') {
-        Some(path) => cli::read_small_file(path.as_ref(), cli::KEY_FILE_MAX, "--public-key")?,
+        Some(path) => change::read_small_file(path.as_ref(), change::KEY_FILE_MAX, "--public-key")?,
         None => args.public_key.clone(),
     };
     let spec = Spec {
