@@ -5,7 +5,10 @@
 //! `skein bench` measures the engine; `skein db` manages the embedded Postgres cluster it uses.
 
 use clap::{Parser, Subcommand};
-use skein_bin::console::{self, Ops, OpsOptions};
+use skein_bin::cmd::session::OpsOptions;
+use skein_bin::console::{self, Ops};
+use skein_bin::cmd::host::HostCli;
+use skein_bin::cmd::vm::VmCli;
 use skein_bin::cmd::{self, bench, up};
 use skein_bin::{embedded::Embedded, process};
 
@@ -44,14 +47,14 @@ enum Command {
     /// Hosts that run VMs: add, list, show, drain, destroy.
     Host {
         #[command(subcommand)]
-        cmd: cmd::host::HostCli,
+        cmd: HostCli,
         #[command(flatten)]
         opts: OpsOptions,
     },
     /// VMs: create (and follow), list, show, stop, start, restart, destroy.
     Vm {
         #[command(subcommand)]
-        cmd: cmd::vm::VmCli,
+        cmd: VmCli,
         #[command(flatten)]
         opts: OpsOptions,
     },
@@ -148,8 +151,10 @@ async fn tokio_main() -> anyhow::Result<()> {
         Command::Console(args) => console::run(args).await,
         Command::Strand { cmd, opts } => console::run_one(Ops::Strand(cmd), opts).await,
         Command::Page { cmd, opts } => console::run_one(Ops::Page(cmd), opts).await,
-        Command::Host { cmd, opts } => cmd::host::run(cmd, opts).await,
-        Command::Vm { cmd, opts } => cmd::vm::run(cmd, opts).await,
+        Command::Host { cmd: HostCli::Ops(ops), opts } => console::run_one(Ops::Host(ops), opts).await,
+        Command::Host { cmd: HostCli::Retire(retire), opts } => cmd::host::run(retire, opts).await,
+        Command::Vm { cmd: VmCli::Ops(ops), opts } => console::run_one(Ops::Vm(ops), opts).await,
+        Command::Vm { cmd: VmCli::Request(request), opts } => cmd::vm::run(request, opts).await,
         Command::Ubid { id, opts } => console::run_one(Ops::Ubid { id }, opts).await,
         Command::Audit { target, limit, opts } => console::run_one(Ops::Audit { target, limit }, opts).await,
         Command::Workers { opts } => console::run_one(Ops::Workers, opts).await,

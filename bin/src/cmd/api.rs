@@ -19,7 +19,7 @@ pub struct ApiArgs {
 }
 
 pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
-    let url = crate::cmd::up::database_url(args.database_url.clone()).await?;
+    let url = crate::embedded::database_url(args.database_url.clone()).await?;
     let pool = crate::process::connect(&url, args.pool_size).await?;
     let secret = crate::process::secret_key()?;
     if let Some(addr) = args.metrics_addr {

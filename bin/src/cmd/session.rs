@@ -1,4 +1,4 @@
-//! What every console command runs against: the database, the prog
+//! What every operator command (the console's and `cmd`'s) runs against: the database, the prog
 //! registry, who the operator is, and how a change gets confirmed. Also the
 //! `Reply` every command returns, printed as text or as JSON.
 

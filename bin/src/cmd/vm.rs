@@ -12,9 +12,8 @@ use skein_progs::rules;
 use skein_progs::vm::{self as vms, console as vm_console, nexus, Spec};
 
 use crate::cmd::change::{self, Change};
-use crate::cmd::session::{OpsOptions, Reply, Session};
-use crate::console::command::VmCmd;
 use crate::cmd::follow::{self, Subject, WaitArgs};
+use crate::cmd::session::{OpsOptions, Reply, Session};
 use crate::signals::{self, VmAction};
 
 /// `skein vm ...`: the console's VM commands and the everyday requests.
@@ -22,6 +21,31 @@ use crate::signals::{self, VmAction};
 pub enum VmCli {
     #[command(flatten)]
     Ops(VmCmd),
+    #[command(flatten)]
+    Request(Request),
+}
+
+/// The VM commands the console has too (it runs them: `console::fleet`).
+#[derive(clap::Subcommand, Debug)]
+pub enum VmCmd {
+    /// Create a VM for a project; its strand places and starts it.
+    Create(CreateArgs),
+    /// VMs with their state and host.
+    List {
+        /// Only this project's (by name).
+        #[arg(long)]
+        project: Option<String>,
+        /// Include destroyed VMs.
+        #[arg(long)]
+        all: bool,
+    },
+    /// One VM: size, host, its strand and recent events.
+    Show { id: String },
+}
+
+/// The everyday requests to a VM, the CLI's alone.
+#[derive(clap::Subcommand, Debug)]
+pub enum Request {
     /// Stop a running VM (it keeps its disk and its place on the host).
     Stop { id: String },
     /// Start a stopped VM.
@@ -74,19 +98,18 @@ pub struct CreateArgs {
     pub wait: WaitArgs,
 }
 
-/// `skein vm ...`, printed.
-pub async fn run(cmd: VmCli, opts: OpsOptions) -> anyhow::Result<()> {
+/// `skein vm stop|start|restart|destroy|ssh|console`, printed.
+pub async fn run(cmd: Request, opts: OpsOptions) -> anyhow::Result<()> {
     let (id, action) = match cmd {
-        VmCli::Ops(cmd) => return crate::console::run_one(crate::console::Ops::Vm(cmd), opts).await,
-        VmCli::Stop { id } => (id, VmAction::Stop),
-        VmCli::Start { id } => (id, VmAction::Start),
-        VmCli::Restart { id } => (id, VmAction::Restart),
-        VmCli::Destroy { id } => (id, VmAction::Destroy),
-        VmCli::Ssh { id, identity, args } => {
+        Request::Stop { id } => (id, VmAction::Stop),
+        Request::Start { id } => (id, VmAction::Start),
+        Request::Restart { id } => (id, VmAction::Restart),
+        Request::Destroy { id } => (id, VmAction::Destroy),
+        Request::Ssh { id, identity, args } => {
             let s = Session::open(&opts).await?;
             return ssh(&s, &id, identity.as_deref(), &args).await;
         }
-        VmCli::Console { id, bytes } => {
+        Request::Console { id, bytes } => {
             let s = Session::open(&opts).await?;
             console(&s, &id, bytes).await?.print(opts.json);
             return Ok(());

@@ -13,8 +13,8 @@ use skein_models::{archive, audit, event, page, vm, vm_host, Ubid, UbidType};
 use uuid::Uuid;
 
 use super::command::{HostCmd, PageCmd, VmCmd};
-use crate::render;
 use crate::cmd::session::{confirm, OpsOptions, Reply, Session};
+use crate::render;
 
 fn parse_as(id: &str, ty: UbidType) -> anyhow::Result<Uuid> {
     Ok(Ubid::parse_as(id, ty).map_err(|e| anyhow!("{e}"))?.uuid())

@@ -22,7 +22,7 @@ use sqlx::PgPool;
 use tower::ServiceExt;
 
 use crate::api::{self, auth, ApiState};
-use crate::cmd::bench::{percentile, round1, round3};
+use super::{percentile, round1, round3};
 
 const PUBLIC_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl bench";
 

@@ -143,7 +143,7 @@ impl BenchArgs {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let url = crate::cmd::up::database_url(args.database_url.clone()).await?;
+    let url = crate::embedded::database_url(args.database_url.clone()).await?;
     let pool = process::connect(&url, args.connections as u32).await?;
     db::prepare_tables(&mut *pool.acquire().await?).await?;
     if matches!(args.scenario, Scenario::ApiCreate | Scenario::Takeover | Scenario::Remote) && (args.verify || args.enqueue_only) {
@@ -151,7 +151,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if args.scenario == Scenario::Takeover {
         clean(&pool, &args).await?;
-        let line = crate::cmd::bench::takeover::measure(&pool, &url, args.rounds.max(1), args.strands(), |m| args.say(m)).await?;
+        let line = self::takeover::measure(&pool, &url, args.rounds.max(1), args.strands(), |m| args.say(m)).await?;
         println!("{line}");
         return Ok(());
     }
@@ -278,10 +278,10 @@ async fn measure(pool: &PgPool, args: &BenchArgs) -> anyhow::Result<Value> {
     let baseline_tx_per_s = baseline(pool, args.connections, args.baseline_secs).await?;
     args.say(format!("baseline: {baseline_tx_per_s:.0} tx/s"));
     if args.scenario == Scenario::ApiCreate {
-        return crate::cmd::bench::api::measure(pool, args.strands(), args.connections, args.projects, baseline_tx_per_s, |m| args.say(m)).await;
+        return self::api::measure(pool, args.strands(), args.connections, args.projects, baseline_tx_per_s, |m| args.say(m)).await;
     }
     if args.scenario == Scenario::Remote {
-        return crate::cmd::bench::remote::measure(pool, args, baseline_tx_per_s).await;
+        return self::remote::measure(pool, args, baseline_tx_per_s).await;
     }
 
     let n = args.strands();

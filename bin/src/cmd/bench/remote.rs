@@ -19,7 +19,7 @@ use skein_progs::bench::{Remote, RemoteFrame, RemoteLabel, StepFrame, StepLabel,
 use sqlx::PgPool;
 use tokio::sync::Notify;
 
-use crate::cmd::bench::{percentile, round1, round3, BenchArgs};
+use super::{percentile, round1, round3, BenchArgs};
 
 /// A peer that accepts and never answers (a host hung before its banner).
 struct SlowPeer {

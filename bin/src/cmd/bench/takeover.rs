@@ -20,7 +20,7 @@ use skein_progs::bench::{StepFrame, StepLabel, Stepper};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::cmd::bench::percentile;
+use super::percentile;
 
 /// A respirate process of ours, killed when dropped.
 struct Worker(Child);

@@ -12,7 +12,7 @@ use skein_engine::{enqueue, StepReport, Ubid};
 use skein_progs::demo::census;
 use sqlx::PgPool;
 
-use crate::embedded::Embedded;
+use crate::embedded;
 use crate::process::{self, WorkerArgs};
 
 #[derive(clap::Args, Debug)]
@@ -39,20 +39,8 @@ pub struct UpArgs {
     pub no_api: bool,
 }
 
-/// The database URL given, or the embedded cluster's (started if need be).
-/// Says which on stderr: stdout is for what a command answers (`--json`).
-pub async fn database_url(given: Option<String>) -> anyhow::Result<String> {
-    if let Some(url) = given {
-        return Ok(url);
-    }
-    let embedded = Embedded::from_env()?;
-    let url = tokio::task::spawn_blocking(move || embedded.ensure_running()).await??;
-    eprintln!("database: embedded Postgres at {url}");
-    Ok(url)
-}
-
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
-    let url = database_url(args.database_url.clone()).await?;
+    let url = embedded::database_url(args.database_url.clone()).await?;
     let pool = process::connect(&url, args.worker.pool_size()).await?;
     println!("control plane: {} concurrent steps; Ctrl-C stops it", args.worker.concurrency);
     if !args.no_api {
@@ -82,12 +70,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 let _ = interrupt_rx.wait_for(|asked| *asked).await;
             };
             let result = match census {
-                Ok(v) if with_vm => match crate::cmd::up::vm_demo::unavailable() {
+                Ok(v) if with_vm => match vm_demo::unavailable() {
                     Some(why) => {
                         println!("\nvm demo: skipped: {why}\n");
                         Ok(v)
                     }
-                    None => crate::cmd::up::vm_demo::run(&pool, interrupted).await.map(|()| v),
+                    None => vm_demo::run(&pool, interrupted).await.map(|()| v),
                 },
                 other => other,
             };
