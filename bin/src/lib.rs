@@ -21,6 +21,7 @@ pub mod cmd;
 pub mod console;
 pub mod embedded;
 pub mod local_host;
+pub mod local_underlay;
 pub mod metrics;
 pub mod process;
 pub mod render;
