@@ -14,7 +14,8 @@
 //!   that choice), [`metrics`] (the Prometheus series of a process),
 //!   [`render`] (text for people), [`signals`] (what a VM or host can be
 //!   asked to do in which state, for the API and the CLI alike).
-//! - [`local_host`]: real sshd hosts in network namespaces (tests, the VM demo).
+//! - [`local_host`]: real sshd hosts in network namespaces (tests, the VM demo),
+//!   and [`local_underlay`]: the network between them.
 
 pub mod api;
 pub mod cmd;
