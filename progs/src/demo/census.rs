@@ -36,8 +36,9 @@ semaphores! {
 pub struct Output {
     pub total: u64,
     pub doubled: Option<u64>,
-    /// Destroyed before it was told to finish.
-    #[serde(default)]
+    /// Destroyed before it was told to finish (written only when true, so a
+    /// finished census reads `{"total":16,"doubled":32}`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cancelled: bool,
 }
 
