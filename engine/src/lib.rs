@@ -10,7 +10,7 @@
 //! - [`registry`]: stored prog names back to Rust types.
 //! - [`stack`]: the jsonb stack and the engine's keys in it.
 //! - [`enqueue`]: starting and signalling strands from outside.
-//! - [`testing`]: a fresh database per test and one-line step assertions.
+//! - `testing` (feature `testing`, for tests only): a fresh database per test and one-line step assertions.
 
 mod commit;
 pub mod ctx;
@@ -24,6 +24,7 @@ pub mod registry;
 pub mod remote;
 pub mod runner;
 pub mod stack;
+#[cfg(feature = "testing")]
 pub mod testing;
 
 pub use ctx::{Ctx, Read, Reaped, Resources};

@@ -27,11 +27,10 @@ impl Prog for InstallAgent {
     type Frame = Frame;
 
     async fn run(cx: &mut Ctx<'_, Self>, _: Label) -> Step<Self> {
-        let host = Host::load(cx).await?;
-        let timeout = cx.time_left().min(Duration::from_secs(60));
+        let host = Host::load(cx).await?.limit(Duration::from_secs(60));
         let root = host.root().to_string();
         let want = agent::version();
-        let have = host.exec(&crate::cmd!("cat {}/agent/VERSION 2>/dev/null || true", root)?, timeout).await?.stdout_str();
+        let have = host.exec(&crate::cmd!("cat {}/agent/VERSION 2>/dev/null || true", root)?).await?.stdout_str();
         if have.trim() != want {
             let install = crate::cmd!(
                 "set -e; cd {}; rm -rf agent.new agent.old; mkdir -p agent.new; tar -x -C agent.new; \
@@ -39,7 +38,7 @@ impl Prog for InstallAgent {
                  if [ -d agent ]; then mv agent agent.old; fi; mv agent.new agent; rm -rf agent.old",
                 root
             )?;
-            host.exec_with_stdin(&install, agent::archive(), timeout).await?;
+            host.exec_with_stdin(&install, agent::archive()).await?;
         }
         vm_host::set_agent_version(cx.tx.conn().await?, host.row.id, &want).await?;
         pop(json!({ "agent_version": want }))

@@ -25,7 +25,7 @@ use skein_engine::prelude::*;
 use skein_models::vm::{self, Vm};
 use skein_models::{capacity, event, Ubid};
 
-use crate::host::conn::{Host, SSH_LIMIT};
+use crate::host::conn::Host;
 use crate::ssh::client::base64_encode;
 use crate::ssh::Cmd;
 
@@ -170,7 +170,7 @@ async fn setup(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
             mcast
         )?,
     };
-    host.exec(&line, cx.time_left().min(SSH_LIMIT)).await?;
+    host.exec(&line).await?;
     hop(Label::Launch)
 }
 
@@ -183,8 +183,7 @@ async fn launch(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
     let vm = load(cx).await?;
     let host = host_of(cx, &vm).await?;
     let (root, name) = (host.root().to_string(), unix_name(&vm));
-    let timeout = cx.time_left().min(SSH_LIMIT);
-    let state = host.exec(&daemonizer(&root, "check", &name)?, timeout).await?.stdout_str();
+    let state = host.exec(&daemonizer(&root, "check", &name)?).await?.stdout_str();
     let finished = state.trim();
     if finished == "InProgress" {
         return hop(Label::WaitBoot);
@@ -192,14 +191,14 @@ async fn launch(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
     // A failed launch: fetch why, to say it where operators look.
     let failed_log = match finished {
         "Failed" => {
-            let log = host.exec(&daemonizer(&root, "logs", &name)?, timeout).await.map(|o| o.stdout_str()).unwrap_or_default();
+            let log = host.exec(&daemonizer(&root, "logs", &name)?).await.map(|o| o.stdout_str()).unwrap_or_default();
             Some(log.chars().rev().take(600).collect::<Vec<_>>().into_iter().rev().collect::<String>())
         }
         _ => None,
     };
     if finished != "NotStarted" {
         // qemu exited (or was killed): forget that run before the next.
-        host.exec(&daemonizer(&root, "clean", &name)?, timeout).await?;
+        host.exec(&daemonizer(&root, "clean", &name)?).await?;
     }
     let run = crate::cmd!(
         "SKEIN_ROOT={} {}/agent/bin/daemonizer run {} {}/agent/bin/vm-run {}",
@@ -209,7 +208,7 @@ async fn launch(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
         root,
         name
     )?;
-    host.exec(&run, timeout).await?;
+    host.exec(&run).await?;
 
     if let Some(tail) = failed_log {
         cx.frame.launch_failures += 1;
@@ -225,10 +224,10 @@ async fn launch(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
 }
 
 /// What the host says about the VM right now.
-async fn status(cx: &Ctx<'_, Nexus>, host: &Host, vm: &Vm) -> anyhow::Result<Value> {
+async fn status(_cx: &Ctx<'_, Nexus>, host: &Host, vm: &Vm) -> anyhow::Result<Value> {
     let root = host.root();
     let line = crate::cmd!("SKEIN_ROOT={} {}/agent/bin/vm-status {}", root, root, unix_name(vm))?;
-    let out = host.exec(&line, cx.time_left().min(SSH_LIMIT)).await?;
+    let out = host.exec(&line).await?;
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 
@@ -294,11 +293,10 @@ fn ssh_news(host: &Host, vm: &Vm, now: &Value) -> bool {
 }
 
 /// Stop qemu and forget its run, keeping user, directory and disk.
-async fn stop_qemu(cx: &Ctx<'_, Nexus>, host: &Host, vm: &Vm) -> anyhow::Result<()> {
+async fn stop_qemu(_cx: &Ctx<'_, Nexus>, host: &Host, vm: &Vm) -> anyhow::Result<()> {
     let (root, name) = (host.root().to_string(), unix_name(vm));
-    let timeout = cx.time_left().min(SSH_LIMIT);
-    host.exec(&crate::cmd!("SKEIN_ROOT={} {}/agent/bin/vm-stop {}", root, root, name)?, timeout).await?;
-    let _ = host.exec(&daemonizer(&root, "clean", &name)?, timeout).await;
+    host.exec(&crate::cmd!("SKEIN_ROOT={} {}/agent/bin/vm-stop {}", root, root, name)?).await?;
+    let _ = host.exec(&daemonizer(&root, "clean", &name)?).await;
     Ok(())
 }
 
@@ -333,7 +331,7 @@ async fn running(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
         // Its run ended with it; forget it here, where the death is known, so
         // Launch does not take it for a failed launch.
         let (root, name) = (host.root().to_string(), unix_name(&vm));
-        let _ = host.exec(&daemonizer(&root, "clean", &name)?, cx.time_left().min(SSH_LIMIT)).await;
+        let _ = host.exec(&daemonizer(&root, "clean", &name)?).await;
         cx.frame.restarts += 1;
         vm::set_state(cx.tx.conn().await?, vm.id, "starting").await?;
         happened(cx, &vm, "qemu-died", json!({"restarts": cx.frame.restarts})).await?;
@@ -377,10 +375,9 @@ async fn remove(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
     if vm.host_id.is_some() {
         let host = host_of(cx, &vm).await?;
         let (root, name) = (host.root().to_string(), unix_name(&vm));
-        let timeout = cx.time_left().min(SSH_LIMIT);
-        host.exec(&crate::cmd!("SKEIN_ROOT={} {}/agent/bin/vm-remove {}", root, root, name)?, timeout).await?;
+        host.exec(&crate::cmd!("SKEIN_ROOT={} {}/agent/bin/vm-remove {}", root, root, name)?).await?;
         // The run is over (its qemu is gone): forget it; it may never have started.
-        let _ = host.exec(&daemonizer(&root, "clean", &name)?, timeout).await;
+        let _ = host.exec(&daemonizer(&root, "clean", &name)?).await;
     }
     let conn = cx.tx.conn().await?;
     if let Some(host_id) = vm.host_id {
