@@ -68,17 +68,36 @@ pub async fn project(h: &Harness) -> Ubid {
 /// The owner key of test VMs (rows only: no guest boots).
 pub const VM_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOfakeKeyForDatabaseRowsOnly t@x";
 
-/// A VM made as the API makes one (row, quota, strand at Start), then
-/// placed on `host` (its capacity taken) and put in `state`.
-pub async fn vm_on(h: &Harness, host: Ubid, state: &str) -> Ubid {
-    let spec = skein_progs::vm::Spec { name: "vm1", cores: 1, memory_mib: 512, disk_mib: 1024, public_key: VM_KEY, subnet: None };
+/// A VM of 1 core and 512 MiB on `host` (its quota and the host's capacity
+/// taken, as placing does), in `state`, its strand at `label`.
+pub async fn vm_at(h: &Harness, host: Ubid, state: &str, frame: skein_progs::vm::nexus::Frame, label: skein_progs::vm::nexus::Label) -> Ubid {
+    use skein_models::{capacity, vm};
     let project = project(h).await;
+    let id = Ubid::generate(UbidType::Vm);
     let mut tx = h.pool().begin().await.unwrap();
-    let id = skein_progs::vm::create(&mut tx, project, &spec, Default::default()).await.unwrap();
-    skein_models::vm::place(&mut tx, id.uuid(), host.uuid()).await.unwrap();
-    skein_models::vm::set_state(&mut tx, id.uuid(), state).await.unwrap();
+    assert!(capacity::take_quota(&mut tx, project.uuid()).await.unwrap());
+    let new = vm::NewVm { id: id.uuid(), project_id: project.uuid(), name: "vm1", cores: 1, memory_mib: 512, disk_mib: 1024, public_key: VM_KEY };
+    vm::insert(&mut tx, &new).await.unwrap();
+    // Reserved as placing does, whatever state the host is in now.
+    let host_state = vm_host::get(&mut tx, host.uuid()).await.unwrap().unwrap().state;
+    vm_host::set_state(&mut tx, host.uuid(), "accepting").await.unwrap();
+    let size = capacity::Size { cores: 1, memory_mib: 512, disk_mib: 1024 };
+    assert_eq!(capacity::reserve(&mut tx, size).await.unwrap(), Some(host.uuid()), "the test's only host has room");
+    vm_host::set_state(&mut tx, host.uuid(), &host_state).await.unwrap();
+    vm::place(&mut tx, id.uuid(), host.uuid()).await.unwrap();
+    vm::set_state(&mut tx, id.uuid(), state).await.unwrap();
+    skein_engine::enqueue::start_for(&mut tx, id, frame, label).await.unwrap();
     tx.commit().await.unwrap();
     id
+}
+
+/// A running VM on `host` whose strand watches it (Running).
+pub async fn vm_on(h: &Harness, host: Ubid, state: &str) -> Ubid {
+    vm_at(h, host, state, Default::default(), skein_progs::vm::nexus::Label::Running).await
+}
+
+pub async fn vm(h: &Harness, id: Ubid) -> skein_models::vm::Vm {
+    skein_models::vm::get(&mut h.pool().acquire().await.unwrap(), id.uuid()).await.unwrap().unwrap()
 }
 
 pub async fn vm_state(h: &Harness, id: Ubid) -> String {
