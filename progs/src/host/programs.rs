@@ -84,9 +84,7 @@ impl VmStatus {
     }
 }
 
-/// The VM's name on the host (also its unix user): its id.
-pub type VmName<'a> = &'a str;
-
+/// The `vm_*` methods take the VM's name on the host (also its unix user): its id.
 impl Host {
     /// `SKEIN_ROOT=<root> <root>/agent/bin/<program> <args>`, each argument one quoted word.
     pub fn agent_cmd(&self, program: AgentProgram, args: &[&dyn ShellArg]) -> Result<Cmd, SshError> {
@@ -124,7 +122,7 @@ impl Host {
 
     /// Make a VM's user, directory and disk (idempotent). `private` is its
     /// address and its segment's multicast group, when it is in a subnet.
-    pub async fn vm_setup(&self, name: VmName<'_>, cores: i32, memory_mib: i32, key_b64: &str, private: Option<(&str, &str)>) -> Result<(), SshError> {
+    pub async fn vm_setup(&self, name: &str, cores: i32, memory_mib: i32, key_b64: &str, private: Option<(&str, &str)>) -> Result<(), SshError> {
         let cmd = self.agent_cmd(AgentProgram::VmSetup, &[&name, &cores, &memory_mib, &key_b64])?;
         let cmd = match private {
             Some((ip, mcast)) => cmd.arg(&ip)?.arg(&mcast)?,
@@ -134,17 +132,17 @@ impl Host {
     }
 
     /// What is true about the VM on the host right now.
-    pub async fn vm_status(&self, name: VmName<'_>) -> Result<VmStatus, SshError> {
+    pub async fn vm_status(&self, name: &str) -> Result<VmStatus, SshError> {
         self.json(&self.agent_cmd(AgentProgram::VmStatus, &[&name])?).await
     }
 
     /// Stop the VM's qemu, keeping its user, directory and disk.
-    pub async fn vm_stop(&self, name: VmName<'_>) -> Result<(), SshError> {
+    pub async fn vm_stop(&self, name: &str) -> Result<(), SshError> {
         self.agent(AgentProgram::VmStop, &[&name]).await.map(drop)
     }
 
     /// Remove the VM from the host: qemu, user, disk and directory.
-    pub async fn vm_remove(&self, name: VmName<'_>) -> Result<(), SshError> {
+    pub async fn vm_remove(&self, name: &str) -> Result<(), SshError> {
         self.agent(AgentProgram::VmRemove, &[&name]).await.map(drop)
     }
 }

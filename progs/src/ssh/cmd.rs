@@ -153,28 +153,14 @@ impl Cmd {
     /// Fill `template`'s `{}`s with quoted `args`. Use the [`cmd!`](crate::cmd) macro,
     /// which checks the count at compile time.
     pub fn template(template: &'static str, args: &[&dyn ShellArg]) -> Result<Cmd, CmdError> {
-        let mut line = Vec::with_capacity(template.len() + 16 * args.len());
-        let mut shown = String::with_capacity(template.len() + 16 * args.len());
+        let mut cmd = Cmd { line: Vec::with_capacity(template.len() + 16 * args.len()), shown: String::new() };
         let mut parts = template.split("{}");
-        let first = parts.next().unwrap_or_default();
-        line.extend_from_slice(first.as_bytes());
-        shown.push_str(first);
+        cmd.push_literal(parts.next().unwrap_or_default());
         for (index, (part, arg)) in parts.zip(args).enumerate() {
-            let bytes = arg.shell_bytes();
-            if bytes.contains(&0) {
-                return Err(CmdError::NulByte { template, index });
-            }
-            let quoted = quote(&bytes);
-            line.extend_from_slice(&quoted);
-            if arg.is_secret() {
-                shown.push_str("<redacted>");
-            } else {
-                shown.push_str(&String::from_utf8_lossy(&quoted));
-            }
-            line.extend_from_slice(part.as_bytes());
-            shown.push_str(part);
+            cmd.push_word(*arg, template, index)?;
+            cmd.push_literal(part);
         }
-        Ok(Cmd { line, shown })
+        Ok(cmd)
     }
 
     /// Fill `template`'s `{name}`s with quoted `args` by name. Use the

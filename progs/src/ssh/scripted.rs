@@ -31,7 +31,7 @@ use super::shell::Shell;
 #[derive(Clone, Debug)]
 enum Reply {
     Exit { status: i32, stdout: String, stderr: String },
-    Unreachable,
+    Dropped,
 }
 
 #[derive(Debug)]
@@ -94,7 +94,7 @@ impl Scripted {
 
     /// Commands containing `phrase` lose the connection (a host that went away mid-way).
     pub fn drop_on(&self, phrase: &str) -> &Self {
-        self.add(phrase, Reply::Unreachable, None)
+        self.add(phrase, Reply::Dropped, None)
     }
 
     /// The host does not answer at all: every call fails to connect.
@@ -175,7 +175,7 @@ impl Shell for Scripted {
         }
         match rule.reply.clone() {
             Reply::Exit { status, stdout, stderr } => Ok(Output { status, stdout: stdout.into_bytes(), stderr: stderr.into_bytes() }),
-            Reply::Unreachable => {
+            Reply::Dropped => {
                 Err(SshError::Session { host: t.name(), cmd: cmd.shown().to_string(), reason: "scripted: the connection dropped".into() })
             }
         }
