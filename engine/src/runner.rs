@@ -8,7 +8,9 @@
 //!
 //! How a step is written depends on what it touched:
 //! - a step that used the database (its own rows, `bud`, `reap`, `decr`, a
-//!   page, a child's exit) writes its strand row in its own transaction;
+//!   page, a child's exit) writes its strand row in its transaction: one it
+//!   shares with other writing steps (`shared_tx.rs`), or, run again after
+//!   its shared one was aborted, one of its own;
 //! - a pure step (the label only computed) has nothing but the strand row to
 //!   write, so its write is group-committed with other tasks' (`commit.rs`);
 //! - a pure step that hops quickly is not written at all: the runner carries
@@ -25,15 +27,16 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use skein_models::strand::{self, Continued, ExitWrite, LeaseTerms, Leased, StepWrite};
 use skein_models::{page, semaphore, Ubid};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::PgPool;
 use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::commit::GroupCommit;
-use crate::ctx::{begin, DeadlineChange, Resources, StepState, Tx};
+use crate::ctx::{DeadlineChange, Resources, StepState, StepTx, Tx};
 use crate::error::StepError;
 use crate::registry::{RawFlow, Registry};
 use crate::remote;
+use crate::shared_tx::{Lanes, Left, StrandWrite};
 use crate::stack::{self, Deadline, Stack, DESTROYING, LINK, SUBJECT_ID};
 
 /// Timings and thresholds. The defaults suit production; tests shrink them.
@@ -54,6 +57,9 @@ pub struct Config {
     pub children_nap: Duration,
     /// Who holds the leases this runner takes (shown to operators).
     pub holder: String,
+    /// Steps that write share transactions (`shared_tx.rs`); off, each
+    /// writing step commits alone.
+    pub shared_writes: bool,
 }
 
 impl Default for Config {
@@ -66,6 +72,7 @@ impl Default for Config {
             page_after_failures: 5,
             children_nap: Duration::from_secs(3600),
             holder: this_process(),
+            shared_writes: true,
         }
     }
 }
@@ -230,6 +237,7 @@ pub struct Runner {
     config: Arc<Config>,
     resources: Arc<Resources>,
     committer: Arc<std::sync::OnceLock<GroupCommit>>,
+    lanes: Arc<std::sync::OnceLock<Arc<Lanes>>>,
 }
 
 impl Runner {
@@ -240,11 +248,19 @@ impl Runner {
             config: Arc::new(Config::default()),
             resources: Default::default(),
             committer: Default::default(),
+            lanes: Default::default(),
         }
     }
 
     fn committer(&self) -> &GroupCommit {
         self.committer.get_or_init(|| GroupCommit::start(self.pool.clone()))
+    }
+
+    /// Where a step's first write goes: a shared transaction, or (`private`,
+    /// or shared writes off) one of its own.
+    fn step_tx(&self, private: bool) -> StepTx {
+        let shared = self.config.shared_writes && !private;
+        StepTx::None(shared.then(|| self.lanes.get_or_init(|| Arc::new(Lanes::new(&self.pool))).clone()))
     }
 
     pub fn with_config(mut self, config: Config) -> Self {
@@ -341,20 +357,28 @@ impl Runner {
         let started = Instant::now();
         let lease_margin = self.config.lease / 4;
         let mut reports = Vec::new();
+        let mut private = false;
         loop {
             let ends_at = (Instant::now() + self.config.step_budget).min(claim.lease_ends - lease_margin);
             let budget = ends_at.saturating_duration_since(Instant::now());
             let keep_going = reports.len() + 1 < max_steps && started.elapsed() < self.config.continue_budget;
             let span = tracing::info_span!("step", strand = %Ubid::from_uuid(cur.id), prog = %cur.prog, label = %cur.label);
             let began = Instant::now();
-            let result = tokio::time::timeout(budget, self.step(&mut cur, ends_at, keep_going))
+            let result = tokio::time::timeout(budget, self.step(&mut cur, ends_at, keep_going, private))
                 .instrument(span.clone())
                 .await
                 .unwrap_or(Err(StepError::Overran(budget)));
             let _enter = span.enter();
             let micros = began.elapsed().as_micros() as u64;
             match result {
+                Err(StepError::GroupAborted(why)) if !private => {
+                    // Another step spoiled the shared transaction: nothing of
+                    // this one committed, so run it again, alone.
+                    tracing::debug!(%why, "shared transaction aborted; running the step again in its own");
+                    private = true;
+                }
                 Ok((mut report, again)) => {
+                    private = false;
                     report.micros = micros;
                     tracing::debug!(outcome = ?report.outcome, "step done");
                     reports.push(report);
@@ -395,10 +419,10 @@ impl Runner {
     /// pages; the label runs (holding nothing while it calls hosts); its
     /// deadline change and flow are applied to the strand's position; the
     /// semaphores it consumed are deleted; the position is written.
-    async fn step(&self, cur: &mut Current, ends_at: Instant, keep_going: bool) -> Result<(StepReport, bool), StepError> {
+    async fn step(&self, cur: &mut Current, ends_at: Instant, keep_going: bool, private: bool) -> Result<(StepReport, bool), StepError> {
         let began = Instant::now();
         let ubid = Ubid::from_uuid(cur.id);
-        let mut open: Option<Transaction<'static, Postgres>> = None;
+        let mut open = self.step_tx(private);
         let mut at = Position {
             prog: cur.prog.clone(),
             label: cur.label.clone(),
@@ -444,7 +468,7 @@ impl Runner {
                     release_after: if again { None } else { Some(nap_secs) },
                 };
                 // A quick pure hop that carries on is not written yet.
-                let carry_on = again && open.is_none() && began.elapsed() < COALESCE_UNDER;
+                let carry_on = again && !open.is_open() && began.elapsed() < COALESCE_UNDER;
                 let next = if carry_on { None } else { Some(self.write_step(write, open).await?) };
                 (again, next)
             }
@@ -510,7 +534,7 @@ impl Runner {
         cur: &Current,
         at: &mut Position,
         ends_at: Instant,
-        open: &mut Option<Transaction<'static, Postgres>>,
+        open: &mut StepTx,
     ) -> Result<LabelRun, StepError> {
         let top = at.stack.top();
         let subject_id = top.get(SUBJECT_ID).and_then(Value::as_str).and_then(|s| s.parse().ok()).unwrap_or(cur.id);
@@ -527,7 +551,7 @@ impl Runner {
             resources: self.resources.clone(),
         };
         let runs = self.registry.get(&at.prog)?.clone();
-        let tx_open = open.is_some();
+        let tx_open = open.is_open();
         let run = runs.run(Tx::new(&self.pool, open), &mut st, &at.label, top);
         let (ran, held) = remote::watch(&at.prog, &at.label, tx_open, run).await;
         if let Some(held) = held {
@@ -541,7 +565,7 @@ impl Runner {
     /// The label registered or dropped a deadline for its frame.
     async fn change_deadline(
         &self,
-        open: &mut Option<Transaction<'static, Postgres>>,
+        open: &mut StepTx,
         ubid: Ubid,
         at: &mut Position,
         change: Option<DeadlineChange>,
@@ -561,7 +585,7 @@ impl Runner {
     /// Apply the label's flow to the strand's position.
     async fn apply_flow(
         &self,
-        open: &mut Option<Transaction<'static, Postgres>>,
+        open: &mut StepTx,
         ubid: Ubid,
         at: &mut Position,
         flow: RawFlow,
@@ -620,7 +644,7 @@ impl Runner {
     /// to wake in time to notice it passing. Returns the nap to write.
     async fn settle_deadline(
         &self,
-        open: &mut Option<Transaction<'static, Postgres>>,
+        open: &mut StepTx,
         ubid: Ubid,
         at: &mut Position,
         applied: &Applied,
@@ -643,65 +667,69 @@ impl Runner {
         cur: &Current,
         decrs: &[String],
         ubid: Ubid,
-        open: &mut Option<Transaction<'static, Postgres>>,
+        open: &mut StepTx,
     ) -> Result<(), StepError> {
         let consumed: Vec<Uuid> = cur.sems.iter().filter(|(_, n)| decrs.contains(n)).map(|(id, _)| *id).collect();
         if !consumed.is_empty() {
-            semaphore::delete(begin(&self.pool, open).await?, &consumed).await?;
+            semaphore::delete(open.conn(&self.pool).await?, &consumed).await?;
         }
         if cur.fresh && cur.prior_failures >= self.config.page_after_failures {
-            page::resolve(begin(&self.pool, open).await?, &failing_tag(ubid)).await?;
+            page::resolve(open.conn(&self.pool).await?, &failing_tag(ubid)).await?;
         }
         Ok(())
     }
 
     /// Write an exit: in the step's transaction if it has one, else
     /// group-committed. A child's exit may wake its parent.
-    async fn write_exit(
-        &self,
-        cur: &Current,
-        label: &str,
-        stack: &Value,
-        exitval: Value,
-        open: Option<Transaction<'static, Postgres>>,
-    ) -> Result<(), StepError> {
+    async fn write_exit(&self, cur: &Current, label: &str, stack: &Value, exitval: Value, open: StepTx) -> Result<(), StepError> {
         let exit = ExitWrite { id: cur.id, lease: cur.lease, label: label.to_string(), stack: stack.clone(), exitval };
-        let written = match (cur.parent_id, open) {
-            (Some(_), None) => self.committer().exit_child(exit).await?,
-            (Some(_), Some(mut tx)) => {
-                let (written, recheck) = strand::exit_children(&mut tx, std::slice::from_ref(&exit)).await?;
-                tx.commit().await?;
-                for parent in recheck {
-                    strand::wake_parent_if_idle(&mut *crate::pool::acquire(&self.pool).await?, parent).await?;
+        let exits = std::slice::from_ref(&exit);
+        let (written, recheck) = match (cur.parent_id, open) {
+            (Some(_), StepTx::None(_)) => (self.committer().exit_child(exit).await?, vec![]),
+            (None, StepTx::None(_)) => (self.committer().exit(exit).await?, vec![]),
+            (Some(_), StepTx::Private(mut tx)) => {
+                let (written, recheck) = strand::exit_children(&mut tx, exits).await?;
+                if !written.is_empty() {
+                    tx.commit().await?;
                 }
-                !written.is_empty()
+                (!written.is_empty(), recheck)
             }
-            (None, Some(mut tx)) => {
-                let written = !strand::exit_top_level(&mut tx, std::slice::from_ref(&exit)).await?.is_empty();
+            (None, StepTx::Private(mut tx)) => {
+                let written = !strand::exit_top_level(&mut tx, exits).await?.is_empty();
                 if written {
                     tx.commit().await?;
                 }
-                written
+                (written, vec![])
             }
-            (None, None) => self.committer().exit(exit).await?,
+            (parent, StepTx::Shared(member)) => {
+                let write = if parent.is_some() { StrandWrite::ChildExit(exit) } else { StrandWrite::Exit(exit) };
+                // A lost lease is an error here; the group wakes the parents
+                // of children that exited last.
+                shared_left(member.commit(write).await)?;
+                (true, vec![])
+            }
         };
-        if written {
-            Ok(())
-        } else {
-            Err(StepError::LeaseLost)
+        if !written {
+            return Err(StepError::LeaseLost);
         }
+        for parent in recheck {
+            strand::wake_parent_if_idle(&mut *crate::pool::acquire(&self.pool).await?, parent).await?;
+        }
+        Ok(())
     }
 
     /// Write a step that goes on living: in its transaction if it has one,
     /// else group-committed. Fenced: a lost lease writes nothing.
-    async fn write_step(&self, write: StepWrite, open: Option<Transaction<'static, Postgres>>) -> Result<Continued, StepError> {
+    async fn write_step(&self, write: StepWrite, open: StepTx) -> Result<Continued, StepError> {
+        let writes = std::slice::from_ref(&write);
         match open {
-            None => self.committer().write(write).await?.ok_or(StepError::LeaseLost),
-            Some(mut tx) => {
-                let row = strand::write_steps(&mut tx, std::slice::from_ref(&write)).await?.pop().ok_or(StepError::LeaseLost)?;
+            StepTx::None(_) => self.committer().write(write).await?.ok_or(StepError::LeaseLost),
+            StepTx::Private(mut tx) => {
+                let row = strand::write_steps(&mut tx, writes).await?.pop().ok_or(StepError::LeaseLost)?;
                 tx.commit().await?;
                 Ok(row)
             }
+            StepTx::Shared(member) => shared_left(member.commit(StrandWrite::Step(write)).await)?.ok_or(StepError::LeaseLost),
         }
     }
 
@@ -743,14 +771,24 @@ impl Runner {
     /// Resolve the page of a deadline this frame had raised, if any.
     async fn resolve_deadline_page(
         &self,
-        open: &mut Option<Transaction<'static, Postgres>>,
+        open: &mut StepTx,
         strand: Ubid,
         frame: &stack::Frame,
     ) -> Result<(), StepError> {
         if let Some(d) = Deadline::read(frame).filter(|d| d.notified) {
-            page::resolve(begin(&self.pool, open).await?, &deadline_tag(strand, &d.target)).await?;
+            page::resolve(open.conn(&self.pool).await?, &deadline_tag(strand, &d.target)).await?;
         }
         Ok(())
+    }
+}
+
+/// A shared transaction's answer as the step's result: the row as written
+/// (None for an exit), or why nothing was.
+fn shared_left(left: Left) -> Result<Option<Continued>, StepError> {
+    match left {
+        Left::Committed(row) => Ok(row),
+        Left::LeaseLost => Err(StepError::LeaseLost),
+        Left::Aborted(why) => Err(StepError::GroupAborted(why)),
     }
 }
 

@@ -26,11 +26,20 @@ labels! {
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Frame {}
 
+/// What it learned (and returns).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Usage {
+    pub used_kib: u64,
+    pub free_kib: u64,
+}
+
 #[async_trait]
 impl Prog for DiskUse {
     const NAME: &'static str = "Host::DiskUse";
     type Label = Label;
     type Frame = Frame;
+    type Sem = NoSems;
+    type Output = Usage;
 
     async fn run(cx: &mut Ctx<'_, Self>, _: Label) -> Step<Self> {
         // Read: the host's row and key, on a connection given back at once.
@@ -40,8 +49,8 @@ impl Prog for DiskUse {
         let said = host.exec(&du).await?.stdout_str();
         let (used_kib, free_kib) = two_numbers(&said).ok_or_else(|| anyhow::anyhow!("du and df said {said:?}, not two numbers"))?;
         // Write, at the end: commits with the step, or not at all.
-        let usage = json!({ "used_kib": used_kib, "free_kib": free_kib });
-        event::record(cx.tx.conn().await?, host.row.id, "disk-use", "system", &usage).await?;
+        let usage = Usage { used_kib, free_kib };
+        event::record(cx.tx.conn().await?, host.row.id, "disk-use", "system", &serde_json::to_value(&usage)?).await?;
         pop(usage)
     }
 }
@@ -62,7 +71,7 @@ fn two_numbers(said: &str) -> Option<(u64, u64)> {
 async fn disk_use_of_a_scripted_host() -> (Harness, Scripted, Ubid) {
     let mut h = Harness::new(Registry::new().with::<DiskUse>()).await;
     let host = support::script_hosts(&mut h);
-    let id = support::host_row(&h, "accepting").await;
+    let id = support::host_row(&h, skein_models::vm_host::HostState::Accepting).await;
     enqueue::start_for(&mut h.pool().acquire().await.unwrap(), id, Frame {}, Label::Ask).await.unwrap();
     (h, host, id)
 }

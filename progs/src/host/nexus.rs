@@ -32,6 +32,7 @@
 use std::time::Duration;
 
 use skein_engine::prelude::*;
+use skein_models::vm_host::HostState;
 use skein_models::{capacity, event, sshable, vm, vm_host, Ubid};
 
 use super::conn::Host;
@@ -86,19 +87,34 @@ impl Default for Frame {
     }
 }
 
+semaphores! {
+    /// `reboot`: reboot the host and wait for it; `checkup`: check it now;
+    /// `drain`: place no new VMs on it.
+    pub enum Sem { Reboot = "reboot", Checkup = "checkup", Drain = "drain" }
+}
+
+/// What a host's strand exits with once it is destroyed.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Destroyed {
+    pub msg: String,
+    /// Whether its agent's files were removed from the host.
+    pub cleaned: bool,
+}
+
 #[async_trait]
 impl Prog for HostNexus {
     const NAME: &'static str = "Vm::HostNexus";
     type Label = Label;
     type Frame = Frame;
+    type Sem = Sem;
+    type Output = Destroyed;
     const DESTROY: Option<Label> = Some(Label::Destroy);
-    const SEMAPHORES: &'static [&'static str] = &["reboot", "checkup", "drain"];
 
     async fn run(cx: &mut Ctx<'_, Self>, label: Label) -> Step<Self> {
         match label {
             Label::Start => start(cx).await,
             Label::TakeOver => take_over(cx).await,
-            Label::InstallAgent => match cx.retval() {
+            Label::InstallAgent => match cx.retval::<install::InstallAgent>()? {
                 Some(_) => hop(Label::Learn),
                 None => push(install::Frame {}, install::Label::Install),
             },
@@ -128,7 +144,7 @@ async fn start(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
         None => Some(host.presented_key().await?),
     };
     let conn = cx.tx.conn().await?;
-    vm_host::set_state(conn, host.row.id, "preparing").await?;
+    vm_host::set_state(conn, host.row.id, HostState::Preparing).await?;
     if let Some(key) = presented {
         sshable::pin_host_key(conn, host.sshable.id, &key).await?;
     }
@@ -158,33 +174,30 @@ async fn take_over(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
 /// Gather the children's facts into the host row (as each one exits), then
 /// build the image once all have.
 async fn wait_learn(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
-    let reaped = cx.reap().await?;
+    let mut reaped = cx.reap::<learn::Learn>().await?;
     let mut facts = vm_host::Facts::default();
-    for child in &reaped.exited {
-        let f = &child.exitval["facts"];
-        let int = |k: &str| f[k].as_i64();
-        match child.exitval["what"].as_str() {
-            Some("cpu") => {
-                facts.cpus = int("cpus").map(|v| v as i32);
-                facts.cores = int("cores").map(|v| v as i32);
-                facts.sockets = int("sockets").map(|v| v as i32);
-                facts.cpu_model = f["model"].as_str().map(String::from);
+    for child in reaped.exited.drain(..) {
+        match child.output {
+            learn::Output::Cpu(c) => {
+                facts.cpus = Some(c.cpus);
+                facts.cores = Some(c.cores);
+                facts.sockets = Some(c.sockets);
+                facts.cpu_model = Some(c.model);
             }
-            Some("memory") => facts.memory_mib = int("total_mib"),
-            Some("storage") => {
-                facts.storage_total_mib = int("total_mib");
-                facts.storage_free_mib = int("free_mib");
+            learn::Output::Memory(m) => facts.memory_mib = Some(m.total_mib),
+            learn::Output::Storage(s) => {
+                facts.storage_total_mib = Some(s.total_mib);
+                facts.storage_free_mib = Some(s.free_mib);
             }
-            Some("os") => {
-                facts.os = f["pretty_name"].as_str().map(String::from);
-                facts.kernel = f["kernel"].as_str().map(String::from);
-                facts.arch = f["arch"].as_str().map(String::from);
+            learn::Output::Os(o) => {
+                facts.os = Some(o.pretty_name);
+                facts.kernel = Some(o.kernel);
+                facts.arch = Some(o.arch);
             }
-            Some("kvm") => {
-                facts.kvm_usable = f["usable"].as_bool();
-                facts.kvm_reason = f["reason"].as_str().map(String::from);
+            learn::Output::Kvm(k) => {
+                facts.kvm_usable = Some(k.usable);
+                facts.kvm_reason = Some(k.reason);
             }
-            _ => {}
         }
     }
     let id = cx.subject_id().uuid();
@@ -238,11 +251,11 @@ async fn probe_kvm(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
             let conn = cx.tx.conn().await?;
             vm_host::record_facts(conn, host.row.id, &facts).await?;
             vm_host::set_state(conn, host.row.id, open).await?;
-            if open == "accepting" {
+            if open == HostState::Accepting {
                 capacity::wake_waiting(conn).await?;
             }
             let image = host.row.image_version.clone().unwrap_or_default();
-            event::record(conn, host.row.id, open, "system", &json!({"image": image, "kvm": kvm})).await?;
+            event::record(conn, host.row.id, open.as_str(), "system", &json!({"image": image, "kvm": kvm})).await?;
             hop(Label::Wait)
         }
     }
@@ -250,11 +263,11 @@ async fn probe_kvm(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
 
 /// The state of a prepared, reachable host: 'accepting', unless an operator
 /// drained it (or asked to, and Wait has not taken the semaphore yet).
-fn open_state(cx: &Ctx<'_, HostNexus>) -> &'static str {
-    if cx.frame.draining || cx.is_set("drain") {
-        "draining"
+fn open_state(cx: &Ctx<'_, HostNexus>) -> HostState {
+    if cx.frame.draining || cx.is_set(Sem::Drain) {
+        HostState::Draining
     } else {
-        "accepting"
+        HostState::Accepting
     }
 }
 
@@ -308,15 +321,15 @@ async fn page_if_key_changed(cx: &mut Ctx<'_, HostNexus>, host: &Host, e: &SshEr
 /// semaphore only makes it sooner. A host that stops answering for
 /// `unreachable_after` checkups in a row is marked unreachable.
 async fn wait(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
-    if cx.take("drain") {
+    if cx.take(Sem::Drain) {
         return hop(Label::Drain);
     }
-    if cx.take("reboot") {
+    if cx.take(Sem::Reboot) {
         return hop(Label::Reboot);
     }
-    cx.take("checkup");
+    cx.take(Sem::Checkup);
     let host = Host::load(cx).await?.limit(CHECKUP_LIMIT);
-    if host.row.state == "unreachable" {
+    if host.row.state == HostState::Unreachable {
         // Marked so by an older build that kept unreachable hosts in Wait.
         return hop(Label::Unreachable);
     }
@@ -354,7 +367,7 @@ fn unreachable_page(host: &Host) -> String {
 /// events, and a page.
 async fn became_unreachable(cx: &mut Ctx<'_, HostNexus>, host: &Host, misses: i32, e: &SshError) -> anyhow::Result<()> {
     let conn = cx.tx.conn().await?;
-    vm_host::set_state(conn, host.row.id, "unreachable").await?;
+    vm_host::set_state(conn, host.row.id, HostState::Unreachable).await?;
     event::record(conn, host.row.id, "unreachable", "system", &json!({"misses": misses})).await?;
     for id in vm::mark_unavailable_on(conn, host.row.id).await? {
         event::record(conn, id, "unavailable", "system", &json!({"host": host.id()})).await?;
@@ -368,10 +381,10 @@ async fn became_unreachable(cx: &mut Ctx<'_, HostNexus>, host: &Host, misses: i3
 /// VMs are reconciled with what runs there and it accepts VMs again.
 /// `reboot` waits until it is back; `drain` is taken at once.
 async fn unreachable(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
-    if cx.take("drain") {
+    if cx.take(Sem::Drain) {
         return hop(Label::Drain);
     }
-    cx.take("checkup");
+    cx.take(Sem::Checkup);
     let host = Host::load(cx).await?.limit(CHECKUP_LIMIT);
     let asked = async { Ok((ask_checkup(&host).await?, vm_dirs(&host).await?)) }.await;
     let (Checkup { boot, version }, listed) = match answer(asked)? {
@@ -386,7 +399,7 @@ async fn unreachable(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
     let conn = cx.tx.conn().await?;
     vm_host::checkup_ok(conn, host.row.id, &boot).await?;
     vm_host::set_state(conn, host.row.id, open).await?;
-    if open == "accepting" {
+    if open == HostState::Accepting {
         capacity::wake_waiting(conn).await?;
     }
     event::record(conn, host.row.id, "reachable-again", "system", &json!({})).await?;
@@ -394,7 +407,7 @@ async fn unreachable(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
     // checks (alive: running again; gone: per desired state).
     let vms = vm::on_host(conn, host.row.id).await?;
     for vm in &vms {
-        cx.incr(Ubid::from_uuid(*vm), "checkup").await?;
+        cx.incr(Ubid::from_uuid(*vm), crate::vm::nexus::Sem::Checkup).await?;
     }
     cx.resolve_page(&unreachable_page(&host)).await?;
     report_unknown_vms(cx, &host, &vms, &listed).await?;
@@ -425,13 +438,13 @@ async fn drain(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
     let conn = cx.tx.conn().await?;
     let row = vm_host::get(conn, id).await?.ok_or_else(|| anyhow::anyhow!("host {subject} is gone"))?;
     if !was_draining {
-        if row.state == "accepting" {
-            vm_host::set_state(conn, id, "draining").await?;
+        if row.state == HostState::Accepting {
+            vm_host::set_state(conn, id, HostState::Draining).await?;
         }
         event::record(conn, id, "draining", "system", &json!({"was": row.state})).await?;
     }
-    match row.state.as_str() {
-        "unreachable" => hop(Label::Unreachable),
+    match row.state {
+        HostState::Unreachable => hop(Label::Unreachable),
         _ => hop(Label::Wait),
     }
 }
@@ -473,8 +486,8 @@ async fn destroy(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
         tracing::warn!(host = %host.id(), error = %e, "could not clean the host while destroying it");
     }
     let conn = cx.tx.conn().await?;
-    vm_host::set_state(conn, host.row.id, "destroyed").await?;
+    vm_host::set_state(conn, host.row.id, HostState::Destroyed).await?;
     event::record(conn, host.row.id, "destroyed", "system", &json!({"cleaned": removed.is_ok()})).await?;
     cx.resolve_page(&unreachable_page(&host)).await?;
-    pop(json!({ "msg": "host destroyed", "cleaned": removed.is_ok() }))
+    pop(Destroyed { msg: "host destroyed".into(), cleaned: removed.is_ok() })
 }

@@ -18,7 +18,7 @@ pub const PRIVATE_KEY: &str = "test private key";
 
 /// A host row in `state` with room for a few VMs (8 cores, 16 GiB), its
 /// host key pinned, and no strand.
-pub async fn host_row(h: &Harness, state: &str) -> Ubid {
+pub async fn host_row(h: &Harness, state: vm_host::HostState) -> Ubid {
     let mut conn = h.pool().acquire().await.unwrap();
     let sh = Ubid::generate(UbidType::Sshable).uuid();
     sshable::insert(&mut conn, sh, "192.0.2.1", 22, "root", &secret().seal(sh.as_bytes(), PRIVATE_KEY.as_bytes())).await.unwrap();
@@ -70,7 +70,7 @@ pub const VM_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOfakeKeyForDataba
 
 /// A VM of 1 core and 512 MiB on `host` (its quota and the host's capacity
 /// taken, as placing does), in `state`, its strand at `label`.
-pub async fn vm_at(h: &Harness, host: Ubid, state: &str, frame: skein_progs::vm::nexus::Frame, label: skein_progs::vm::nexus::Label) -> Ubid {
+pub async fn vm_at(h: &Harness, host: Ubid, state: skein_models::vm::VmState, frame: skein_progs::vm::nexus::Frame, label: skein_progs::vm::nexus::Label) -> Ubid {
     use skein_models::{capacity, vm};
     let project = project(h).await;
     let id = Ubid::generate(UbidType::Vm);
@@ -80,10 +80,10 @@ pub async fn vm_at(h: &Harness, host: Ubid, state: &str, frame: skein_progs::vm:
     vm::insert(&mut tx, &new).await.unwrap();
     // Reserved as placing does, whatever state the host is in now.
     let host_state = vm_host::get(&mut tx, host.uuid()).await.unwrap().unwrap().state;
-    vm_host::set_state(&mut tx, host.uuid(), "accepting").await.unwrap();
+    vm_host::set_state(&mut tx, host.uuid(), vm_host::HostState::Accepting).await.unwrap();
     let size = capacity::Size { cores: 1, memory_mib: 512, disk_mib: 1024 };
     assert_eq!(capacity::reserve(&mut tx, size).await.unwrap(), Some(host.uuid()), "the test's only host has room");
-    vm_host::set_state(&mut tx, host.uuid(), &host_state).await.unwrap();
+    vm_host::set_state(&mut tx, host.uuid(), host_state).await.unwrap();
     vm::place(&mut tx, id.uuid(), host.uuid()).await.unwrap();
     vm::set_state(&mut tx, id.uuid(), state).await.unwrap();
     skein_engine::enqueue::start_for(&mut tx, id, frame, label).await.unwrap();
@@ -92,7 +92,7 @@ pub async fn vm_at(h: &Harness, host: Ubid, state: &str, frame: skein_progs::vm:
 }
 
 /// A running VM on `host` whose strand watches it (Running).
-pub async fn vm_on(h: &Harness, host: Ubid, state: &str) -> Ubid {
+pub async fn vm_on(h: &Harness, host: Ubid, state: skein_models::vm::VmState) -> Ubid {
     vm_at(h, host, state, Default::default(), skein_progs::vm::nexus::Label::Running).await
 }
 
@@ -100,6 +100,6 @@ pub async fn vm(h: &Harness, id: Ubid) -> skein_models::vm::Vm {
     skein_models::vm::get(&mut h.pool().acquire().await.unwrap(), id.uuid()).await.unwrap().unwrap()
 }
 
-pub async fn vm_state(h: &Harness, id: Ubid) -> String {
+pub async fn vm_state(h: &Harness, id: Ubid) -> skein_models::vm::VmState {
     skein_models::vm::get(&mut h.pool().acquire().await.unwrap(), id.uuid()).await.unwrap().unwrap().state
 }
