@@ -11,7 +11,7 @@ use skein_models::vm::VmState;
 use skein_models::vm_host::HostState;
 use skein_models::{sshable, Ubid};
 use skein_progs::host::nexus::{self, HostNexus};
-use skein_progs::host::{agent, install, learn};
+use skein_progs::host::{agent, install, learn, tunnel};
 use skein_progs::ssh::scripted::{Scripted, HOST_KEY, HOST_KEY_ASKED};
 
 mod support;
@@ -81,26 +81,34 @@ async fn take_over_keeps_the_old_key_when_the_new_one_does_not_work() {
     assert_eq!(support::secret().open(row.id.as_bytes(), &row.private_key).unwrap(), support::PRIVATE_KEY.as_bytes());
 }
 
+/// What the installer returns when the host ends with this build's agent and tunnel.
+fn installed() -> install::Output {
+    install::Output { agent_version: agent::version(), tunnel_sha256: tunnel::local().unwrap().1.clone() }
+}
+
 #[tokio::test]
 async fn install_agent_calls_the_installer_and_learns_once_it_returns() {
     let (h, script, id) = host_at(HostState::Preparing, nexus::Frame::default(), nexus::Label::InstallAgent).await;
     let step = h.step(id).await;
     h.assert_pushed(&step, install::Label::Install, install::Frame {}).await;
-    // The agent there is this build's: nothing is shipped.
+    // The agent and tunnel there are this build's: nothing is shipped.
     script.answer("agent/VERSION", format!("{}\n", agent::version()));
-    h.step(id).await.assert_pop(json!({ "agent_version": agent::version() }));
-    assert!(!script.was_sent("sha256sum"), "no archive sent: {:?}", script.sent());
+    script.answer("tunnel/SHA256", format!("{}\n", installed().tunnel_sha256));
+    h.step(id).await.assert_pop(installed());
+    assert!(!script.was_sent("sha256sum"), "nothing sent: {:?}", script.sent());
     h.step(id).await.assert_hop(nexus::Label::Learn);
     assert_eq!(host(&h, id).await.agent_version, Some(agent::version()));
 }
 
 #[tokio::test]
-async fn the_installer_ships_the_agent_when_the_host_has_another() {
+async fn the_installer_ships_the_agent_and_tunnel_when_the_host_has_others() {
     let (h, script, id) = host_at(HostState::Preparing, nexus::Frame::default(), nexus::Label::InstallAgent).await;
     h.step(id).await;
-    script.answer("agent/VERSION", "0ld\n").answer("sha256sum -c", "");
-    h.step(id).await.assert_pop(json!({ "agent_version": agent::version() }));
+    script.answer("agent/VERSION", "0ld\n").answer("tunnel/SHA256", "").answer("sha256sum -c", "");
+    h.step(id).await.assert_pop(installed());
     assert!(script.was_sent("mv agent.new agent"));
+    let digest = installed().tunnel_sha256;
+    assert!(script.was_sent(&format!("printf %s\\n {digest} > SHA256")), "{:?}", script.sent());
 }
 
 #[tokio::test]

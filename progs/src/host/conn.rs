@@ -103,6 +103,11 @@ impl Host {
     /// What `cmd` printed, read as JSON of type `T`.
     pub(crate) async fn json<T: serde::de::DeserializeOwned>(&self, cmd: &Cmd) -> Result<T, SshError> {
         let out = self.exec(cmd).await?;
+        self.read_json(cmd, &out)
+    }
+
+    /// What `cmd` printed (`out`), read as JSON of type `T`.
+    pub(crate) fn read_json<T: serde::de::DeserializeOwned>(&self, cmd: &Cmd, out: &Output) -> Result<T, SshError> {
         serde_json::from_slice(&out.stdout).map_err(|e| SshError::Unreadable {
             host: self.target.name(),
             cmd: cmd.shown().to_string(),

@@ -4,6 +4,7 @@
 //! - [`install`]: `Host::InstallAgent`, ships the host agent (a sub-prog);
 //! - [`learn`]: `Host::Learn`, one fact about a host (budded in parallel);
 //! - [`agent`]: the agent bundle compiled into this binary;
+//! - [`tunnel`]: the tunnel program shipped beside it;
 //! - [`conn`]: a host as a prog reaches it (through the `ssh::Shell` seam, within its step's deadline), and adding one;
 //! - [`programs`]: the agent's programs, one typed method of `Host` each;
 //! - [`daemon`]: long host work started through the daemonizer, and polled.
@@ -15,6 +16,7 @@ pub mod install;
 pub mod learn;
 pub mod nexus;
 pub mod programs;
+pub mod tunnel;
 
 pub use conn::{add, Host, NewHost};
 pub use programs::{AgentProgram, VmStatus};

@@ -19,6 +19,8 @@ pub enum AgentProgram {
     BuildGuestImage,
     Daemonizer,
     Learn,
+    NetApply,
+    NetStatus,
     ProbeKvmGuest,
     RebootHost,
     VmRemove,
@@ -35,6 +37,8 @@ impl AgentProgram {
         AgentProgram::BuildGuestImage,
         AgentProgram::Daemonizer,
         AgentProgram::Learn,
+        AgentProgram::NetApply,
+        AgentProgram::NetStatus,
         AgentProgram::ProbeKvmGuest,
         AgentProgram::RebootHost,
         AgentProgram::VmRemove,
@@ -52,6 +56,8 @@ impl AgentProgram {
             AgentProgram::BuildGuestImage => "build-guest-image",
             AgentProgram::Daemonizer => "daemonizer",
             AgentProgram::Learn => "learn",
+            AgentProgram::NetApply => "net-apply",
+            AgentProgram::NetStatus => "net-status",
             AgentProgram::ProbeKvmGuest => "probe-kvm-guest",
             AgentProgram::RebootHost => "reboot-host",
             AgentProgram::VmRemove => "vm-remove",
@@ -118,6 +124,20 @@ impl Host {
     /// Ask the host to reboot; returns what it said.
     pub async fn reboot_host(&self) -> Result<String, SshError> {
         self.line(&self.agent_cmd(AgentProgram::RebootHost, &[])?).await
+    }
+
+    /// Make the host's private networking what `desired` (JSON, docs/host-network.md)
+    /// says; returns what is true afterwards (as `net_status`). The desired
+    /// state travels on stdin: it holds keys, which never go in argv.
+    pub async fn net_apply(&self, desired: &Value) -> Result<Value, SshError> {
+        let cmd = self.agent_cmd(AgentProgram::NetApply, &[])?;
+        let out = self.exec_with_stdin(&cmd, serde_json::to_vec(desired).expect("JSON serializes")).await?;
+        self.read_json(&cmd, &out)
+    }
+
+    /// What the host's private networking is right now (docs/host-network.md).
+    pub async fn net_status(&self) -> Result<Value, SshError> {
+        self.json(&self.agent_cmd(AgentProgram::NetStatus, &[])?).await
     }
 
     /// Make a VM's user, directory and disk (idempotent). `private` is its
