@@ -6,18 +6,21 @@
 //! subcommands (`skein strand list --state failing`). Every command answers
 //! as text or, with `--json`, as one JSON document; every change asks first
 //! (unless `--yes`) and lands in the `operator_audit` table.
+//!
+//! The console sits above `cmd`: it runs `host add` and `vm create` from
+//! `cmd::host` and `cmd::vm`, on `cmd::session`. Nothing in `cmd` reaches
+//! back up here; `main.rs` hands `skein host list` and the like to the
+//! console itself.
 
 pub mod command;
 mod fleet;
-pub(crate) mod render;
 mod repl;
-mod session;
 mod strands;
 
 use clap::Parser;
 
 pub use command::Ops;
-pub use session::{confirm, OpsOptions, Reply, Session};
+use crate::cmd::session::{OpsOptions, Reply, Session};
 
 #[derive(clap::Args, Debug)]
 pub struct ConsoleArgs {

@@ -10,13 +10,24 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use skein_models::vm::VmState;
 use skein_models::vm_host::HostState;
-use skein_models::{vm, vm_host, Ubid};
+use skein_models::{project, vm, vm_host, Ubid, UbidType};
 use skein_progs::host::{self, nexus as host_nexus, NewHost};
 use skein_progs::vm::{self as vms, nexus as vm_nexus, Spec};
 use sqlx::PgPool;
-use uuid::Uuid;
 
 use crate::local_host::{generate_keypair, TestHost};
+
+/// The `demo` project its VMs are made in: made by the first demo, kept for
+/// the next (a project is cheap, and an operator may have raised its quota).
+async fn demo_project(pool: &PgPool) -> anyhow::Result<Ubid> {
+    let mut conn = pool.acquire().await?;
+    if let Some(p) = project::by_name(&mut conn, "demo").await? {
+        return Ok(Ubid::from_uuid(p.id));
+    }
+    let id = Ubid::generate(UbidType::Project);
+    project::insert(&mut conn, id.uuid(), "demo", 10).await?;
+    Ok(id)
+}
 
 /// Why the demo cannot run here, if it cannot.
 pub fn unavailable() -> Option<String> {
@@ -86,7 +97,7 @@ async fn demo(pool: &PgPool, made: &mut Made) -> anyhow::Result<()> {
     // by the same builder, and placed where the host's own build finds it.
     let image = seed_image(local).await?;
     say(format!("guest image {image} placed in the local host's root (built once, cached)"));
-    let secret = crate::worker::secret_key()?;
+    let secret = crate::process::secret_key()?;
     let name = format!("local-{}", suffix());
     let (addr, root, port) = (local.addr().to_string(), local.root_dir().display().to_string(), local.port());
     let new = NewHost { name: &name, address: &addr, port, user: "root", bootstrap_private_key: &bootstrap_private, root_dir: &root };
@@ -109,18 +120,12 @@ async fn demo(pool: &PgPool, made: &mut Made) -> anyhow::Result<()> {
 
     let (owner_private, owner_public) = generate_keypair();
     let key_file = made.key_file.insert(key_file(&owner_private)?).clone();
-    let project: Uuid = sqlx::query_scalar(
-        "INSERT INTO project (id, name, vm_quota) VALUES ($1, 'demo', 10) \
-         ON CONFLICT (name) WHERE deleted_at IS NULL DO UPDATE SET name = excluded.name RETURNING id",
-    )
-    .bind(Ubid::generate(skein_models::UbidType::Project).uuid())
-    .fetch_one(pool)
-    .await?;
+    let project = demo_project(pool).await?;
     let vm_name = format!("hello-{}", suffix());
     let spec = Spec { name: &vm_name, cores: 1, memory_mib: 256, disk_mib: 64, public_key: &owner_public, subnet: None };
     let began = Instant::now();
     let mut tx = pool.begin().await?;
-    let vm_id = vms::create(&mut tx, Ubid::from_uuid(project), &spec, vm_nexus::Frame::default()).await?;
+    let vm_id = vms::create(&mut tx, project, &spec, vm_nexus::Frame::default()).await?;
     tx.commit().await?;
     made.vm = Some(vm_id);
     say(format!("vm {vm_name} ({vm_id}) created (1 vCPU, 256 MiB); its strand places it, sets it up, boots it, waits for its SSH"));
