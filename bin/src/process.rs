@@ -174,7 +174,7 @@ pub async fn run_dispatcher(
 /// key that unseals stored private keys (without it, host progs fail with
 /// a message saying how to set it).
 pub fn resources() -> Resources {
-    let resources = Resources::default().with(SshPool::new());
+    let resources = Resources::default().with(skein_progs::ssh::shell(SshPool::new()));
     match secret_key() {
         Ok(key) => resources.with(key),
         Err(e) => {

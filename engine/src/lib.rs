@@ -10,7 +10,7 @@
 //! - [`registry`]: stored prog names back to Rust types.
 //! - [`stack`]: the jsonb stack and the engine's keys in it.
 //! - [`enqueue`]: starting and signalling strands from outside.
-//! - [`testing`]: a fresh database per test and one-line step assertions.
+//! - `testing` (feature `testing`, for tests only): a fresh database per test and one-line step assertions.
 //! - [`error`]: how a step fails (`StepError`); `commit` (private): the group
 //!   committer that writes the strand rows of pure steps together.
 
@@ -27,6 +27,7 @@ pub mod remote;
 pub mod runner;
 mod shared_tx;
 pub mod stack;
+#[cfg(feature = "testing")]
 pub mod testing;
 
 pub use ctx::{Child, Ctx, Read, Reaped, Resources};

@@ -4,10 +4,16 @@
 //! that already has the migrations (a clone is a file copy, so it is quick):
 //!
 //! ```ignore
-//! let h = Harness::new(Registry::new().with::<Census>()).await;
-//! let id = h.start(census::Frame::default(), census::Label::Start).await;
-//! h.step(id).await.assert_hop(census::Label::Count);
+//! let h = Harness::new(Registry::new().with::<Census>().with::<Counter>()).await;
+//! let id = h.start(census::Frame { districts: vec![2, 3], ..Default::default() }, census::Label::Start).await;
+//! let step = h.step(id).await;
+//! step.assert_hop(census::Label::Tally);
+//! // What the step made, typed: its children, each at its label with its frame.
+//! h.assert_budded(&step, &[(counter::Label::Count, counter::Frame { upto: 2, at: 0 }), (counter::Label::Count, counter::Frame { upto: 3, at: 0 })]).await;
 //! ```
+//!
+//! This module ships only with the `testing` feature, which crates that test
+//! with it enable in their dev-dependencies.
 //!
 //! The server is `SKEIN_TEST_DATABASE_URL`, else `DATABASE_URL`, else the
 //! local one on 127.0.0.1:5432 (`scripts/test` makes sure one is running).
@@ -22,6 +28,7 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 
 use crate::prog::{Label, Prog, Signal};
+use crate::stack::{self, Stack};
 use crate::runner::{Config, Outcome, Runner, StepReport};
 use crate::{enqueue, Registry};
 
@@ -233,12 +240,59 @@ impl Harness {
         serde_json::from_value(stack[0].clone()).expect("top frame fits the prog's frame type")
     }
 
+    /// The children `step` budded, in the order it budded them: each one's
+    /// label and typed frame (the engine's own keys left out). Panics, saying
+    /// which, if a child runs another prog than `L`'s.
+    pub async fn budded<L: Label>(&self, step: &StepReport) -> Vec<(L, <L::Prog as Prog>::Frame)> {
+        let mut made = Vec::with_capacity(step.budded.len());
+        for id in &step.budded {
+            let child = self.strand(*id).await;
+            assert_eq!(child.prog, <L::Prog as Prog>::NAME, "child {id} of {} at {} runs another prog", step.prog, step.label);
+            let label = L::parse(&child.label).unwrap_or_else(|| panic!("child {id} is at {:?}, not a label of {}", child.label, child.prog));
+            made.push((label, top_frame::<L::Prog>(&child.stack, *id)));
+        }
+        made
+    }
+
+    /// `step` budded exactly these children, in this order (compared as the
+    /// JSON they are stored as, so a frame type need not be `PartialEq`).
+    pub async fn assert_budded<L: Label>(&self, step: &StepReport, want: &[(L, <L::Prog as Prog>::Frame)]) {
+        let got: Vec<(L, Value)> = self.budded::<L>(step).await.into_iter().map(|(l, f)| (l, to_json(&f))).collect();
+        let want: Vec<(L, Value)> = want.iter().map(|(l, f)| (*l, to_json(f))).collect();
+        assert_eq!(got, want, "{} at {}: the children budded", step.prog, step.label);
+    }
+
+    /// The frame `step` pushed (the strand's top frame now), typed as its
+    /// prog's frame, after checking the step pushed `label`.
+    pub async fn pushed<L: Label>(&self, step: &StepReport, label: L) -> <L::Prog as Prog>::Frame {
+        step.assert_push(label);
+        top_frame::<L::Prog>(&self.strand(step.strand).await.stack, step.strand)
+    }
+
+    /// `step` pushed `label` with exactly `frame`.
+    pub async fn assert_pushed<L: Label>(&self, step: &StepReport, label: L, frame: <L::Prog as Prog>::Frame) {
+        let got = to_json(&self.pushed(step, label).await);
+        assert_eq!(got, to_json(&frame), "{} at {}: the frame pushed", step.prog, step.label);
+    }
+
     /// Start a strand at `label` and run that one label: the rivertest way to
     /// test one state of a prog.
     pub async fn run_label<L: Label>(&self, frame: <L::Prog as Prog>::Frame, label: L) -> StepReport {
         let id = self.start(frame, label).await;
         self.step(id).await
     }
+}
+
+/// The top frame of a stored stack, typed, without the engine's keys.
+fn top_frame<P: Prog>(stack: &Value, id: Ubid) -> P::Frame {
+    let stack = Stack::parse(stack).unwrap_or_else(|e| panic!("strand {id} has a bad stack: {e}"));
+    let mut frame = stack.top().clone();
+    frame.retain(|k, _| !stack::ENGINE_KEYS.contains(&k.as_str()));
+    serde_json::from_value(Value::Object(frame)).unwrap_or_else(|e| panic!("the top frame of strand {id} is not a {} frame: {e}", P::NAME))
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Value {
+    serde_json::to_value(value).expect("a frame serializes")
 }
 
 /// Assertions on what a step did, each one line in a test.

@@ -14,7 +14,10 @@ fn census(districts: Vec<u32>) -> census::Frame {
 #[tokio::test]
 async fn start_buds_one_counter_per_district() {
     let h = Harness::new(skein_progs::registry()).await;
-    h.run_label(census(vec![2, 3]), census::Label::Start).await.assert_hop(census::Label::Tally).assert_buds(2);
+    let step = h.run_label(census(vec![2, 3]), census::Label::Start).await;
+    step.assert_hop(census::Label::Tally);
+    let counting = |upto| (counter::Label::Count, counter::Frame { upto, at: 0 });
+    h.assert_budded(&step, &[counting(2), counting(3)]).await;
 }
 
 #[tokio::test]
@@ -35,7 +38,8 @@ async fn tally_waits_while_counters_run_then_adds_them_up() {
 async fn double_calls_the_doubler_and_keeps_its_answer() {
     let h = Harness::new(skein_progs::registry()).await;
     let id = h.start(census::Frame { total: 4, ..Default::default() }, census::Label::Double).await;
-    h.step(id).await.assert_push(doubler::Label::Start);
+    let step = h.step(id).await;
+    assert_eq!(h.pushed(&step, doubler::Label::Start).await.n, 4, "the doubler is given the total");
     h.step(id).await.assert_pop(doubler::Output { value: 8 });
     h.step(id).await.assert_hop(census::Label::Wait);
     assert_eq!(h.frame::<census::Census>(id).await.doubled, Some(8));

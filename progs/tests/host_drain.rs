@@ -1,7 +1,7 @@
 //! `drain` on `Vm::HostNexus`, label by label (no SSH: draining is a
-//! database change in the Wait label). Returning from unreachable and
-//! re-preparing keep a drained host draining: those paths talk to a real
-//! host and are tested end to end in spec/tests/api_e2e.rs.
+//! database change in the Drain label). Returning from unreachable and
+//! re-preparing keep a drained host draining: host_nexus.rs tests those
+//! with a scripted host, and spec/tests/api_e2e.rs end to end.
 
 use skein_engine::enqueue;
 use skein_engine::testing::Harness;
@@ -12,10 +12,12 @@ use skein_progs::host::nexus::{self, HostNexus};
 
 mod support;
 
-/// A host row in `state` with room for VMs, and its strand waiting in Wait.
+/// A host row in `state` with room for VMs, and its strand where a host in
+/// that state waits (Wait, or Unreachable).
 async fn host_in(h: &Harness, state: HostState) -> Ubid {
     let id = support::host_row(h, state).await;
-    enqueue::start_for(&mut h.pool().acquire().await.unwrap(), id, nexus::Frame::default(), nexus::Label::Wait).await.unwrap();
+    let label = if state == HostState::Unreachable { nexus::Label::Unreachable } else { nexus::Label::Wait };
+    enqueue::start_for(&mut h.pool().acquire().await.unwrap(), id, nexus::Frame::default(), label).await.unwrap();
     id
 }
 
@@ -34,6 +36,7 @@ async fn drain_makes_an_accepting_host_draining_and_placement_passes_it_by() {
     let h = Harness::new(skein_progs::registry()).await;
     let id = host_in(&h, HostState::Accepting).await;
     assert!(h.incr(id, nexus::Sem::Drain).await);
+    h.step(id).await.assert_hop(nexus::Label::Drain);
     h.step(id).await.assert_hop(nexus::Label::Wait);
     assert_eq!(state(&h, id).await, HostState::Draining);
     assert!(h.frame::<HostNexus>(id).await.draining, "remembered for later checkups and re-preparation");
@@ -44,6 +47,7 @@ async fn drain_makes_an_accepting_host_draining_and_placement_passes_it_by() {
 
     // Draining again changes nothing and records nothing new.
     assert!(h.incr(id, nexus::Sem::Drain).await);
+    h.step(id).await.assert_hop(nexus::Label::Drain);
     h.step(id).await.assert_hop(nexus::Label::Wait);
     assert_eq!(events(&h, id).await.len(), 1);
     assert_eq!(state(&h, id).await, HostState::Draining);
@@ -54,7 +58,8 @@ async fn an_unreachable_host_stays_unreachable_when_drained_but_will_come_back_d
     let h = Harness::new(skein_progs::registry()).await;
     let id = host_in(&h, HostState::Unreachable).await;
     assert!(h.incr(id, nexus::Sem::Drain).await);
-    h.step(id).await.assert_hop(nexus::Label::Wait);
+    h.step(id).await.assert_hop(nexus::Label::Drain);
+    h.step(id).await.assert_hop(nexus::Label::Unreachable);
     assert_eq!(state(&h, id).await, HostState::Unreachable, "what is true now");
     assert!(h.frame::<HostNexus>(id).await.draining);
     assert_eq!(events(&h, id).await, [("draining".to_string(), serde_json::json!({"was": "unreachable"}))]);

@@ -7,21 +7,13 @@
 use chrono::Utc;
 use skein_engine::testing::Harness;
 use skein_engine::Outcome;
-use skein_models::{capacity, page, vm, Ubid, UbidType};
+use skein_models::{capacity, page, vm, Ubid};
 use skein_progs::vm::{self as vms, nexus, waiting, Spec};
 
 mod support;
 
-const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOfakeKeyForDatabaseRowsOnly t@x";
-
-async fn project(h: &Harness) -> Ubid {
-    let id = Ubid::generate(UbidType::Project);
-    skein_models::project::insert(&mut h.pool().acquire().await.unwrap(), id.uuid(), "tenant", 20).await.unwrap();
-    id
-}
-
 async fn create(h: &Harness, project: Ubid, name: &str, cores: i32, memory_mib: i32, wait_page_secs: u64) -> Ubid {
-    let spec = Spec { name, cores, memory_mib, disk_mib: 1024, public_key: KEY, subnet: None };
+    let spec = Spec { name, cores, memory_mib, disk_mib: 1024, public_key: support::VM_KEY, subnet: None };
     let mut tx = h.pool().begin().await.unwrap();
     let id = vms::create(&mut tx, project, &spec, nexus::Frame { wait_page_secs, ..Default::default() }).await.unwrap();
     tx.commit().await.unwrap();
@@ -59,7 +51,7 @@ async fn pages(h: &Harness) -> Vec<page::Page> {
 #[tokio::test]
 async fn a_waiting_vm_sleeps_long_and_is_woken_when_capacity_appears() {
     let h = Harness::new(skein_progs::registry()).await;
-    let p = project(&h).await;
+    let p = support::project(&h).await;
     let id = create(&h, p, "a", 1, 512, 3600).await;
     let report = h.step(id).await;
     assert_eq!(napped(&report.outcome), nexus::WAIT_NAP_SECS as f64, "a long fallback nap, not a 5 s poll");
@@ -80,7 +72,7 @@ async fn a_waiting_vm_sleeps_long_and_is_woken_when_capacity_appears() {
 #[tokio::test]
 async fn a_waiting_vm_wakes_itself_in_time_to_page() {
     let h = Harness::new(skein_progs::registry()).await;
-    let p = project(&h).await;
+    let p = support::project(&h).await;
     let id = create(&h, p, "a", 1, 512, 120).await;
     let secs = napped(&h.step(id).await.outcome);
     assert!(secs > 100.0 && secs <= 120.0, "naps until the page is due, not 600 s: {secs}");
@@ -90,7 +82,7 @@ async fn a_waiting_vm_wakes_itself_in_time_to_page() {
 #[tokio::test]
 async fn one_page_in_words_for_all_waiting_vms_that_stays_resolved_until_its_cause_changes() {
     let h = Harness::new(skein_progs::registry()).await;
-    let p = project(&h).await;
+    let p = support::project(&h).await;
     let mut ids = Vec::new();
     for (name, cores, memory) in [("a", 1, 512), ("b", 2, 4096), ("c", 1, 1024)] {
         let id = create(&h, p, name, cores, memory, 0).await;
@@ -140,7 +132,7 @@ async fn one_page_in_words_for_all_waiting_vms_that_stays_resolved_until_its_cau
 #[tokio::test]
 async fn destroying_the_last_waiting_vm_resolves_the_page() {
     let h = Harness::new(skein_progs::registry()).await;
-    let p = project(&h).await;
+    let p = support::project(&h).await;
     let id = create(&h, p, "a", 1, 512, 0).await;
     h.step(id).await;
     assert_eq!(pages(&h).await.len(), 1);

@@ -1,8 +1,9 @@
-//! A host as a prog reaches it: its row, its SSH target (key unsealed), and
-//! the agent's programs under the host's root directory. Loading a host
-//! holds no connection afterwards, so a label can go on to SSH.
+//! A host as a prog reaches it: its row, its SSH target (key unsealed), the
+//! shell commands go through, and the step's deadline. Loading a host holds
+//! no connection afterwards, so a label can go on to call it. Its agent's
+//! programs are typed methods (`host/programs.rs`, `host/daemon.rs`).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use skein_engine::{Ctx, Prog};
 use skein_models::sshable::{self, Sshable};
@@ -11,7 +12,7 @@ use skein_models::{Ubid, UbidType};
 use sqlx::PgConnection;
 
 use crate::ssh::keys::SecretKey;
-use crate::ssh::{Cmd, Output, SshError, SshPool, Target};
+use crate::ssh::{Cmd, Output, Shared, SshError, Target};
 
 /// The longest one SSH call of a host or VM label may take (each call is
 /// also bounded by the step's time left).
@@ -21,7 +22,11 @@ pub struct Host {
     pub row: VmHost,
     pub sshable: Sshable,
     pub target: Target,
-    ssh: SshPool,
+    shell: Shared,
+    /// When the step that loaded this handle must be done: no call runs past it.
+    step_ends: Instant,
+    /// The longest one call may take ([`SSH_LIMIT`] unless [`Host::limit`] says otherwise).
+    limit: Duration,
 }
 
 impl Host {
@@ -34,7 +39,7 @@ impl Host {
     /// a connection given back before this returns: SSH to the host comes
     /// next, and must hold no database.
     pub async fn load_id<P: Prog>(cx: &Ctx<'_, P>, id: Ubid) -> anyhow::Result<Host> {
-        let ssh = cx.resource::<SshPool>()?.clone();
+        let shell = cx.resource::<Shared>()?.clone();
         let secret = cx.resource::<SecretKey>()?.clone();
         let mut db = cx.read().await?;
         let row = vm_host::get(&mut db, id.uuid()).await?.ok_or_else(|| anyhow::anyhow!("host {id} is gone"))?;
@@ -48,7 +53,17 @@ impl Host {
             private_key: String::from_utf8(key)?,
             host_key: sshable.host_key.clone(),
         };
-        Ok(Host { row, sshable, target, ssh })
+        Ok(Host { row, sshable, target, shell, step_ends: Instant::now() + cx.time_left(), limit: SSH_LIMIT })
+    }
+
+    /// The same host, each call bounded by `limit` instead (and still by the step's time left).
+    pub fn limit(self, limit: Duration) -> Host {
+        Host { limit, ..self }
+    }
+
+    /// How long the next call may take.
+    pub fn timeout(&self) -> Duration {
+        self.step_ends.saturating_duration_since(Instant::now()).min(self.limit)
     }
 
     pub fn id(&self) -> Ubid {
@@ -59,56 +74,46 @@ impl Host {
         &self.row.root_dir
     }
 
-    /// Run `cmd`, failing on a non-zero exit, within `timeout`.
-    pub async fn exec(&self, cmd: &Cmd, timeout: Duration) -> Result<Output, SshError> {
-        self.ssh.exec(&self.target, cmd, None, timeout).await
+    /// Run `cmd`, failing on a non-zero exit.
+    pub async fn exec(&self, cmd: &Cmd) -> Result<Output, SshError> {
+        self.shell.exec(&self.target, cmd, None, self.timeout()).await
     }
 
-    /// Run `cmd` with `stdin`, failing on a non-zero exit, within `timeout`.
-    pub async fn exec_with_stdin(&self, cmd: &Cmd, stdin: Vec<u8>, timeout: Duration) -> Result<Output, SshError> {
-        self.ssh.exec(&self.target, cmd, Some(stdin), timeout).await
+    /// Run `cmd` with `stdin`, failing on a non-zero exit.
+    pub async fn exec_with_stdin(&self, cmd: &Cmd, stdin: Vec<u8>) -> Result<Output, SshError> {
+        self.shell.exec(&self.target, cmd, Some(stdin), self.timeout()).await
     }
 
-    /// Run an agent program with up to two arguments:
-    /// `SKEIN_ROOT=<root> <root>/agent/bin/<program> <args>`.
-    pub async fn agent(&self, program: AgentProgram, args: &[&str], timeout: Duration) -> Result<Output, SshError> {
-        let (root, name) = (self.root(), program.name());
-        let line = match args {
-            [] => crate::cmd!("SKEIN_ROOT={} {}/agent/bin/{}", root, root, name),
-            [a] => crate::cmd!("SKEIN_ROOT={} {}/agent/bin/{} {}", root, root, name, a),
-            [a, b] => crate::cmd!("SKEIN_ROOT={} {}/agent/bin/{} {} {}", root, root, name, a, b),
-            _ => {
-                // A prog's mistake: fail its step with a message, never crash a worker.
-                let reason = format!("Host::agent takes at most two arguments, got {}; write a template for more", args.len());
-                return Err(SshError::Session { host: self.target.host.clone(), cmd: name.into(), reason });
-            }
-        };
-        let line = line.map_err(|e| SshError::Session { host: self.target.host.clone(), cmd: name.into(), reason: e.to_string() })?;
-        self.exec(&line, timeout).await
+    /// Run `cmd` logged in with another private key (to prove a new key works before switching to it).
+    pub async fn exec_with_key(&self, private_key: &str, cmd: &Cmd) -> Result<Output, SshError> {
+        let target = Target { private_key: private_key.to_string(), ..self.target.clone() };
+        self.shell.exec(&target, cmd, None, self.timeout()).await
     }
-}
 
-/// The programs of the host agent (`progs/host-agent/bin`).
-#[derive(Clone, Copy, Debug)]
-pub enum AgentProgram {
-    Daemonizer,
-    Learn,
-    BootId,
-    AgentVersion,
-    RebootHost,
-    ProbeKvmGuest,
-}
+    /// The host key the host presents now (no login): for pinning on first contact.
+    pub async fn presented_key(&self) -> Result<String, SshError> {
+        self.shell.host_key(&self.target.host, self.target.port, self.timeout()).await
+    }
 
-impl AgentProgram {
-    pub fn name(self) -> &'static str {
-        match self {
-            AgentProgram::Daemonizer => "daemonizer",
-            AgentProgram::Learn => "learn",
-            AgentProgram::BootId => "boot-id",
-            AgentProgram::AgentVersion => "agent-version",
-            AgentProgram::RebootHost => "reboot-host",
-            AgentProgram::ProbeKvmGuest => "probe-kvm-guest",
-        }
+    /// A trimmed line of what `cmd` printed.
+    pub(crate) async fn line(&self, cmd: &Cmd) -> Result<String, SshError> {
+        Ok(self.exec(cmd).await?.stdout_str().trim().to_string())
+    }
+
+    /// What `cmd` printed, read as JSON of type `T`.
+    pub(crate) async fn json<T: serde::de::DeserializeOwned>(&self, cmd: &Cmd) -> Result<T, SshError> {
+        let out = self.exec(cmd).await?;
+        self.read_json(cmd, &out)
+    }
+
+    /// What `cmd` printed (`out`), read as JSON of type `T`.
+    pub(crate) fn read_json<T: serde::de::DeserializeOwned>(&self, cmd: &Cmd, out: &Output) -> Result<T, SshError> {
+        serde_json::from_slice(&out.stdout).map_err(|e| SshError::Unreadable {
+            host: self.target.name(),
+            cmd: cmd.shown().to_string(),
+            reason: format!("not the JSON expected: {e}"),
+            printed: out.stdout_str(),
+        })
     }
 }
 

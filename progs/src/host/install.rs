@@ -41,11 +41,10 @@ impl Prog for InstallAgent {
     type Output = Output;
 
     async fn run(cx: &mut Ctx<'_, Self>, _: Label) -> Step<Self> {
-        let host = Host::load(cx).await?;
-        let timeout = cx.time_left().min(Duration::from_secs(60));
+        let host = Host::load(cx).await?.limit(Duration::from_secs(60));
         let root = host.root().to_string();
         let want = agent::version();
-        let have = host.exec(&crate::cmd!("cat {}/agent/VERSION 2>/dev/null || true", root)?, timeout).await?.stdout_str();
+        let have = host.exec(&crate::cmd!("cat {}/agent/VERSION 2>/dev/null || true", root)?).await?.stdout_str();
         if have.trim() != want {
             let install = crate::cmd!(
                 "set -e; cd {}; rm -rf agent.new agent.old; mkdir -p agent.new; tar -x -C agent.new; \
@@ -53,21 +52,19 @@ impl Prog for InstallAgent {
                  if [ -d agent ]; then mv agent agent.old; fi; mv agent.new agent; rm -rf agent.old",
                 root
             )?;
-            host.exec_with_stdin(&install, agent::archive(), timeout).await?;
+            host.exec_with_stdin(&install, agent::archive()).await?;
         }
         let (binary, digest) = tunnel::local()?;
-        let have = host.exec(&crate::cmd!("cat {}/tunnel/SHA256 2>/dev/null || true", root)?, timeout).await?.stdout_str();
+        let have = host.exec(&crate::cmd!("cat {}/tunnel/SHA256 2>/dev/null || true", root)?).await?.stdout_str();
         if have.trim() != digest {
             let install = crate::cmd!(
-                "set -e; mkdir -p {}/tunnel; cd {}/tunnel; cat > skein-tunnel.new; \
-                 printf '%s  skein-tunnel.new\\n' {} | sha256sum -c --quiet; \
-                 chmod 0755 skein-tunnel.new; mv -f skein-tunnel.new skein-tunnel; printf '%s\\n' {} > SHA256",
-                root,
-                root,
-                digest,
-                digest
+                "set -e; mkdir -p {root}/tunnel; cd {root}/tunnel; cat > skein-tunnel.new; \
+                 printf '%s  skein-tunnel.new\\n' {digest} | sha256sum -c --quiet; \
+                 chmod 0755 skein-tunnel.new; mv -f skein-tunnel.new skein-tunnel; printf '%s\\n' {digest} > SHA256",
+                root = root,
+                digest = digest
             )?;
-            host.exec_with_stdin(&install, binary.clone(), timeout).await?;
+            host.exec_with_stdin(&install, binary.clone()).await?;
         }
         vm_host::set_agent_version(cx.tx.conn().await?, host.row.id, &want).await?;
         pop(Output { agent_version: want, tunnel_sha256: digest.clone() })

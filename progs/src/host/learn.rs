@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use skein_engine::prelude::*;
 
-use super::conn::{AgentProgram, Host};
+use super::conn::Host;
 
 pub const FACTS: &[&str] = &["cpu", "memory", "storage", "os", "kvm"];
 
@@ -82,14 +82,12 @@ impl Prog for Learn {
 
     async fn run(cx: &mut Ctx<'_, Self>, _: Label) -> Step<Self> {
         anyhow::ensure!(FACTS.contains(&cx.frame.what.as_str()), "no such fact to learn: {:?}", cx.frame.what);
-        let host = Host::load(cx).await?;
         // The KVM probe starts qemu; give it longer than the others.
         let limit = if cx.frame.what == "kvm" { 30 } else { 10 };
-        let out = host.agent(AgentProgram::Learn, &[&cx.frame.what], cx.time_left().min(Duration::from_secs(limit))).await?;
-        let facts: Value = serde_json::from_slice(&out.stdout)
-            .map_err(|e| anyhow::anyhow!("learn {} printed no JSON ({e}): {}", cx.frame.what, out.stdout_str()))?;
-        let learned: Output = serde_json::from_value(json!({ "what": cx.frame.what, "facts": facts }))
-            .map_err(|e| anyhow::anyhow!("learn {} printed facts that do not fit ({e}): {}", cx.frame.what, out.stdout_str()))?;
+        let host = Host::load(cx).await?.limit(Duration::from_secs(limit));
+        let facts = host.learn(&cx.frame.what).await?;
+        let learned: Output = serde_json::from_value(json!({ "what": cx.frame.what, "facts": facts.clone() }))
+            .map_err(|e| anyhow::anyhow!("learn {} printed facts that do not fit ({e}): {facts}", cx.frame.what))?;
         pop(learned)
     }
 }

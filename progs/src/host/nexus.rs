@@ -1,20 +1,33 @@
 //! `Vm::HostNexus`: a host's life, from first contact to accepting VMs, and
 //! its health ever after.
 //!
-//! Start pins the host key (trust on first use) -> TakeOver authorizes a
-//! generated key and switches to it -> InstallAgent (a sub-prog) ships the
-//! host agent -> Learn buds one child per fact and WaitLearn reaps them into
-//! the host row -> PrepImage builds the guest boot image through the
-//! daemonizer -> ProbeKvm decides, by booting that image, whether VMs may
-//! use KVM -> Wait: accepting, with a checkup every `checkup_secs`
-//! (or when `checkup` is set); `reboot` reboots it and waits for a new boot
-//! id (paging if it is not back in ten minutes). A host that misses `unreachable_after`
-//! checkups in a row is marked unreachable and paged; it returns to accepting
-//! when it answers again. Each time it becomes accepting, the VMs waiting
-//! for a host with room are woken (`capacity::wake_waiting`). `drain` stops
-//! new VMs from being placed on it (its VMs keep running): it is 'draining'
-//! from then on, and stays so when it comes back from unreachable or is
-//! prepared again. `destroy` retires the host.
+//! ```text
+//! Start -> TakeOver -> InstallAgent -> Learn -> WaitLearn -> PrepImage -> ProbeKvm -> Wait
+//! Wait -> Wait (checkup) | Unreachable | InstallAgent (agent drift) | Drain | Reboot -> WaitReboot -> Wait
+//! Unreachable -> Unreachable | Wait (answers again) | InstallAgent (answers, agent drifted) | Drain
+//! any -> Destroy (the `destroy` semaphore)
+//! ```
+//!
+//! Start pins the host key (trust on first use); TakeOver authorizes a
+//! generated key and switches to it; InstallAgent (a sub-prog) ships the
+//! host agent; Learn buds one child per fact and WaitLearn reaps them into
+//! the host row; PrepImage builds the guest boot image through the
+//! daemonizer; ProbeKvm decides, by booting that image, whether VMs may use
+//! KVM. Then the host accepts VMs (each time it does, the VMs waiting for a
+//! host with room are woken: `capacity::wake_waiting`).
+//!
+//! Wait: every wake-up is a checkup (each `checkup_secs`, or sooner when the
+//! `checkup` semaphore is set). A host that misses `unreachable_after`
+//! checkups in a row is marked unreachable, its VMs unavailable, and paged;
+//! Unreachable asks it at every wake-up, and when it answers, reconciles its
+//! VMs and returns to Wait. A changed host key is refused and paged.
+//! `reboot` reboots it and waits for a new boot id (paging if it is not back
+//! in ten minutes). `drain` stops new VMs from being placed on it (its VMs
+//! keep running): it is 'draining' from then on, and stays so when it comes
+//! back from unreachable or is prepared again. `destroy` retires the host.
+//!
+//! The house rule shows here: helpers return facts (what the host
+//! answered), labels decide the flow.
 
 use std::time::Duration;
 
@@ -22,16 +35,17 @@ use skein_engine::prelude::*;
 use skein_models::vm_host::HostState;
 use skein_models::{capacity, event, sshable, vm, vm_host, Ubid};
 
-use super::conn::{AgentProgram, Host, SSH_LIMIT};
+use super::conn::Host;
 use super::daemon::{self, Progress};
+use super::programs::AgentProgram;
 use super::{agent, install, learn};
 use crate::ssh::keys::{self, SecretKey};
-use crate::ssh::{Cmd, SshError, SshPool, Target};
+use crate::ssh::SshError;
 
 pub struct HostNexus;
 
 labels! {
-    pub enum Label for HostNexus { Start, TakeOver, InstallAgent, Learn, WaitLearn, PrepImage, ProbeKvm, Wait, Reboot, WaitReboot, Destroy }
+    pub enum Label for HostNexus { Start, TakeOver, InstallAgent, Learn, WaitLearn, PrepImage, ProbeKvm, Wait, Unreachable, Drain, Reboot, WaitReboot, Destroy }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -112,9 +126,9 @@ impl Prog for HostNexus {
             Label::WaitLearn => wait_learn(cx).await,
             Label::PrepImage => prep_image(cx).await,
             Label::ProbeKvm => probe_kvm(cx).await,
-            Label::Wait if cx.take(Sem::Drain) => drain(cx).await,
-            Label::Wait if cx.take(Sem::Reboot) => hop(Label::Reboot),
-            Label::Wait => checkup(cx).await,
+            Label::Wait => wait(cx).await,
+            Label::Unreachable => unreachable(cx).await,
+            Label::Drain => drain(cx).await,
             Label::Reboot => reboot(cx).await,
             Label::WaitReboot => wait_reboot(cx).await,
             Label::Destroy => destroy(cx).await,
@@ -127,10 +141,7 @@ async fn start(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
     let host = Host::load(cx).await?;
     let presented = match host.sshable.host_key {
         Some(_) => None,
-        None => {
-            let ssh = cx.resource::<SshPool>()?;
-            Some(ssh.host_key(&host.sshable.host, host.sshable.port as u16, cx.time_left().min(SSH_LIMIT)).await?)
-        }
+        None => Some(host.presented_key().await?),
     };
     let conn = cx.tx.conn().await?;
     vm_host::set_state(conn, host.row.id, HostState::Preparing).await?;
@@ -145,21 +156,14 @@ async fn start(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
 async fn take_over(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
     let host = Host::load(cx).await?;
     let pair = keys::generate()?;
-    let timeout = cx.time_left().min(SSH_LIMIT);
-    let keys_file = format!("{}/ssh/authorized_keys", host.root());
     let authorize = crate::cmd!(
-        "mkdir -p {}/ssh && touch {} && chmod 600 {} && (grep -qxF {} {} || printf '%s\\n' {} >> {})",
-        host.root(),
-        keys_file,
-        keys_file,
-        pair.public,
-        keys_file,
-        pair.public,
-        keys_file
+        "mkdir -p {root}/ssh && touch {keys} && chmod 600 {keys} && (grep -qxF {key} {keys} || printf '%s\\n' {key} >> {keys})",
+        root = host.root(),
+        keys = format!("{}/ssh/authorized_keys", host.root()),
+        key = pair.public
     )?;
-    host.exec(&authorize, timeout).await?;
-    let next = Target { private_key: pair.private.clone(), ..host.target.clone() };
-    cx.resource::<SshPool>()?.exec(&next, &crate::cmd!("true")?, None, timeout).await?;
+    host.exec(&authorize).await?;
+    host.exec_with_key(&pair.private, &crate::cmd!("true")?).await?;
     let sealed = cx.resource::<SecretKey>()?.seal(host.sshable.id.as_bytes(), pair.private.as_bytes());
     let conn = cx.tx.conn().await?;
     sshable::set_next_key(conn, host.sshable.id, Some(&sealed)).await?;
@@ -167,7 +171,8 @@ async fn take_over(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
     hop(Label::InstallAgent)
 }
 
-/// Gather the children's facts into the host row.
+/// Gather the children's facts into the host row (as each one exits), then
+/// build the image once all have.
 async fn wait_learn(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
     let mut reaped = cx.reap::<learn::Learn>().await?;
     let mut facts = vm_host::Facts::default();
@@ -197,32 +202,32 @@ async fn wait_learn(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
     }
     let id = cx.subject_id().uuid();
     vm_host::record_facts(cx.tx.conn().await?, id, &facts).await?;
-    if reaped.running > 0 {
-        return reaped.hop_when_done(Label::Wait);
-    }
-    hop(Label::PrepImage)
+    reaped.hop_when_done(Label::PrepImage)
+}
+
+fn image_page(host: &Host) -> String {
+    format!("host-image:{}", host.id())
 }
 
 /// Build the guest boot image on the host (detached: it takes minutes the
-/// first time), then accept VMs.
+/// first time), then probe KVM with it.
 async fn prep_image(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
     let host = Host::load(cx).await?;
-    let timeout = cx.time_left().min(SSH_LIMIT);
-    match daemon::drive(&host, "guest-image", "build-guest-image", timeout).await? {
+    match daemon::drive(&host, "guest-image", AgentProgram::BuildGuestImage).await? {
         Progress::Running => nap(5),
         Progress::Retrying => {
             cx.frame.image_failures += 1;
             if cx.frame.image_failures >= 3 {
-                let log = host.agent(AgentProgram::Daemonizer, &["logs", "guest-image"], timeout).await.map(|o| o.stdout_str());
+                let log = host.run_logs("guest-image").await.unwrap_or_default();
                 let summary = format!("host {} cannot build the guest image ({} failures)", host.row.name, cx.frame.image_failures);
-                cx.raise_page(&format!("host-image:{}", host.id()), &summary, &json!({"log": log.unwrap_or_default()})).await?;
+                cx.raise_page(&image_page(&host), &summary, &json!({ "log": log })).await?;
             }
             nap(10)
         }
         Progress::Done => {
-            let version = host.exec(&crate::cmd!("cat {}/images/guest/VERSION", host.root())?, timeout).await?.stdout_str();
-            vm_host::set_image_version(cx.tx.conn().await?, host.row.id, version.trim()).await?;
-            cx.resolve_page(&format!("host-image:{}", host.id())).await?;
+            let version = host.line(&crate::cmd!("cat {}/images/guest/VERSION", host.root())?).await?;
+            vm_host::set_image_version(cx.tx.conn().await?, host.row.id, &version).await?;
+            cx.resolve_page(&image_page(&host)).await?;
             hop(Label::ProbeKvm)
         }
     }
@@ -233,13 +238,10 @@ async fn prep_image(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
 /// leaves vm-run's marker and its answer on the host. Then accept VMs.
 async fn probe_kvm(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
     let host = Host::load(cx).await?;
-    let timeout = cx.time_left().min(SSH_LIMIT);
-    match daemon::drive(&host, "kvm-probe", "probe-kvm-guest", timeout).await? {
+    match daemon::drive(&host, "kvm-probe", AgentProgram::ProbeKvmGuest).await? {
         Progress::Running | Progress::Retrying => nap(2),
         Progress::Done => {
-            let answer = host.exec(&crate::cmd!("cat {}/kvm-probe.json", host.root())?, timeout).await?;
-            let kvm: Value = serde_json::from_slice(&answer.stdout)
-                .map_err(|e| anyhow::anyhow!("probe-kvm-guest left no JSON ({e}): {}", answer.stdout_str()))?;
+            let kvm: Value = host.json(&crate::cmd!("cat {}/kvm-probe.json", host.root())?).await?;
             let facts = vm_host::Facts {
                 kvm_usable: kvm["usable"].as_bool(),
                 kvm_reason: kvm["reason"].as_str().map(String::from),
@@ -260,7 +262,7 @@ async fn probe_kvm(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
 }
 
 /// The state of a prepared, reachable host: 'accepting', unless an operator
-/// drained it (or asked to, and the Wait label has not taken it yet).
+/// drained it (or asked to, and Wait has not taken the semaphore yet).
 fn open_state(cx: &Ctx<'_, HostNexus>) -> HostState {
     if cx.frame.draining || cx.is_set(Sem::Drain) {
         HostState::Draining
@@ -269,130 +271,150 @@ fn open_state(cx: &Ctx<'_, HostNexus>) -> HostState {
     }
 }
 
-/// Place no new VMs here; those on it keep running. An unreachable host
-/// stays 'unreachable' (that is what is true now) and comes back draining.
-async fn drain(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
-    if cx.frame.draining {
-        return hop(Label::Wait);
-    }
-    cx.frame.draining = true;
-    let subject = cx.subject_id();
-    let id = subject.uuid();
-    let conn = cx.tx.conn().await?;
-    let row = vm_host::get(conn, id).await?.ok_or_else(|| anyhow::anyhow!("host {subject} is gone"))?;
-    if row.state == HostState::Accepting {
-        vm_host::set_state(conn, id, HostState::Draining).await?;
-    }
-    event::record(conn, id, "draining", "system", &json!({"was": row.state})).await?;
-    hop(Label::Wait)
-}
+/// How long one checkup may wait for the host: a checkup is quick, or missed.
+const CHECKUP_LIMIT: Duration = Duration::from_secs(10);
 
-fn unreachable_tag(host: &Host) -> String {
-    format!("host-unreachable:{}", host.id())
-}
-
-/// What a checkup asks the host: its boot id, its agent's version, and (when
-/// it comes back from unreachable) the VM directories it has.
+/// What a checkup learned from the host.
 struct Checkup {
     boot: String,
     version: String,
-    listed: Option<Vec<String>>,
 }
 
-async fn ask_checkup(host: &Host, list_vms: Option<Cmd>, timeout: Duration) -> Result<Checkup, SshError> {
-    let boot = host.agent(AgentProgram::BootId, &[], timeout).await?.stdout_str().trim().to_string();
-    let version = host.agent(AgentProgram::AgentVersion, &[], timeout).await?.stdout_str().trim().to_string();
-    let listed = match list_vms {
-        Some(ls) => {
-            let out = host.exec(&ls, timeout).await?.stdout_str();
-            Some(out.lines().map(str::trim).filter(|n| !n.is_empty()).map(String::from).collect())
-        }
-        None => None,
-    };
-    Ok(Checkup { boot, version, listed })
+/// What came of asking the host: the expected failures (it does not answer,
+/// its key changed) are facts for the label; anything else fails the step.
+enum Answer<T> {
+    Answered(T),
+    Missed(SshError),
 }
 
-/// One checkup, then sleep until the next. Unreachability is expected and
-/// handled here; only the unexpected fails the step.
-async fn checkup(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
+fn answer<T>(result: Result<T, SshError>) -> anyhow::Result<Answer<T>> {
+    match result {
+        Ok(value) => Ok(Answer::Answered(value)),
+        Err(e) if e.is_unreachable() || matches!(e, SshError::HostKeyMismatch { .. }) => Ok(Answer::Missed(e)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Its boot id and its agent's version.
+async fn ask_checkup(host: &Host) -> Result<Checkup, SshError> {
+    Ok(Checkup { boot: host.boot_id().await?, version: host.agent_version().await? })
+}
+
+/// The VM directories on the host (under the agent root).
+async fn vm_dirs(host: &Host) -> Result<Vec<String>, SshError> {
+    let out = host.exec(&crate::cmd!("ls -1 {}/vms 2>/dev/null || true", host.root())?).await?.stdout_str();
+    Ok(out.lines().map(str::trim).filter(|n| !n.is_empty()).map(String::from).collect())
+}
+
+/// A changed host key is refused (the client will not log in) and paged: a
+/// reinstalled host is re-pinned by an operator, deliberately.
+async fn page_if_key_changed(cx: &mut Ctx<'_, HostNexus>, host: &Host, e: &SshError) -> anyhow::Result<()> {
+    if matches!(e, SshError::HostKeyMismatch { .. }) {
+        let details = json!({"host": host.id(), "error": e.to_string()});
+        cx.raise_page(&format!("host-key-mismatch:{}", host.id()), &format!("host {} presented another host key", host.row.name), &details)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Accepting VMs (or draining). Every wake-up is a checkup; the `checkup`
+/// semaphore only makes it sooner. A host that stops answering for
+/// `unreachable_after` checkups in a row is marked unreachable.
+async fn wait(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
+    if cx.take(Sem::Drain) {
+        return hop(Label::Drain);
+    }
+    if cx.take(Sem::Reboot) {
+        return hop(Label::Reboot);
+    }
     cx.take(Sem::Checkup);
-    let host = Host::load(cx).await?;
-    // Back from unreachable: also see which VMs it has.
-    let list_vms = match host.row.state {
-        HostState::Unreachable => Some(crate::cmd!("ls -1 {}/vms 2>/dev/null || true", host.root())?),
-        _ => None,
-    };
-    let answer = ask_checkup(&host, list_vms, cx.time_left().min(Duration::from_secs(10))).await;
-    let interval = cx.frame.checkup_secs;
-    match answer {
-        Ok(Checkup { boot, version, listed }) => {
+    let host = Host::load(cx).await?.limit(CHECKUP_LIMIT);
+    if host.row.state == HostState::Unreachable {
+        // Marked so by an older build that kept unreachable hosts in Wait.
+        return hop(Label::Unreachable);
+    }
+    let checkup = answer(ask_checkup(&host).await)?;
+    match checkup {
+        Answer::Answered(Checkup { boot, version }) => {
             if host.row.boot_id.as_deref().is_some_and(|b| b != boot) {
                 tracing::info!(host = %host.id(), "host rebooted since the last checkup");
             }
-            let open = open_state(cx);
-            let conn = cx.tx.conn().await?;
-            vm_host::checkup_ok(conn, host.row.id, &boot).await?;
-            // Back from unreachable (only then was it asked for its VMs).
-            if let Some(listed) = listed {
-                vm_host::set_state(conn, host.row.id, open).await?;
-                if open == HostState::Accepting {
-                    capacity::wake_waiting(conn).await?;
-                }
-                event::record(conn, host.row.id, "reachable-again", "system", &json!({})).await?;
-                // Reconcile its VMs with what actually runs there: each one's
-                // strand checks (alive: running again; gone: per desired state).
-                let vms = vm::on_host(conn, host.row.id).await?;
-                for vm in &vms {
-                    cx.incr(Ubid::from_uuid(*vm), crate::vm::nexus::Sem::Checkup).await?;
-                }
-                cx.resolve_page(&unreachable_tag(&host)).await?;
-                report_unknown_vms(cx, &host, &vms, &listed).await?;
-            }
+            vm_host::checkup_ok(cx.tx.conn().await?, host.row.id, &boot).await?;
             if version != agent::version() {
                 // Agent drift (an old agent, or someone changed it): reinstall.
                 return hop(Label::InstallAgent);
             }
-            nap(interval as f64)
+            nap(cx.frame.checkup_secs as f64)
         }
-        Err(e @ SshError::HostKeyMismatch { .. }) => {
-            let details = json!({"host": host.id(), "error": e.to_string()});
-            cx.raise_page(&format!("host-key-mismatch:{}", host.id()), &format!("host {} presented another host key", host.row.name), &details)
-                .await?;
-            missed(cx, &host, &e).await
+        Answer::Missed(e) => {
+            page_if_key_changed(cx, &host, &e).await?;
+            let misses = vm_host::checkup_missed(cx.tx.conn().await?, host.row.id).await?;
+            tracing::warn!(host = %host.id(), misses, error = %e, "checkup missed");
+            if misses < cx.frame.unreachable_after {
+                return nap(cx.frame.checkup_secs as f64);
+            }
+            became_unreachable(cx, &host, misses, &e).await?;
+            hop(Label::Unreachable)
         }
-        Err(e) if e.is_unreachable() => missed(cx, &host, &e).await,
-        Err(e) => Err(e.into()),
     }
 }
 
-/// Ask the host to reboot; remember its boot id to see when it is back.
-async fn reboot(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
-    let host = Host::load(cx).await?;
-    let timeout = cx.time_left().min(SSH_LIMIT);
-    let before = host.agent(AgentProgram::BootId, &[], timeout).await?.stdout_str().trim().to_string();
-    let said = host.agent(AgentProgram::RebootHost, &[], timeout).await?.stdout_str();
-    tracing::info!(host = %host.id(), answer = %said.trim(), "reboot requested");
-    cx.frame.boot_id_before_reboot = Some(before);
-    cx.register_deadline(Label::Wait, Duration::from_secs(600));
-    hop(Label::WaitReboot)
+fn unreachable_page(host: &Host) -> String {
+    format!("host-unreachable:{}", host.id())
 }
 
-/// Back when the host answers with a new boot id.
-async fn wait_reboot(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
-    let host = Host::load(cx).await?;
-    let answer = host.agent(AgentProgram::BootId, &[], cx.time_left().min(Duration::from_secs(10))).await;
-    match answer {
-        Ok(out) if Some(out.stdout_str().trim()) != cx.frame.boot_id_before_reboot.as_deref() => {
-            let conn = cx.tx.conn().await?;
-            vm_host::checkup_ok(conn, host.row.id, out.stdout_str().trim()).await?;
-            event::record(conn, host.row.id, "rebooted", "system", &json!({})).await?;
-            cx.frame.boot_id_before_reboot = None;
-            hop(Label::Wait)
-        }
-        Ok(_) => nap(2),
-        Err(e) if e.is_unreachable() => nap(2),
-        Err(e) => Err(e.into()),
+/// Say so: the host's state, its VMs (no longer known to run: not "running"),
+/// events, and a page.
+async fn became_unreachable(cx: &mut Ctx<'_, HostNexus>, host: &Host, misses: i32, e: &SshError) -> anyhow::Result<()> {
+    let conn = cx.tx.conn().await?;
+    vm_host::set_state(conn, host.row.id, HostState::Unreachable).await?;
+    event::record(conn, host.row.id, "unreachable", "system", &json!({"misses": misses})).await?;
+    for id in vm::mark_unavailable_on(conn, host.row.id).await? {
+        event::record(conn, id, "unavailable", "system", &json!({"host": host.id()})).await?;
     }
+    let summary = format!("host {} is unreachable: {misses} checkups missed in a row", host.row.name);
+    cx.raise_page(&unreachable_page(host), &summary, &json!({"host": host.id(), "error": e.to_string()})).await?;
+    Ok(())
+}
+
+/// The host does not answer. Each wake-up asks again; when it answers, its
+/// VMs are reconciled with what runs there and it accepts VMs again.
+/// `reboot` waits until it is back; `drain` is taken at once.
+async fn unreachable(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
+    if cx.take(Sem::Drain) {
+        return hop(Label::Drain);
+    }
+    cx.take(Sem::Checkup);
+    let host = Host::load(cx).await?.limit(CHECKUP_LIMIT);
+    let asked = async { Ok((ask_checkup(&host).await?, vm_dirs(&host).await?)) }.await;
+    let (Checkup { boot, version }, listed) = match answer(asked)? {
+        Answer::Answered(seen) => seen,
+        Answer::Missed(e) => {
+            page_if_key_changed(cx, &host, &e).await?;
+            tracing::debug!(host = %host.id(), error = %e, "still unreachable");
+            return nap(cx.frame.checkup_secs as f64);
+        }
+    };
+    let open = open_state(cx);
+    let conn = cx.tx.conn().await?;
+    vm_host::checkup_ok(conn, host.row.id, &boot).await?;
+    vm_host::set_state(conn, host.row.id, open).await?;
+    if open == HostState::Accepting {
+        capacity::wake_waiting(conn).await?;
+    }
+    event::record(conn, host.row.id, "reachable-again", "system", &json!({})).await?;
+    // Reconcile its VMs with what actually runs there: each one's strand
+    // checks (alive: running again; gone: per desired state).
+    let vms = vm::on_host(conn, host.row.id).await?;
+    for vm in &vms {
+        cx.incr(Ubid::from_uuid(*vm), crate::vm::nexus::Sem::Checkup).await?;
+    }
+    cx.resolve_page(&unreachable_page(&host)).await?;
+    report_unknown_vms(cx, &host, &vms, &listed).await?;
+    if version != agent::version() {
+        return hop(Label::InstallAgent);
+    }
+    hop(Label::Wait)
 }
 
 /// VMs found on the host that the control plane does not know (their
@@ -407,31 +429,65 @@ async fn report_unknown_vms(cx: &mut Ctx<'_, HostNexus>, host: &Host, known: &[u
     Ok(())
 }
 
-async fn missed(cx: &mut Ctx<'_, HostNexus>, host: &Host, e: &SshError) -> Step<HostNexus> {
-    let misses = vm_host::checkup_missed(cx.tx.conn().await?, host.row.id).await?;
-    tracing::warn!(host = %host.id(), misses, error = %e, "checkup missed");
-    if misses >= cx.frame.unreachable_after && host.row.state != HostState::Unreachable {
-        vm_host::set_state(cx.tx.conn().await?, host.row.id, HostState::Unreachable).await?;
-        event::record(cx.tx.conn().await?, host.row.id, "unreachable", "system", &json!({"misses": misses})).await?;
-        // Its VMs are not known to run any more: say so rather than "running".
-        for id in vm::mark_unavailable_on(cx.tx.conn().await?, host.row.id).await? {
-            event::record(cx.tx.conn().await?, id, "unavailable", "system", &json!({"host": host.id()})).await?;
+/// Place no new VMs here; those on it keep running. An unreachable host
+/// stays 'unreachable' (that is what is true now) and comes back draining.
+async fn drain(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
+    let subject = cx.subject_id();
+    let id = subject.uuid();
+    let was_draining = std::mem::replace(&mut cx.frame.draining, true);
+    let conn = cx.tx.conn().await?;
+    let row = vm_host::get(conn, id).await?.ok_or_else(|| anyhow::anyhow!("host {subject} is gone"))?;
+    if !was_draining {
+        if row.state == HostState::Accepting {
+            vm_host::set_state(conn, id, HostState::Draining).await?;
         }
-        let summary = format!("host {} is unreachable: {misses} checkups missed in a row", host.row.name);
-        cx.raise_page(&unreachable_tag(host), &summary, &json!({"host": host.id(), "error": e.to_string()})).await?;
+        event::record(conn, id, "draining", "system", &json!({"was": row.state})).await?;
     }
-    nap(cx.frame.checkup_secs as f64)
+    match row.state {
+        HostState::Unreachable => hop(Label::Unreachable),
+        _ => hop(Label::Wait),
+    }
+}
+
+/// Ask the host to reboot; remember its boot id to see when it is back.
+async fn reboot(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
+    let host = Host::load(cx).await?;
+    let before = host.boot_id().await?;
+    let said = host.reboot_host().await?;
+    tracing::info!(host = %host.id(), answer = %said, "reboot requested");
+    cx.frame.boot_id_before_reboot = Some(before);
+    cx.register_deadline(Label::Wait, Duration::from_secs(600));
+    hop(Label::WaitReboot)
+}
+
+/// Back when the host answers with a new boot id.
+async fn wait_reboot(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
+    let host = Host::load(cx).await?.limit(CHECKUP_LIMIT);
+    let boot = match answer(host.boot_id().await)? {
+        Answer::Answered(boot) if Some(boot.as_str()) != cx.frame.boot_id_before_reboot.as_deref() => boot,
+        Answer::Answered(_) => return nap(2),
+        Answer::Missed(e) => {
+            page_if_key_changed(cx, &host, &e).await?;
+            return nap(2);
+        }
+    };
+    let conn = cx.tx.conn().await?;
+    vm_host::checkup_ok(conn, host.row.id, &boot).await?;
+    event::record(conn, host.row.id, "rebooted", "system", &json!({})).await?;
+    cx.frame.boot_id_before_reboot = None;
+    hop(Label::Wait)
 }
 
 /// Retire the host: remove the agent (if the host answers) and mark it destroyed.
 async fn destroy(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
     let host = Host::load(cx).await?;
-    let removed = host.exec(&crate::cmd!("rm -rf {}/agent {}/ssh", host.root(), host.root())?, cx.time_left().min(SSH_LIMIT)).await;
+    let removed = host.exec(&crate::cmd!("rm -rf {root}/agent {root}/ssh", root = host.root())?).await;
     if let Err(e) = &removed {
         tracing::warn!(host = %host.id(), error = %e, "could not clean the host while destroying it");
     }
-    vm_host::set_state(cx.tx.conn().await?, host.row.id, HostState::Destroyed).await?;
-    event::record(cx.tx.conn().await?, host.row.id, "destroyed", "system", &json!({"cleaned": removed.is_ok()})).await?;
-    cx.resolve_page(&unreachable_tag(&host)).await?;
+    let conn = cx.tx.conn().await?;
+    vm_host::set_state(conn, host.row.id, HostState::Destroyed).await?;
+    event::record(conn, host.row.id, "destroyed", "system", &json!({"cleaned": removed.is_ok()})).await?;
+    cx.resolve_page(&unreachable_page(&host)).await?;
     pop(Destroyed { msg: "host destroyed".into(), cleaned: removed.is_ok() })
 }

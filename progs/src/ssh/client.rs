@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::cmd::Cmd;
 use super::metrics;
+use super::shell::Shell;
 
 /// Where and as whom to connect, with the host key pinned (or not yet).
 #[derive(Clone)]
@@ -35,12 +36,12 @@ impl std::fmt::Debug for Target {
 }
 
 impl Target {
-    fn name(&self) -> String {
+    pub fn name(&self) -> String {
         format!("{}@{}:{}", self.user, self.host, self.port)
     }
 
     /// The `host` label of its metrics: one per host, whoever logs in.
-    fn label(&self) -> String {
+    pub fn label(&self) -> String {
         format!("{}:{}", self.host, self.port)
     }
 }
@@ -72,6 +73,12 @@ pub enum SshError {
     Exit { host: String, cmd: String, status: i32, stdout: String, stderr: String },
     #[error("`{cmd}` on {host} failed mid-way: {reason}")]
     Session { host: String, cmd: String, reason: String },
+    /// The host answered, but not in the shape its program promises.
+    #[error("`{cmd}` on {host} printed what cannot be read ({reason}): {printed}")]
+    Unreadable { host: String, cmd: String, reason: String, printed: String },
+    /// A command could not be built (a parameter held a NUL byte).
+    #[error(transparent)]
+    Command(#[from] super::cmd::CmdError),
     /// A label's mistake, caught in debug and test builds: it called a host
     /// while holding the database (see `skein_engine::remote`).
     #[error(transparent)]
@@ -148,20 +155,7 @@ impl SshPool {
     /// Run `cmd` with `stdin`, within `timeout`. A non-zero exit is an error
     /// ([`SshError::Exit`]) carrying what the command printed.
     pub async fn exec(&self, t: &Target, cmd: &Cmd, stdin: Option<Vec<u8>>, timeout: Duration) -> Result<Output, SshError> {
-        let out = self.run(t, cmd, stdin, timeout).await?;
-        if out.status != 0 {
-            let e = SshError::Exit {
-                host: t.name(),
-                cmd: cmd.shown().to_string(),
-                status: out.status,
-                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            };
-            // `run` timed the call; a command that ran and failed is counted here.
-            metrics::failure(&t.label(), &e);
-            return Err(e);
-        }
-        Ok(out)
+        Shell::exec(self, t, cmd, stdin, timeout).await
     }
 
     /// Run `cmd` and return its output whatever its exit status.
@@ -198,6 +192,17 @@ impl SshPool {
         .await;
         metrics::observe(&label, started, &result);
         result
+    }
+}
+
+#[async_trait::async_trait]
+impl Shell for SshPool {
+    async fn host_key(&self, host: &str, port: u16, timeout: Duration) -> Result<String, SshError> {
+        SshPool::host_key(self, host, port, timeout).await
+    }
+
+    async fn run(&self, t: &Target, cmd: &Cmd, stdin: Option<Vec<u8>>, timeout: Duration) -> Result<Output, SshError> {
+        SshPool::run(self, t, cmd, stdin, timeout).await
     }
 }
 

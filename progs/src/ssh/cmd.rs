@@ -29,12 +29,31 @@
 //! ```compile_fail
 //! let _ = skein_progs::cmd!("cp {} {}", "only-one");
 //! ```
+//!
+//! Where a template repeats a parameter, name it: `{name}` placeholders
+//! (lowercase, not after a `$`, so a shell's `${VAR}` stays the shell's)
+//! are filled by `name = value` parameters, each quoted the same way.
+//!
+//! ```
+//! let c = skein_progs::cmd!("SKEIN_ROOT={root} {root}/agent/bin/boot-id", root = "/srv/a b").unwrap();
+//! assert_eq!(c.as_bytes(), b"SKEIN_ROOT='/srv/a b' '/srv/a b'/agent/bin/boot-id");
+//! ```
+//!
+//! A name the template lacks, or a placeholder no parameter fills, does not compile:
+//!
+//! ```compile_fail
+//! let _ = skein_progs::cmd!("ls {dir}", path = "/tmp");
+//! ```
+//!
+//! A command takes more words, each quoted, with [`Cmd::arg`]: how a
+//! program with a variable number of arguments is called.
 
 use std::borrow::Cow;
 use std::fmt;
 
-/// Something that can stand as one shell word.
-pub trait ShellArg {
+/// Something that can stand as one shell word (`Sync`, so a command's
+/// parameters may be held across an `.await`).
+pub trait ShellArg: Sync {
     fn shell_bytes(&self) -> Cow<'_, [u8]>;
     /// Whether to hide the value when the command is shown or logged.
     fn is_secret(&self) -> bool {
@@ -134,28 +153,67 @@ impl Cmd {
     /// Fill `template`'s `{}`s with quoted `args`. Use the [`cmd!`](crate::cmd) macro,
     /// which checks the count at compile time.
     pub fn template(template: &'static str, args: &[&dyn ShellArg]) -> Result<Cmd, CmdError> {
-        let mut line = Vec::with_capacity(template.len() + 16 * args.len());
-        let mut shown = String::with_capacity(template.len() + 16 * args.len());
+        let mut cmd = Cmd { line: Vec::with_capacity(template.len() + 16 * args.len()), shown: String::new() };
         let mut parts = template.split("{}");
-        let first = parts.next().unwrap_or_default();
-        line.extend_from_slice(first.as_bytes());
-        shown.push_str(first);
+        cmd.push_literal(parts.next().unwrap_or_default());
         for (index, (part, arg)) in parts.zip(args).enumerate() {
-            let bytes = arg.shell_bytes();
-            if bytes.contains(&0) {
-                return Err(CmdError::NulByte { template, index });
-            }
-            let quoted = quote(&bytes);
-            line.extend_from_slice(&quoted);
-            if arg.is_secret() {
-                shown.push_str("<redacted>");
-            } else {
-                shown.push_str(&String::from_utf8_lossy(&quoted));
-            }
-            line.extend_from_slice(part.as_bytes());
-            shown.push_str(part);
+            cmd.push_word(*arg, template, index)?;
+            cmd.push_literal(part);
         }
-        Ok(Cmd { line, shown })
+        Ok(cmd)
+    }
+
+    /// Fill `template`'s `{name}`s with quoted `args` by name. Use the
+    /// [`cmd!`](crate::cmd) macro, which checks the names at compile time.
+    pub fn template_named(template: &'static str, args: &[(&'static str, &dyn ShellArg)]) -> Result<Cmd, CmdError> {
+        let mut cmd = Cmd { line: Vec::with_capacity(template.len() + 16 * args.len()), shown: String::new() };
+        let b = template.as_bytes();
+        let (mut i, mut literal) = (0, 0);
+        while i < b.len() {
+            if let Some(len) = named_at(b, i) {
+                let name = &template[i + 1..i + 1 + len];
+                let (index, (_, arg)) = args
+                    .iter()
+                    .enumerate()
+                    .find(|(_, (n, _))| *n == name)
+                    .expect("cmd! checked at compile time that every placeholder has a parameter");
+                cmd.push_literal(&template[literal..i]);
+                cmd.push_word(*arg, template, index)?;
+                i += len + 2;
+                literal = i;
+            } else {
+                i += 1;
+            }
+        }
+        cmd.push_literal(&template[literal..]);
+        Ok(cmd)
+    }
+
+    /// This command with one more word, quoted: ` 'arg'`.
+    pub fn arg(mut self, arg: &dyn ShellArg) -> Result<Cmd, CmdError> {
+        self.push_literal(" ");
+        self.push_word(arg, "(an added argument)", 0)?;
+        Ok(self)
+    }
+
+    fn push_literal(&mut self, text: &str) {
+        self.line.extend_from_slice(text.as_bytes());
+        self.shown.push_str(text);
+    }
+
+    fn push_word(&mut self, arg: &dyn ShellArg, template: &'static str, index: usize) -> Result<(), CmdError> {
+        let bytes = arg.shell_bytes();
+        if bytes.contains(&0) {
+            return Err(CmdError::NulByte { template, index });
+        }
+        let quoted = quote(&bytes);
+        self.line.extend_from_slice(&quoted);
+        if arg.is_secret() {
+            self.shown.push_str("<redacted>");
+        } else {
+            self.shown.push_str(&String::from_utf8_lossy(&quoted));
+        }
+        Ok(())
     }
 
     /// What is sent to the remote shell.
@@ -213,6 +271,80 @@ pub const fn placeholders(template: &str) -> usize {
     n
 }
 
+/// The length of the name of a `{name}` placeholder starting at `i`: a
+/// lowercase name in braces, not after a `$` (that is the shell's `${VAR}`).
+const fn named_at(b: &[u8], i: usize) -> Option<usize> {
+    if b[i] != b'{' || (i > 0 && b[i - 1] == b'$') {
+        return None;
+    }
+    let mut j = i + 1;
+    while j < b.len() && (b[j].is_ascii_lowercase() || b[j] == b'_' || (j > i + 1 && b[j].is_ascii_digit())) {
+        j += 1;
+    }
+    if j > i + 1 && j < b.len() && b[j] == b'}' {
+        Some(j - i - 1)
+    } else {
+        None
+    }
+}
+
+const fn same(a: &[u8], a_from: usize, len: usize, b: &str) -> bool {
+    let b = b.as_bytes();
+    if b.len() != len {
+        return false;
+    }
+    let mut k = 0;
+    while k < len {
+        if a[a_from + k] != b[k] {
+            return false;
+        }
+        k += 1;
+    }
+    true
+}
+
+/// Whether a template's `{name}` placeholders and the given names agree:
+/// every placeholder has a parameter, every parameter is used, and there
+/// is no positional `{}` (for the compile-time check in `cmd!`).
+pub const fn names_agree(template: &str, names: &[&str]) -> bool {
+    if placeholders(template) != 0 {
+        return false;
+    }
+    let b = template.as_bytes();
+    let mut used = [false; 32];
+    if names.len() > used.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        if let Some(len) = named_at(b, i) {
+            let mut k = 0;
+            let mut found = false;
+            while k < names.len() {
+                if same(b, i + 1, len, names[k]) {
+                    used[k] = true;
+                    found = true;
+                }
+                k += 1;
+            }
+            if !found {
+                return false;
+            }
+            i += len + 2;
+        } else {
+            i += 1;
+        }
+    }
+    let mut k = 0;
+    while k < names.len() {
+        if !used[k] {
+            return false;
+        }
+        k += 1;
+    }
+    true
+}
+
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __count {
@@ -221,9 +353,18 @@ macro_rules! __count {
 }
 
 /// Build a [`Cmd`](crate::ssh::Cmd) from a literal template and quoted parameters:
-/// `cmd!("ls -l {}", path)?`. The template must be a string literal.
+/// `cmd!("ls -l {}", path)?`, or by name: `cmd!("cp {f} {f}.bak", f = path)?`.
+/// The template must be a string literal.
 #[macro_export]
 macro_rules! cmd {
+    ($template:literal $(, $name:ident = $arg:expr)+ $(,)?) => {{
+        const _: () = assert!(
+            $crate::ssh::cmd::names_agree($template, &[$(stringify!($name)),+]),
+            "cmd!: the template's {{name}} placeholders and the named parameters disagree (or it mixes in a positional {{}})"
+        );
+        let built = $crate::ssh::Cmd::template_named($template, &[$((stringify!($name), &$arg as &dyn $crate::ssh::ShellArg)),+]);
+        built
+    }};
     ($template:literal $(, $arg:expr)* $(,)?) => {{
         const _: () = assert!(
             $crate::ssh::cmd::placeholders($template) == $crate::__count!($($arg),*),
@@ -286,6 +427,25 @@ mod tests {
         assert_eq!(c.shown(), "login 'alice' <redacted>");
         assert!(!format!("{c} {c:?}").contains("hunter2"));
         assert_eq!(c.as_bytes(), b"login 'alice' 'hunter2'");
+    }
+
+    #[test]
+    fn named_placeholders_repeat_one_quoted_value_and_leave_the_shells_braces() {
+        let c = cmd!("d={dir}; mkdir -p {dir} && echo ${HOME} {x} >/dev/null && printf '%s\\n' {dir}", dir = "a'b c", x = 1u32).unwrap();
+        assert_eq!(words_via_sh(&c), b"a'b c\n");
+        assert!(c.shown().contains("${HOME}"), "{c:?}");
+        assert!(names_agree("{a} {b} {a}", &["a", "b"]));
+        assert!(!names_agree("{a}", &["a", "b"]), "an unused parameter");
+        assert!(!names_agree("{a} {c}", &["a"]), "an unfilled placeholder");
+        assert!(!names_agree("{a} {}", &["a"]), "mixed with positional");
+    }
+
+    #[test]
+    fn added_arguments_are_quoted_words() {
+        let c = cmd!("printf '%s\\n'").unwrap().arg(&"x; y").unwrap().arg(&Secret("s")).unwrap();
+        assert_eq!(words_via_sh(&c), b"x; y\ns\n");
+        assert_eq!(c.shown(), "printf '%s\\n' 'x; y' <redacted>");
+        assert!(cmd!("echo").unwrap().arg(&"a\0b").is_err());
     }
 
     #[test]

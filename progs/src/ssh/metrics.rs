@@ -11,14 +11,15 @@ pub const FAILURES: &str = "skein_ssh_call_failures_total";
 
 /// What went wrong, in a word. A changed host key is refused during
 /// authentication of the server, so it counts as `auth`; a call a label
-/// made while holding the database never reached the host: `other`.
+/// made while holding the database never reached the host: `other`
+/// (as does a command that could not be built, or an answer that could not be read).
 pub fn kind(e: &SshError) -> &'static str {
     match e {
         SshError::Connect { .. } => "connect",
         SshError::Timeout { .. } => "timeout",
         SshError::Auth { .. } | SshError::HostKeyMismatch { .. } => "auth",
         SshError::Exit { .. } => "exit_status",
-        SshError::Session { .. } | SshError::HeldDatabase(_) => "other",
+        SshError::Session { .. } | SshError::HeldDatabase(_) | SshError::Command(_) | SshError::Unreadable { .. } => "other",
     }
 }
 

@@ -27,9 +27,9 @@ use skein_models::vm_host::HostState;
 use skein_models::vm::{self, Vm};
 use skein_models::{capacity, event, Ubid};
 
-use crate::host::conn::{Host, SSH_LIMIT};
+use crate::host::daemon::RunState;
+use crate::host::{AgentProgram, Host, VmStatus};
 use crate::ssh::client::base64_encode;
-use crate::ssh::Cmd;
 
 use super::waiting;
 
@@ -155,7 +155,6 @@ async fn start(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
 async fn setup(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
     let vm = load(cx).await?;
     let host = host_of(cx, &vm).await?;
-    let (root, name) = (host.root().to_string(), unix_name(&vm));
     let key = base64_encode(vm.public_key.as_bytes());
     let subnet = match (vm.subnet_id, &vm.private_ip) {
         (Some(subnet), Some(ip)) => {
@@ -164,60 +163,38 @@ async fn setup(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
         }
         _ => None,
     };
-    let line = match subnet {
-        None => crate::cmd!("SKEIN_ROOT={} {}/agent/bin/vm-setup {} {} {} {}", root, root, name, vm.cores, vm.memory_mib, key)?,
-        Some((ip, mcast)) => crate::cmd!(
-            "SKEIN_ROOT={} {}/agent/bin/vm-setup {} {} {} {} {} {}",
-            root,
-            root,
-            name,
-            vm.cores,
-            vm.memory_mib,
-            key,
-            ip,
-            mcast
-        )?,
-    };
-    host.exec(&line, cx.time_left().min(SSH_LIMIT)).await?;
+    let private = subnet.as_ref().map(|(ip, mcast)| (ip.as_str(), mcast.as_str()));
+    host.vm_setup(&unix_name(&vm), vm.cores, vm.memory_mib, &key, private).await?;
     hop(Label::Launch)
 }
 
-fn daemonizer(root: &str, action: &str, name: &str) -> Result<Cmd, crate::ssh::CmdError> {
-    crate::cmd!("SKEIN_ROOT={} {}/agent/bin/daemonizer {} {}", root, root, action, format!("vm-{name}"))
+/// The daemonizer's name for the VM's qemu run.
+fn qemu_run(vm: &Vm) -> String {
+    format!("vm-{}", unix_name(vm))
 }
 
 /// Start qemu detached, unless it runs already.
 async fn launch(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
     let vm = load(cx).await?;
     let host = host_of(cx, &vm).await?;
-    let (root, name) = (host.root().to_string(), unix_name(&vm));
-    let timeout = cx.time_left().min(SSH_LIMIT);
-    let state = host.exec(&daemonizer(&root, "check", &name)?, timeout).await?.stdout_str();
-    let finished = state.trim();
-    if finished == "InProgress" {
+    let (run, name) = (qemu_run(&vm), unix_name(&vm));
+    let before = host.run_state(&run).await?;
+    if before == RunState::InProgress {
         return hop(Label::WaitBoot);
     }
     // A failed launch: fetch why, to say it where operators look.
-    let failed_log = match finished {
-        "Failed" => {
-            let log = host.exec(&daemonizer(&root, "logs", &name)?, timeout).await.map(|o| o.stdout_str()).unwrap_or_default();
+    let failed_log = match before {
+        RunState::Failed => {
+            let log = host.run_logs(&run).await.unwrap_or_default();
             Some(log.chars().rev().take(600).collect::<Vec<_>>().into_iter().rev().collect::<String>())
         }
         _ => None,
     };
-    if finished != "NotStarted" {
+    if before != RunState::NotStarted {
         // qemu exited (or was killed): forget that run before the next.
-        host.exec(&daemonizer(&root, "clean", &name)?, timeout).await?;
+        host.clean_run(&run).await?;
     }
-    let run = crate::cmd!(
-        "SKEIN_ROOT={} {}/agent/bin/daemonizer run {} {}/agent/bin/vm-run {}",
-        root,
-        root,
-        format!("vm-{name}"),
-        root,
-        name
-    )?;
-    host.exec(&run, timeout).await?;
+    host.start_run(&run, AgentProgram::VmRun, &[&name]).await?;
 
     if let Some(tail) = failed_log {
         cx.frame.launch_failures += 1;
@@ -228,16 +205,8 @@ async fn launch(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
         }
     }
     vm::set_state(cx.tx.conn().await?, vm.id, VmState::Starting).await?;
-    happened(cx, &vm, "launched", json!({"after": finished})).await?;
+    happened(cx, &vm, "launched", json!({"after": format!("{before:?}")})).await?;
     nap(1)
-}
-
-/// What the host says about the VM right now.
-async fn status(cx: &Ctx<'_, Nexus>, host: &Host, vm: &Vm) -> anyhow::Result<Value> {
-    let root = host.root();
-    let line = crate::cmd!("SKEIN_ROOT={} {}/agent/bin/vm-status {}", root, root, unix_name(vm))?;
-    let out = host.exec(&line, cx.time_left().min(SSH_LIMIT)).await?;
-    Ok(serde_json::from_slice(&out.stdout)?)
 }
 
 /// Wait until the guest's SSH answers through the host.
@@ -246,11 +215,11 @@ async fn wait_boot(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
     let vm = load(cx).await?;
     let host = host_of(cx, &vm).await?;
     // Ask the host, holding nothing.
-    let now = status(cx, &host, &vm).await?;
-    if now["running"] != json!(true) {
+    let now = host.vm_status(&unix_name(&vm)).await?;
+    if !now.running {
         return hop(Label::Launch);
     }
-    if now["ssh_ready"] != json!(true) {
+    if !now.ssh_ready {
         return nap(1);
     }
     // Write, at the end: commits with the hop, or not at all.
@@ -259,29 +228,21 @@ async fn wait_boot(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
     learned_ssh(conn, &host, &vm, &now).await?;
     cx.frame.launch_failures = 0;
     cx.resolve_page(&format!("vm-launch:{}", Ubid::from_uuid(vm.id))).await?;
-    happened(cx, &vm, "running", json!({"ssh_port": now["ssh_port"]})).await?;
+    happened(cx, &vm, "running", json!({"ssh_port": now.ssh_port})).await?;
     hop(Label::Running)
 }
 
 /// The user the owner's key lets in on the guest.
 pub const GUEST_USER: &str = "root";
 
-/// Where the owner reaches the guest, as its host just said (`status`):
+/// Where the owner reaches the guest, as its host just said (`vm-status`):
 /// the port its host forwards, on the host's own SSH address. Recorded only
 /// when the guest's SSH answered, so what is shown was true when it was seen.
-async fn learned_ssh(conn: &mut sqlx::PgConnection, host: &Host, vm: &Vm, now: &Value) -> anyhow::Result<()> {
-    if let Some(port) = ssh_port_answering(now) {
-        vm::set_ssh(conn, vm.id, &host.sshable.host, port, GUEST_USER).await?;
+async fn learned_ssh(conn: &mut sqlx::PgConnection, host: &Host, vm: &Vm, now: &VmStatus) -> anyhow::Result<()> {
+    if let Some(port) = now.ssh_answering() {
+        vm::set_ssh(conn, vm.id, &host.sshable.host, port.into(), GUEST_USER).await?;
     }
     Ok(())
-}
-
-/// The guest's forwarded SSH port, if its SSH answered just now.
-fn ssh_port_answering(now: &Value) -> Option<i32> {
-    if now["ssh_ready"] != json!(true) {
-        return None;
-    }
-    now["ssh_port"].as_i64().and_then(|p| i32::try_from(p).ok())
 }
 
 /// How old the shown endpoint may grow before a checkup that finds it
@@ -291,8 +252,8 @@ const SSH_SEEN_REFRESH: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
 
 /// Whether a checkup has news for the owner: the endpoint moved, or what is
 /// shown was seen longer ago than `SSH_SEEN_REFRESH`.
-fn ssh_news(host: &Host, vm: &Vm, now: &Value) -> bool {
-    let Some(port) = ssh_port_answering(now) else { return false };
+fn ssh_news(host: &Host, vm: &Vm, now: &VmStatus) -> bool {
+    let Some(port) = now.ssh_answering().map(i32::from) else { return false };
     match vm.ssh() {
         Some(shown) => {
             shown.host != host.sshable.host || shown.port != port || chrono::Utc::now() - shown.seen_at > SSH_SEEN_REFRESH
@@ -302,11 +263,9 @@ fn ssh_news(host: &Host, vm: &Vm, now: &Value) -> bool {
 }
 
 /// Stop qemu and forget its run, keeping user, directory and disk.
-async fn stop_qemu(cx: &Ctx<'_, Nexus>, host: &Host, vm: &Vm) -> anyhow::Result<()> {
-    let (root, name) = (host.root().to_string(), unix_name(vm));
-    let timeout = cx.time_left().min(SSH_LIMIT);
-    host.exec(&crate::cmd!("SKEIN_ROOT={} {}/agent/bin/vm-stop {}", root, root, name)?, timeout).await?;
-    let _ = host.exec(&daemonizer(&root, "clean", &name)?, timeout).await;
+async fn stop_qemu(host: &Host, vm: &Vm) -> anyhow::Result<()> {
+    host.vm_stop(&unix_name(vm)).await?;
+    let _ = host.clean_run(&qemu_run(vm)).await;
     Ok(())
 }
 
@@ -316,7 +275,7 @@ async fn running(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
     let vm = load(cx).await?;
     let host = host_of(cx, &vm).await?;
     if cx.take(Sem::Stop) {
-        stop_qemu(cx, &host, &vm).await?;
+        stop_qemu(&host, &vm).await?;
         let conn = cx.tx.conn().await?;
         vm::set_desired(conn, vm.id, DesiredState::Stopped).await?;
         vm::set_state(conn, vm.id, VmState::Stopped).await?;
@@ -324,7 +283,7 @@ async fn running(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
         return hop(Label::Stopped);
     }
     if cx.take(Sem::Restart) {
-        stop_qemu(cx, &host, &vm).await?;
+        stop_qemu(&host, &vm).await?;
         vm::set_state(cx.tx.conn().await?, vm.id, VmState::Starting).await?;
         happened(cx, &vm, "restarting", json!({})).await?;
         return hop(Label::Launch);
@@ -334,14 +293,13 @@ async fn running(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
         // again when it answers; until then there is nothing to ask.
         return nap(cx.frame.checkup_secs as f64);
     }
-    let now = status(cx, &host, &vm).await?;
-    let alive = now["running"] == json!(true);
+    let now = host.vm_status(&unix_name(&vm)).await?;
+    let alive = now.running;
     if !alive && vm.desired_state == DesiredState::Running {
         tracing::warn!(vm = %Ubid::from_uuid(vm.id), "qemu is gone; starting the VM again");
         // Its run ended with it; forget it here, where the death is known, so
         // Launch does not take it for a failed launch.
-        let (root, name) = (host.root().to_string(), unix_name(&vm));
-        let _ = host.exec(&daemonizer(&root, "clean", &name)?, cx.time_left().min(SSH_LIMIT)).await;
+        let _ = host.clean_run(&qemu_run(&vm)).await;
         cx.frame.restarts += 1;
         vm::set_state(cx.tx.conn().await?, vm.id, VmState::Starting).await?;
         happened(cx, &vm, "qemu-died", json!({"restarts": cx.frame.restarts})).await?;
@@ -384,11 +342,9 @@ async fn remove(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
     let vm = load(cx).await?;
     if vm.host_id.is_some() {
         let host = host_of(cx, &vm).await?;
-        let (root, name) = (host.root().to_string(), unix_name(&vm));
-        let timeout = cx.time_left().min(SSH_LIMIT);
-        host.exec(&crate::cmd!("SKEIN_ROOT={} {}/agent/bin/vm-remove {}", root, root, name)?, timeout).await?;
+        host.vm_remove(&unix_name(&vm)).await?;
         // The run is over (its qemu is gone): forget it; it may never have started.
-        let _ = host.exec(&daemonizer(&root, "clean", &name)?, timeout).await;
+        let _ = host.clean_run(&qemu_run(&vm)).await;
     }
     let conn = cx.tx.conn().await?;
     if let Some(host_id) = vm.host_id {
