@@ -313,8 +313,11 @@ async fn checkup(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
     let interval = cx.frame.checkup_secs;
     match answer {
         Ok(Checkup { boot, version, listed }) => {
-            if host.row.boot_id.as_deref().is_some_and(|b| b != boot) {
+            let rebooted = host.row.boot_id.as_deref().is_some_and(|b| b != boot);
+            if rebooted {
                 tracing::info!(host = %host.id(), "host rebooted since the last checkup");
+                // Its taps, segments and tunnels went with the boot.
+                crate::vnet::host_rebooted(cx, host.row.id).await?;
             }
             let open = open_state(cx);
             let conn = cx.tx.conn().await?;
@@ -374,6 +377,7 @@ async fn wait_reboot(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
             vm_host::checkup_ok(conn, host.row.id, out.stdout_str().trim()).await?;
             event::record(conn, host.row.id, "rebooted", "system", &json!({})).await?;
             cx.frame.boot_id_before_reboot = None;
+            crate::vnet::host_rebooted(cx, host.row.id).await?;
             hop(Label::Wait)
         }
         Ok(_) => nap(2),
@@ -413,11 +417,16 @@ async fn missed(cx: &mut Ctx<'_, HostNexus>, host: &Host, e: &SshError) -> Step<
 /// Retire the host: remove the agent (if the host answers) and mark it destroyed.
 async fn destroy(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
     let host = Host::load(cx).await?;
+    // Its private networking first, while its agent is there to remove it.
+    if let Err(e) = crate::vnet::teardown(cx, &host).await {
+        tracing::warn!(host = %host.id(), error = %e, "could not tear down the host's private networks while destroying it");
+    }
     let removed = host.exec(&crate::cmd!("rm -rf {}/agent {}/ssh", host.root(), host.root())?, cx.time_left().min(SSH_LIMIT)).await;
     if let Err(e) = &removed {
         tracing::warn!(host = %host.id(), error = %e, "could not clean the host while destroying it");
     }
     vm_host::set_state(cx.tx.conn().await?, host.row.id, "destroyed").await?;
+    crate::vnet::host_destroyed(cx, host.row.id).await?;
     event::record(cx.tx.conn().await?, host.row.id, "destroyed", "system", &json!({"cleaned": removed.is_ok()})).await?;
     cx.resolve_page(&unreachable_tag(&host)).await?;
     pop(json!({ "msg": "host destroyed", "cleaned": removed.is_ok() }))
