@@ -122,26 +122,29 @@ fn parse_status(out: &Output) -> anyhow::Result<Value> {
 }
 
 /// The facts the host's desired state is computed from, read on one
-/// connection given back before this returns. Private keys are opened here.
+/// connection given back before this returns.
 pub async fn load_facts<P: Prog>(cx: &Ctx<'_, P>, host: &Host) -> anyhow::Result<Facts> {
     let secret = cx.resource::<SecretKey>()?.clone();
-    let id = host.row.id;
-    let mut db = cx.read().await?;
-    let nics = network::nics_on(&mut db, id).await?;
-    let pairs = network::peer_subnets(&mut db, id).await?;
+    read_facts(&mut *cx.read().await?, &secret, host.row.id, underlay_of(host)).await
+}
+
+/// The facts of host `id` (whose tunnels listen on `underlay`). Its
+/// private keys are opened here.
+pub async fn read_facts(db: &mut sqlx::PgConnection, secret: &SecretKey, id: uuid::Uuid, underlay: String) -> anyhow::Result<Facts> {
+    let nics = network::nics_on(db, id).await?;
+    let pairs = network::peer_subnets(db, id).await?;
     let mut peer_ids: Vec<uuid::Uuid> = pairs.iter().map(|(h, _)| *h).collect();
     peer_ids.dedup();
-    let endpoints = network::endpoints(&mut db, &peer_ids).await?;
+    let endpoints = network::endpoints(db, &peer_ids).await?;
     let mut all = peer_ids.clone();
     all.push(id);
-    let keys = network::keys_of(&mut db, &all).await?;
-    drop(db);
+    let keys = network::keys_of(db, &all).await?;
 
     let mut own = Vec::new();
     for k in keys.iter().filter(|k| k.host_id == id) {
         own.push(OwnKey {
             gen: k.gen,
-            private_key: super::keys::open(&secret, k)?,
+            private_key: super::keys::open(secret, k)?,
             public_key: k.public_key.clone(),
             port: k.port,
             addr: bare(&k.addr),
@@ -162,7 +165,7 @@ pub async fn load_facts<P: Prog>(cx: &Ctx<'_, P>, host: &Host) -> anyhow::Result
         })
         .collect();
     let nics = nics.into_iter().map(|n| NicFact { vm: n.vm_id, subnet: n.subnet_id, vni: n.vni }).collect();
-    Ok(Facts { underlay: underlay_of(host), keys: own, nics, peers })
+    Ok(Facts { underlay, keys: own, nics, peers })
 }
 
 /// "a.b.c.d/32" -> "a.b.c.d".
@@ -277,7 +280,7 @@ async fn maybe_rekey(cx: &mut Ctx<'_, HostNet>, net: &HostNetwork, facts: &Facts
     let Some(sending) = keys.iter().find(|k| k.state == "sending") else { return Ok(()) };
     let since = net.last_rekey_at.unwrap_or(sending.created_at).max(sending.created_at);
     if (Utc::now() - since).num_seconds() >= cx.frame.rekey_every_secs as i64 {
-        super::rekey::start(conn, net.host_id, "schedule").await?;
+        super::rekey::start(conn, net.host_id, "system").await?;
     }
     Ok(())
 }

@@ -62,7 +62,7 @@ impl Phase {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Frame {
     pub host: Ubid,
-    /// Who asked: "schedule", "operator", "api", ...
+    /// Who asked, as an event actor: "system" (the daily schedule), "operator" or "user".
     #[serde(default)]
     pub by: String,
     /// Page if the rekey has not finished after this long.
