@@ -276,3 +276,20 @@ async fn a_rekey_brings_the_new_key_up_then_switches_then_drops_the_old_each_onc
     assert_eq!(w.keys(b).await, [(1, "sending".to_string())]);
     assert_eq!(w.net(b).await.unwrap().rekey_strand_id, Some(strand_b.uuid()));
 }
+
+#[tokio::test]
+async fn a_subnets_vm_goes_to_any_host_with_room_not_to_its_subnets_host() {
+    let w = World::new().await;
+    let (busy, roomy) = (w.host("busy", "10.252.0.2").await, w.host("roomy", "10.252.0.3").await);
+    sqlx::query("UPDATE vm_host SET used_cores = 6 WHERE id = $1").bind(busy).execute(w.h.pool()).await.unwrap();
+    let p = w.project("one").await;
+    let s = w.subnet(p, "10.9.0.0/24").await;
+    w.vm(p, "first", s, busy).await;
+
+    let spec = Spec { name: "second", cores: 1, memory_mib: 512, disk_mib: 1024, public_key: KEY, subnet: Some("net") };
+    let mut tx = w.h.pool().begin().await.unwrap();
+    let second = vms::create(&mut tx, p, &spec, nexus::Frame::default()).await.unwrap();
+    tx.commit().await.unwrap();
+    w.h.step(second).await.assert_hop(nexus::Label::Setup);
+    assert_eq!(vm::get(&mut *w.conn().await, second.uuid()).await.unwrap().unwrap().host_id, Some(roomy));
+}

@@ -53,6 +53,7 @@ pub async fn execute(s: &Session, ops: Ops, opts: &OpsOptions) -> anyhow::Result
         Ops::Page(cmd) => fleet::pages(s, cmd, opts.yes).await,
         Ops::Host(cmd) => fleet::hosts(s, cmd, opts).await,
         Ops::Vm(cmd) => fleet::vms(s, cmd, opts).await,
+        Ops::Subnet(cmd) => crate::subnet_cmd::execute(s, cmd, opts).await,
         Ops::Ubid { id } => fleet::ubid(s, &id).await,
         Ops::Audit { target, limit } => fleet::audit_list(s, target, limit).await,
         Ops::Workers => fleet::workers(s).await,

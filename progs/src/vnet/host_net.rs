@@ -57,7 +57,7 @@ fn default_checkup_secs() -> u64 {
 }
 
 fn default_fresh_secs() -> u64 {
-    180
+    super::view::FRESH_SECS
 }
 
 fn default_tunnel_down_secs() -> u64 {

@@ -6,7 +6,8 @@
 //!   what the tunnels say, pages when a tunnel's peer stops answering, and
 //!   starts the host's daily rekey;
 //! - [`rekey`]: `Vnet::Rekey`, make-before-break in three phases;
-//! - [`keys`]: WireGuard keys, made here and sealed at rest.
+//! - [`keys`]: WireGuard keys, made here and sealed at rest;
+//! - [`view`]: a subnet's mesh as the API, CLI and console show it.
 //!
 //! Everyone else changes a host's network through the helpers below, in
 //! their own transaction: they raise the `want_seq` of every host the
@@ -16,6 +17,7 @@ pub mod desired;
 pub mod host_net;
 pub mod keys;
 pub mod rekey;
+pub mod view;
 
 use skein_engine::{Ctx, Prog};
 use skein_models::network::{self, Bumped};
