@@ -52,10 +52,8 @@ CREATE TABLE tunnel_key (
     gen         integer     NOT NULL CHECK (gen >= 1),
     -- Sealed (XChaCha20-Poly1305, SKEIN_SECRET_KEY), bound to host id and gen.
     private_key bytea       NOT NULL,
-    public_key  text        NOT NULL CHECK (public_key ~ '^[A-Za-z0-9+/]{43}=$'),
-    port        integer     NOT NULL CHECK (port BETWEEN 1 AND 65535),
-    -- The gen's own overlay address (the VXLAN underlay inside the tunnels).
-    addr        inet        NOT NULL UNIQUE CHECK (family(addr) = 4 AND masklen(addr) = 32),
+    -- Its port and overlay address are derived from gen and key on the host.
+    public_key  text        NOT NULL UNIQUE CHECK (public_key ~ '^[A-Za-z0-9+/]{43}=$'),
     state       text        NOT NULL CHECK (state IN ('new', 'sending', 'retiring')),
     created_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (host_id, gen)

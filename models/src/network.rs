@@ -201,20 +201,17 @@ pub struct TunnelKey {
     /// Sealed; opened only to be sent to the host.
     pub private_key: Vec<u8>,
     pub public_key: String,
-    pub port: i32,
-    /// "a.b.c.d/32".
-    pub addr: String,
     pub state: String,
     pub created_at: DateTime<Utc>,
 }
 
 impl std::fmt::Debug for TunnelKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "TunnelKey {{ gen: {}, public: {}, port: {}, addr: {}, state: {} }}", self.gen, self.public_key, self.port, self.addr, self.state)
+        write!(f, "TunnelKey {{ gen: {}, public: {}, state: {} }}", self.gen, self.public_key, self.state)
     }
 }
 
-const KEY_COLUMNS: &str = "host_id, gen, private_key, public_key, port, addr::text AS addr, state, created_at";
+const KEY_COLUMNS: &str = "host_id, gen, private_key, public_key, state, created_at";
 
 /// The keys of these hosts, by host and gen.
 pub async fn keys_of(conn: &mut PgConnection, hosts: &[Uuid]) -> Result<Vec<TunnelKey>, sqlx::Error> {
@@ -229,40 +226,17 @@ pub async fn next_gen(conn: &mut PgConnection, host: Uuid) -> Result<i32, sqlx::
     sqlx::query_scalar("SELECT coalesce(max(gen), 0) + 1 FROM tunnel_key WHERE host_id = $1").bind(host).fetch_one(conn).await
 }
 
-/// Where a gen of a host's tunnel listens: the two gens alive at once
-/// during a rekey are consecutive, so they never share a port.
-pub fn port_of(gen: i32) -> i32 {
-    51820 + gen % 2
-}
-
-/// Store a new key (`sealed` is bound to host and gen by the caller) with
-/// the lowest free overlay address of 100.64.0.0/10. Address choices are
-/// serialized (an advisory lock for the transaction), so two keys made at
-/// once never pick the same one. Returns its address.
-pub async fn insert_key(
-    conn: &mut PgConnection,
-    host: Uuid,
-    gen: i32,
-    sealed: &[u8],
-    public: &str,
-    state: &str,
-) -> Result<String, sqlx::Error> {
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('skein:tunnel-overlay-addr'))").execute(&mut *conn).await?;
-    sqlx::query_scalar(
-        "INSERT INTO tunnel_key (host_id, gen, private_key, public_key, port, addr, state) \
-         SELECT $1, $2, $3, $4, $5, set_masklen('100.64.0.0'::inet + g, 32), $6 \
-         FROM generate_series(1, 4194302) g \
-         WHERE NOT EXISTS (SELECT 1 FROM tunnel_key k WHERE k.addr = set_masklen('100.64.0.0'::inet + g, 32)) \
-         ORDER BY g LIMIT 1 RETURNING addr::text",
-    )
-    .bind(host)
-    .bind(gen)
-    .bind(sealed)
-    .bind(public)
-    .bind(port_of(gen))
-    .bind(state)
-    .fetch_one(conn)
-    .await
+/// Store a new key (`sealed` is bound to host and gen by the caller).
+pub async fn insert_key(conn: &mut PgConnection, host: Uuid, gen: i32, sealed: &[u8], public: &str, state: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT INTO tunnel_key (host_id, gen, private_key, public_key, state) VALUES ($1, $2, $3, $4, $5)")
+        .bind(host)
+        .bind(gen)
+        .bind(sealed)
+        .bind(public)
+        .bind(state)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// Traffic goes out on `gen` from now on; the gen that sent so far retires.

@@ -115,8 +115,7 @@ impl World {
     }
 
     async fn desired(&self, host: Uuid) -> desired::Desired {
-        let underlay = vm_host::get(&mut *self.conn().await, host).await.unwrap().unwrap().underlay.unwrap();
-        let facts = host_net::read_facts(&mut *self.conn().await, &self.secret, host, underlay).await.unwrap();
+        let facts = host_net::read_facts(&mut *self.conn().await, &self.secret, host).await.unwrap();
         desired::compute(&facts)
     }
 
@@ -133,10 +132,23 @@ impl World {
         network::key_infos(&mut *self.conn().await, &[host]).await.unwrap().into_iter().map(|k| (k.gen, k.state)).collect()
     }
 
-    async fn addr_of(&self, host: Uuid, gen: i32) -> String {
-        let keys = network::keys_of(&mut *self.conn().await, &[host]).await.unwrap();
-        keys.into_iter().find(|k| k.gen == gen).unwrap().addr.trim_end_matches("/32").to_string()
+    async fn vni(&self, subnet: Uuid) -> i32 {
+        skein_models::subnet::by_id(&mut *self.conn().await, subnet).await.unwrap().unwrap().vni
     }
+
+    async fn public_key(&self, host: Uuid, gen: i32) -> String {
+        let keys = network::keys_of(&mut *self.conn().await, &[host]).await.unwrap();
+        keys.into_iter().find(|k| k.gen == gen).unwrap().public_key
+    }
+}
+
+fn name(id: Uuid) -> String {
+    Ubid::from_uuid(id).to_string()
+}
+
+/// The keys `d` gives the peer `host`, as (public key, send).
+fn keys_for(d: &desired::Desired, host: Uuid) -> Vec<(String, bool)> {
+    d.peers.iter().filter(|p| p.host == name(host)).flat_map(|p| p.keys.iter().map(|k| (k.public_key.clone(), k.send))).collect()
 }
 
 #[tokio::test]
@@ -159,7 +171,7 @@ async fn a_subnet_on_two_hosts_is_a_mesh_each_project_its_own_segment_and_nothin
     assert_eq!(w.keys(a).await, [(1, "sending".to_string())]);
     let alone = w.desired(a).await;
     assert_eq!((alone.nics.len(), alone.segments.len(), alone.tunnels.len()), (1, 1, 1));
-    assert!(alone.segments[0].peers.is_empty() && alone.tunnels[0].peers.is_empty(), "no other host has the subnet yet");
+    assert!(alone.segments[0].peers.is_empty() && alone.peers.is_empty(), "no other host has the subnet yet");
 
     // vb on b: b joins the mesh, and a is asked to apply again (its segment gains a peer).
     let before = w.net(a).await.unwrap().want_seq;
@@ -169,36 +181,32 @@ async fn a_subnet_on_two_hosts_is_a_mesh_each_project_its_own_segment_and_nothin
         w.nic(v, false).await.unwrap();
     }
     let (da, db) = (w.desired(a).await, w.desired(b).await);
-    let (addr_a, addr_b) = (w.addr_of(a, 1).await, w.addr_of(b, 1).await);
-    assert_ne!(addr_a, addr_b);
-    // One tunnel between the hosts, whatever number of subnets they share.
+    // One tunnel between the hosts, whatever number of subnets they share, to b's underlay.
     assert_eq!(da.tunnels.len(), 1);
-    let peers: Vec<(&str, &str)> = da.tunnels[0].peers.iter().map(|p| (p.endpoint.as_str(), p.addr.as_str())).collect();
-    assert_eq!(peers, [("10.252.0.3:51821", addr_b.as_str())]);
+    assert_eq!(da.peers.len(), 1);
+    assert_eq!(da.peers[0].endpoint, "10.252.0.3");
+    assert_eq!(keys_for(&da, b), [(w.public_key(b, 1).await, true)]);
+    assert_eq!(keys_for(&db, a), [(w.public_key(a, 1).await, true)]);
     // A segment per subnet: same range, different VNIs, each reaching only the other host.
-    let vnis: Vec<i32> = da.segments.iter().map(|s| s.vni).collect();
-    assert_eq!(vnis.len(), 2);
-    assert_ne!(vnis[0], vnis[1]);
-    assert!(da.segments.iter().all(|s| s.peers == [addr_b.clone()]));
-    assert!(db.segments.iter().all(|s| s.peers == [addr_a.clone()]));
-    let nic_subnets: Vec<&str> = da.nics.iter().map(|n| n.subnet.as_str()).collect();
-    assert!(nic_subnets.contains(&Ubid::from_uuid(s1).to_string().as_str()) && nic_subnets.contains(&Ubid::from_uuid(s2).to_string().as_str()));
-    let taps: std::collections::BTreeSet<&str> = da.nics.iter().chain(&db.nics).map(|n| n.tap.as_str()).collect();
-    assert_eq!(taps.len(), 4, "each VM its own tap");
+    let (vni1, vni2) = (w.vni(s1).await, w.vni(s2).await);
+    assert_ne!(vni1, vni2);
+    assert_eq!(da.segments.iter().map(|s| (s.vni, s.peers.clone())).collect::<Vec<_>>(), [(vni1, vec![name(b)]), (vni2, vec![name(b)])]);
+    assert_eq!(db.segments.iter().map(|s| (s.vni, s.peers.clone())).collect::<Vec<_>>(), [(vni1, vec![name(a)]), (vni2, vec![name(a)])]);
+    let mut nics: Vec<(String, i32)> = da.nics.iter().map(|n| (n.vm.clone(), n.vni)).collect();
+    nics.sort_by_key(|n| n.1);
+    assert_eq!(nics, [(name(va), vni1), (name(vc), vni2)]);
 
     // Project two leaves b: a's segment of s2 loses its peer, s1 keeps it.
     let gone = w.destroyed(vd).await.unwrap();
     assert!(w.net(b).await.unwrap().applied_seq < gone, "vd's strand waits for b to drop its tap");
     let da = w.desired(a).await;
-    let s2_id = Ubid::from_uuid(s2).to_string();
-    assert!(da.segments.iter().find(|s| s.subnet == s2_id).unwrap().peers.is_empty());
-    assert!(!w.desired(b).await.nics.iter().any(|n| n.vm == Ubid::from_uuid(vd).to_string()));
+    assert!(da.segments.iter().find(|s| s.vni == vni2).unwrap().peers.is_empty());
+    assert!(!w.desired(b).await.nics.iter().any(|n| n.vm == name(vd)));
 
     // Everything on b goes: b wants nothing at all, and once it applied that, its keys go.
     w.destroyed(vb).await.unwrap();
-    let db = w.desired(b).await;
-    assert!(db.tunnels.is_empty() && db.segments.is_empty() && db.nics.is_empty(), "{db:?}");
-    assert!(w.desired(a).await.tunnels[0].peers.is_empty(), "a forgets b's key");
+    assert!(w.desired(b).await == desired::empty(), "{:?}", w.desired(b).await);
+    assert!(w.desired(a).await.peers.is_empty(), "a forgets b");
     let mut conn = w.conn().await;
     let seq_b = w.net(b).await.unwrap().want_seq;
     assert_eq!(network::drop_keys_if_unwanted(&mut conn, b, seq_b - 1).await.unwrap(), 0, "not if something was wanted since");
@@ -217,8 +225,8 @@ async fn a_rekey_brings_the_new_key_up_then_switches_then_drops_the_old_each_onc
         w.nic(v, false).await;
     }
     w.all_apply().await;
-    let old_a = w.addr_of(a, 1).await;
-    assert_eq!(w.desired(b).await.segments[0].peers, [old_a.clone()]);
+    let old_a = w.public_key(a, 1).await;
+    assert_eq!(keys_for(&w.desired(b).await, a), [(old_a.clone(), true)]);
 
     // On demand, for the subnet: each of its hosts gets one rekey (asking again starts no second).
     let mut tx = w.h.pool().begin().await.unwrap();
@@ -233,14 +241,18 @@ async fn a_rekey_brings_the_new_key_up_then_switches_then_drops_the_old_each_onc
     sqlx::query("UPDATE strand SET stack = jsonb_set(stack, '{0,stall_secs}', '0') WHERE id = $1").bind(strand_a.uuid()).execute(w.h.pool()).await.unwrap();
 
     // Phase 1: a's new key is up beside the old one; b learns it; nobody sends on it yet.
+    // a applies it first, and only then is b asked to.
+    let b_seq = w.net(b).await.unwrap().want_seq;
     w.h.run(strand_a).await;
+    assert_eq!(w.net(b).await.unwrap().want_seq, b_seq, "b waits for a");
+    sqlx::query("UPDATE host_network SET applied_seq = want_seq WHERE host_id = $1").bind(a).execute(w.h.pool()).await.unwrap();
+    w.h.run(strand_a).await;
+    assert!(w.net(b).await.unwrap().want_seq > b_seq, "then b is asked");
     assert_eq!(w.keys(a).await, [(1, "sending".to_string()), (2, "new".to_string())]);
-    let new_a = w.addr_of(a, 2).await;
+    let new_a = w.public_key(a, 2).await;
     let da = w.desired(a).await;
     assert_eq!(da.tunnels.iter().map(|t| (t.gen, t.send)).collect::<Vec<_>>(), [(1, true), (2, false)]);
-    let db = w.desired(b).await;
-    assert_eq!(db.tunnels[0].peers.iter().map(|p| p.addr.as_str()).collect::<Vec<_>>(), [old_a.as_str(), new_a.as_str()]);
-    assert_eq!(db.segments[0].peers, [old_a.clone()], "b still reaches a on the old gen");
+    assert_eq!(keys_for(&w.desired(b).await, a), [(old_a.clone(), true), (new_a.clone(), false)], "b still sends to a's old gen");
     assert_eq!(w.net(a).await.unwrap().rekey_phase.as_deref(), Some("new"));
 
     // Not one step further until both hosts applied it; meanwhile the stall is paged.
@@ -253,18 +265,20 @@ async fn a_rekey_brings_the_new_key_up_then_switches_then_drops_the_old_each_onc
     // Phase 2: a sends on the new gen, b reaches a there; the old gen still accepts.
     w.all_apply().await;
     w.h.run(strand_a).await;
+    w.all_apply().await;
+    w.h.run(strand_a).await;
     assert_eq!(w.keys(a).await, [(1, "retiring".to_string()), (2, "sending".to_string())]);
     assert_eq!(w.desired(a).await.tunnels.iter().map(|t| (t.gen, t.send)).collect::<Vec<_>>(), [(1, false), (2, true)]);
-    let db = w.desired(b).await;
-    assert_eq!(db.segments[0].peers, [new_a.clone()]);
-    assert_eq!(db.tunnels[0].peers.len(), 2, "b still accepts a's old key");
+    assert_eq!(keys_for(&w.desired(b).await, a), [(old_a.clone(), false), (new_a.clone(), true)], "b sends to the new, still knows the old");
 
     // Phase 3: the old gen goes everywhere.
     w.all_apply().await;
     w.h.run(strand_a).await;
+    w.all_apply().await;
+    w.h.run(strand_a).await;
     assert_eq!(w.keys(a).await, [(2, "sending".to_string())]);
     assert_eq!(w.desired(a).await.tunnels.len(), 1);
-    assert_eq!(w.desired(b).await.tunnels[0].peers.iter().map(|p| p.addr.as_str()).collect::<Vec<_>>(), [new_a.as_str()]);
+    assert_eq!(keys_for(&w.desired(b).await, a), [(new_a.clone(), true)]);
     assert!(w.h.try_strand(strand_a).await.is_some_and(|s| s.exitval.is_none()), "not done before the drop is applied");
 
     w.all_apply().await;

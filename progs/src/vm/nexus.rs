@@ -170,23 +170,9 @@ async fn setup(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
     let key = base64_encode(vm.public_key.as_bytes());
     let line = match &vm.private_ip {
         None => crate::cmd!("SKEIN_ROOT={} {}/agent/bin/vm-setup {} {} {} {}", root, root, name, vm.cores, vm.memory_mib, key)?,
-        // Its private NIC: a tap its host's network strand makes (owned by
-        // the user made here), and its address on the subnet.
-        Some(ip) => {
-            let (tap, mac) = crate::vnet::desired::nic_names(vm.id);
-            crate::cmd!(
-                "SKEIN_ROOT={} {}/agent/bin/vm-setup {} {} {} {} {} {} {}",
-                root,
-                root,
-                name,
-                vm.cores,
-                vm.memory_mib,
-                key,
-                ip,
-                tap,
-                mac
-            )?
-        }
+        // Its address on its subnet; its NIC (a tap owned by the user made
+        // here) is made by its host's network strand before qemu starts.
+        Some(ip) => crate::cmd!("SKEIN_ROOT={} {}/agent/bin/vm-setup {} {} {} {} {}", root, root, name, vm.cores, vm.memory_mib, key, ip)?,
     };
     host.exec(&line, cx.time_left().min(SSH_LIMIT)).await?;
     hop(Label::Launch)

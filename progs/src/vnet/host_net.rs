@@ -20,7 +20,7 @@ use skein_engine::prelude::*;
 use skein_models::network::{self, HostNetwork};
 use skein_models::{event, Ubid};
 
-use super::desired::{self, Desired, Facts, NicFact, OwnKey, Peer, PeerKey};
+use super::desired::{self, Desired, Facts, NicFact, OwnKey, PeerFact, PeerKey};
 use crate::host::conn::{Host, SSH_LIMIT};
 use crate::ssh::keys::SecretKey;
 use crate::ssh::{Output, SshError};
@@ -125,12 +125,11 @@ fn parse_status(out: &Output) -> anyhow::Result<Value> {
 /// connection given back before this returns.
 pub async fn load_facts<P: Prog>(cx: &Ctx<'_, P>, host: &Host) -> anyhow::Result<Facts> {
     let secret = cx.resource::<SecretKey>()?.clone();
-    read_facts(&mut *cx.read().await?, &secret, host.row.id, underlay_of(host)).await
+    read_facts(&mut *cx.read().await?, &secret, host.row.id).await
 }
 
-/// The facts of host `id` (whose tunnels listen on `underlay`). Its
-/// private keys are opened here.
-pub async fn read_facts(db: &mut sqlx::PgConnection, secret: &SecretKey, id: uuid::Uuid, underlay: String) -> anyhow::Result<Facts> {
+/// The facts of host `id`. Its private keys are opened here.
+pub async fn read_facts(db: &mut sqlx::PgConnection, secret: &SecretKey, id: uuid::Uuid) -> anyhow::Result<Facts> {
     let nics = network::nics_on(db, id).await?;
     let pairs = network::peer_subnets(db, id).await?;
     let mut peer_ids: Vec<uuid::Uuid> = pairs.iter().map(|(h, _)| *h).collect();
@@ -146,31 +145,24 @@ pub async fn read_facts(db: &mut sqlx::PgConnection, secret: &SecretKey, id: uui
             gen: k.gen,
             private_key: super::keys::open(secret, k)?,
             public_key: k.public_key.clone(),
-            port: k.port,
-            addr: bare(&k.addr),
             state: k.state.clone(),
         });
     }
     let peers = endpoints
         .into_iter()
-        .map(|e| Peer {
+        .map(|e| PeerFact {
             host: e.host_id,
             underlay: e.underlay,
             subnets: pairs.iter().filter(|(h, _)| *h == e.host_id).map(|(_, s)| *s).collect(),
             keys: keys
                 .iter()
                 .filter(|k| k.host_id == e.host_id)
-                .map(|k| PeerKey { gen: k.gen, public_key: k.public_key.clone(), port: k.port, addr: bare(&k.addr), state: k.state.clone() })
+                .map(|k| PeerKey { gen: k.gen, public_key: k.public_key.clone(), state: k.state.clone() })
                 .collect(),
         })
         .collect();
     let nics = nics.into_iter().map(|n| NicFact { vm: n.vm_id, subnet: n.subnet_id, vni: n.vni }).collect();
-    Ok(Facts { underlay, keys: own, nics, peers })
-}
-
-/// "a.b.c.d/32" -> "a.b.c.d".
-fn bare(addr: &str) -> String {
-    addr.split('/').next().unwrap_or(addr).to_string()
+    Ok(Facts { keys: own, nics, peers })
 }
 
 fn down_tag(host: Ubid, peer: Ubid) -> String {
@@ -250,10 +242,10 @@ async fn converge(cx: &mut Ctx<'_, HostNet>) -> Step<HostNet> {
 
 /// Page for each peer host silent for `tunnel_down_secs`; resolve the
 /// pages of those answering again.
-async fn watch_tunnels(cx: &mut Ctx<'_, HostNet>, host: &Host, silent: &[uuid::Uuid]) -> anyhow::Result<()> {
+async fn watch_tunnels(cx: &mut Ctx<'_, HostNet>, host: &Host, silent: &[String]) -> anyhow::Result<()> {
     let id = cx.frame.host;
     let now = Utc::now();
-    let silent: Vec<Ubid> = silent.iter().map(|h| Ubid::from_uuid(*h)).collect();
+    let silent: Vec<Ubid> = silent.iter().filter_map(|h| h.parse().ok()).collect();
     let answering: Vec<Ubid> = cx.frame.silent_since.keys().filter(|h| !silent.contains(h)).copied().collect();
     for peer in answering {
         cx.frame.silent_since.remove(&peer);

@@ -79,8 +79,6 @@ mod tests {
             gen,
             private_key: sealed.clone(),
             public_key: k.public.clone(),
-            port: 51821,
-            addr: "100.64.0.1/32".into(),
             state: "sending".into(),
             created_at: chrono::Utc::now(),
         };

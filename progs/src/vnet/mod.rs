@@ -124,7 +124,6 @@ pub async fn teardown<P: Prog>(cx: &Ctx<'_, P>, host: &crate::host::Host) -> any
     if network::get(&mut *cx.read().await?, host.row.id).await?.is_none() {
         return Ok(false);
     }
-    let empty = desired::Desired { underlay: host_net::underlay_of(host), tunnels: vec![], segments: vec![], nics: vec![] };
-    host_net::net_apply(host, &empty, cx.time_left().min(crate::host::conn::SSH_LIMIT)).await?;
+    host_net::net_apply(host, &desired::empty(), cx.time_left().min(crate::host::conn::SSH_LIMIT)).await?;
     Ok(true)
 }

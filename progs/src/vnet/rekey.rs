@@ -4,10 +4,11 @@
 //! new gen up beside the old one and its peers learn its key -> Switch:
 //! the host sends on the new gen and its peers' segments reach it there
 //! (the old gen still accepts) -> Drop: the old gen goes. Each phase is a
-//! change of rows plus a `want_seq` bump of the host and every host it
-//! shares a subnet with ([`super::changed`]); Confirm waits until each of
-//! them has applied it (or is gone) before the next phase. A rekey that
-//! has not finished after `stall_secs` pages, and keeps waiting.
+//! change of rows, then a `want_seq` bump of the host ([`super::changed`])
+//! and, once it applied it, of every host it shares a subnet with (the
+//! host goes first in each phase: the agent contract's order); Confirm
+//! waits until each has applied it (or is gone) before going on. A rekey
+//! that has not finished after `stall_secs` pages, and keeps waiting.
 //!
 //! One rekey per host at a time (`host_network.rekey_strand_id`); the
 //! host's network strand starts one daily, operators on demand for a
@@ -38,6 +39,15 @@ pub enum Phase {
     Switch,
     /// The old gen is gone.
     Drop,
+}
+
+/// Who is applying the phase now: the rekeyed host first, then its peers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    #[default]
+    Host,
+    Peers,
 }
 
 impl Phase {
@@ -71,6 +81,8 @@ pub struct Frame {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
     /// The gen being brought in.
+    #[serde(default)]
+    pub stage: Stage,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gen: Option<i32>,
     /// The seq each host must reach to confirm the phase.
@@ -113,6 +125,7 @@ pub async fn start(conn: &mut PgConnection, host: Uuid, by: &str) -> anyhow::Res
         by: by.to_string(),
         stall_secs: default_stall_secs(),
         phase: None,
+        stage: Stage::Host,
         gen: None,
         waiting_for: vec![],
         started_at: None,
@@ -147,15 +160,13 @@ fn stall_tag(host: Ubid) -> String {
     format!("vnet-rekey-stalled:{host}")
 }
 
-/// Record the phase, raise the seqs of the host and its peers, and wait for them.
+/// Record the phase and have the host apply it first.
 async fn enter(cx: &mut Ctx<'_, Rekey>, phase: Phase) -> Step<Rekey> {
     let host = cx.frame.host.uuid();
-    let conn = cx.tx.conn().await?;
-    network::set_rekey_phase(conn, host, phase.name()).await?;
-    let mut hosts = network::mesh_peers(conn, host).await?;
-    hosts.push(host);
-    cx.frame.waiting_for = super::changed(cx, &hosts).await?;
+    network::set_rekey_phase(cx.tx.conn().await?, host, phase.name()).await?;
+    cx.frame.waiting_for = super::changed(cx, &[host]).await?;
     cx.frame.phase = Some(phase);
+    cx.frame.stage = Stage::Host;
     hop(Label::Confirm)
 }
 
@@ -196,7 +207,14 @@ async fn confirm(cx: &mut Ctx<'_, Rekey>) -> Step<Rekey> {
     let now = network::get_many(&mut *cx.read().await?, &hosts).await?;
     let phase = cx.frame.phase.ok_or_else(|| anyhow::anyhow!("a rekey confirms a phase it never entered"))?;
     if all_confirmed(&cx.frame.waiting_for, &now) {
-        return hop(phase.next());
+        if cx.frame.stage == Stage::Peers {
+            return hop(phase.next());
+        }
+        // The host has it: now every host it shares a subnet with.
+        let peers = network::mesh_peers(cx.tx.conn().await?, cx.frame.host.uuid()).await?;
+        cx.frame.waiting_for = super::changed(cx, &peers).await?;
+        cx.frame.stage = Stage::Peers;
+        return hop(Label::Confirm);
     }
     let started = *cx.frame.started_at.get_or_insert_with(Utc::now);
     if (Utc::now() - started).num_seconds() >= cx.frame.stall_secs as i64 {
