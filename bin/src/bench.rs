@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 use skein_engine::{enqueue, DispatchConfig, Dispatcher, Outcome, Runner};
-use skein_progs::bench::{FanoutFrame, FanoutLabel, StepFrame, StepLabel};
+use skein_progs::bench::{FanoutFrame, FanoutLabel, FanoutOutput, StepFrame, StepLabel, StepOutput};
 use sqlx::PgPool;
 use tokio::sync::Notify;
 
@@ -69,6 +69,10 @@ pub struct BenchArgs {
     /// Also count every step in a table, in the step's transaction (always on with --enqueue-only).
     #[arg(long)]
     pub count: bool,
+    /// Each step that writes commits its own transaction, as before writing
+    /// steps shared transactions (to compare the two in one sitting).
+    #[arg(long)]
+    pub private_writes: bool,
     /// Only enqueue the workload, for separately started respirate processes.
     #[arg(long, conflicts_with = "verify")]
     pub enqueue_only: bool,
@@ -321,7 +325,8 @@ async fn measure(pool: &PgPool, args: &BenchArgs) -> anyhow::Result<Value> {
     let all_done = Arc::new(Notify::new());
     let step_ms = Arc::new(Mutex::new(Vec::<f64>::with_capacity(n as usize * 2)));
     let exit_vals = Arc::new(Mutex::new(Vec::<Value>::new()));
-    let runner = Runner::new(pool.clone(), skein_progs::registry());
+    let config = skein_engine::Config { shared_writes: !args.private_writes, ..Default::default() };
+    let runner = Runner::new(pool.clone(), skein_progs::registry()).with_config(config);
     let dispatcher = {
         let (exits, steps, all_done, step_ms, exit_vals) =
             (exits.clone(), steps.clone(), all_done.clone(), step_ms.clone(), exit_vals.clone());
@@ -385,9 +390,12 @@ async fn measure(pool: &PgPool, args: &BenchArgs) -> anyhow::Result<Value> {
         "steps_in_flight": args.concurrency,
         "lanes": args.lanes,
         "counted": args.count,
+        "shared_writes": !args.private_writes,
     });
     if args.scenario == Scenario::Latency {
-        times = exit_vals.iter().filter_map(|v| v["latency_us"].as_f64()).map(|us| us / 1000.0).collect();
+        let outputs = exit_vals.iter().map(|v| serde_json::from_value::<StepOutput>(v.clone()));
+        let outputs = outputs.collect::<Result<Vec<_>, _>>().context("a Bench::Step exited with something other than its output")?;
+        times = outputs.iter().filter_map(|o| o.latency_us).map(|us| us as f64 / 1000.0).collect();
         line["latency_of"] = json!("enqueue to first step");
     }
     times.sort_by(f64::total_cmp);
@@ -395,10 +403,11 @@ async fn measure(pool: &PgPool, args: &BenchArgs) -> anyhow::Result<Value> {
     line["p99_ms"] = json!(round3(percentile(&times, 0.99)));
     match args.scenario {
         Scenario::Fanout => {
-            let v = &exit_vals[0];
-            let ms = (v["done_us"].as_i64().unwrap_or(0) - v["budded_us"].as_i64().unwrap_or(0)) as f64 / 1000.0;
-            line["done_after_bud_ms"] = json!(round1(ms));
-            line["reaped"] = v["reaped"].clone();
+            let out: FanoutOutput =
+                serde_json::from_value(exit_vals[0].clone()).context("the Bench::Fanout exited with something other than its output")?;
+            let budded_us = out.budded_us.context("the Bench::Fanout exited without recording when it budded")?;
+            line["done_after_bud_ms"] = json!(round1((out.done_us - budded_us) as f64 / 1000.0));
+            line["reaped"] = json!(out.reaped);
         }
         Scenario::Sleepers => {
             line["sleepers"] = json!(args.sleepers);

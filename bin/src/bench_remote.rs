@@ -148,7 +148,7 @@ async fn run(pool: &PgPool, args: &BenchArgs, peer: &SlowPeer, slow: Slow) -> an
     // dispatcher stops without waiting out their continue budget.
     let slow_ids: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM strand WHERE prog = 'Bench::Remote'").fetch_all(pool).await?;
     for id in slow_ids {
-        enqueue::incr(&mut *pool.acquire().await?, skein_engine::Ubid::from_uuid(id), "stop").await?;
+        enqueue::incr(&mut *pool.acquire().await?, skein_engine::Ubid::from_uuid(id), skein_progs::bench::RemoteSem::Stop).await?;
     }
     let _ = stop_tx.send(());
     dispatch.await?;

@@ -41,8 +41,8 @@ impl Subject {
 
     async fn state(self, conn: &mut PgConnection, id: Ubid) -> anyhow::Result<Option<String>> {
         Ok(match self {
-            Subject::Vm => vm::get(conn, id.uuid()).await?.map(|v| v.state),
-            Subject::Host => vm_host::get(conn, id.uuid()).await?.map(|h| h.state),
+            Subject::Vm => vm::get(conn, id.uuid()).await?.map(|v| v.state.to_string()),
+            Subject::Host => vm_host::get(conn, id.uuid()).await?.map(|h| h.state.to_string()),
         })
     }
 }

@@ -123,7 +123,7 @@ pub async fn add(s: &Session, args: AddArgs, opts: &OpsOptions) -> anyhow::Resul
     let added = format!("host {} added as {id}", args.name);
     if !args.wait.wait {
         let text = format!("{added}; its strand prepares it (`skein host show {id}`, or add --wait)");
-        return Ok(Reply::new(text, json!({"id": id, "name": args.name, "state": "new"})));
+        return Ok(Reply::new(text, json!({"id": id, "name": args.name, "state": skein_models::vm_host::HostState::New})));
     }
     if !opts.json {
         println!("{added}; following its strand until it accepts VMs");

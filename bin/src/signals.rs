@@ -5,9 +5,12 @@
 //! with a reason, never left pending; one it already honours changes nothing.
 
 use serde_json::{json, Value};
-use skein_models::vm::{self, Vm};
-use skein_models::vm_host::{self, VmHost};
+use skein_models::vm::{self, DesiredState, Vm, VmState};
+use skein_models::vm_host::{self, HostState, VmHost};
+use skein_engine::Signal;
 use skein_models::{event, Ubid};
+use skein_progs::host::nexus as host_nexus;
+use skein_progs::vm::nexus as vm_nexus;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -72,28 +75,28 @@ impl VmAction {
 /// already wants that). The VM's row is locked while this decides.
 pub async fn vm(conn: &mut PgConnection, id: Uuid, action: VmAction, actor: &str, detail: &Value) -> Result<(Vm, bool), Refused> {
     let v = vm::get_for_update(conn, id).await?.ok_or(Refused::NotFound("vm"))?;
-    let gone = v.state == "destroyed" || v.desired_state == "destroyed";
-    let unplaced = v.state == "creating" || v.state == "waiting";
+    let gone = v.state == VmState::Destroyed || v.desired_state == DesiredState::Destroyed;
+    let unplaced = v.state == VmState::Creating || v.state == VmState::Waiting;
     let (semaphore, desired) = match action {
         VmAction::Destroy if gone => return Ok((v, false)),
-        VmAction::Destroy => ("destroy", "destroyed"),
+        VmAction::Destroy => (Signal::DESTROY, DesiredState::Destroyed),
         _ if gone => return Err(Refused::conflict("vm_destroyed", format!("vm {} is destroyed or being destroyed", v.name))),
-        VmAction::Stop if v.desired_state == "stopped" => return Ok((v, false)),
+        VmAction::Stop if v.desired_state == DesiredState::Stopped => return Ok((v, false)),
         VmAction::Stop if unplaced => {
             return Err(Refused::conflict(
                 "vm_not_placed",
                 format!("vm {} is still waiting for a host, so it cannot be stopped yet: destroy it, or stop it once it runs", v.name),
             ))
         }
-        VmAction::Stop => ("stop", "stopped"),
-        VmAction::Start if v.desired_state == "running" => return Ok((v, false)),
-        VmAction::Start => ("start", "running"),
-        VmAction::Restart if v.state == "running" && v.desired_state == "running" => ("restart", "running"),
+        VmAction::Stop => (vm_nexus::Sem::Stop.into(), DesiredState::Stopped),
+        VmAction::Start if v.desired_state == DesiredState::Running => return Ok((v, false)),
+        VmAction::Start => (vm_nexus::Sem::Start.into(), DesiredState::Running),
+        VmAction::Restart if v.state == VmState::Running && v.desired_state == DesiredState::Running => (vm_nexus::Sem::Restart.into(), DesiredState::Running),
         VmAction::Restart if unplaced => {
             return Err(Refused::conflict("vm_not_placed", format!("vm {} is still waiting for a host: it can be restarted once it runs", v.name)))
         }
         VmAction::Restart => {
-            let wants = if v.desired_state == "stopped" { " (it is stopped or stopping: start it instead)" } else { "" };
+            let wants = if v.desired_state == DesiredState::Stopped { " (it is stopped or stopping: start it instead)" } else { "" };
             return Err(Refused::conflict(
                 "vm_not_running",
                 format!("vm {} is {}; only a running VM can be restarted{wants}", v.name, v.state),
@@ -122,12 +125,12 @@ pub async fn host(conn: &mut PgConnection, id: Uuid, action: HostAction, actor: 
     // Locked, so no VM is placed on it between counting its VMs and
     // (for destroy) taking it out of placement.
     let row = vm_host::get_for_update(conn, id).await?.ok_or(Refused::NotFound("host"))?;
-    if row.state == "destroyed" {
+    if row.state == HostState::Destroyed {
         return Err(Refused::conflict("host_destroyed", format!("host {} is destroyed", row.name)));
     }
     let semaphore = match action {
-        HostAction::Drain => "drain",
-        HostAction::Destroy => "destroy",
+        HostAction::Drain => host_nexus::Sem::Drain.into(),
+        HostAction::Destroy => Signal::DESTROY,
     };
     let vms = vm::on_host(conn, row.id).await?.len();
     if action == HostAction::Destroy && vms > 0 {
@@ -136,9 +139,9 @@ pub async fn host(conn: &mut PgConnection, id: Uuid, action: HostAction, actor: 
     if !skein_engine::enqueue::incr(conn, Ubid::from_uuid(row.id), semaphore).await? {
         return Err(Refused::conflict("host_destroyed", format!("host {}'s strand has ended", row.name)));
     }
-    if action == HostAction::Destroy && row.state == "accepting" {
+    if action == HostAction::Destroy && row.state == HostState::Accepting {
         // Its strand destroys it soon, but until then no VM may land on it.
-        vm_host::set_state(conn, row.id, "draining").await?;
+        vm_host::set_state(conn, row.id, HostState::Draining).await?;
     }
     event::record(conn, row.id, &format!("{semaphore}-requested"), actor, &json!(detail)).await?;
     vm_host::get(conn, row.id).await?.ok_or(Refused::NotFound("host"))

@@ -153,7 +153,7 @@ async fn demo(pool: &PgPool) -> anyhow::Result<Value> {
     println!("demo: started census {id}: it buds 3 counters, reaps them, calls the doubler, then waits\n");
     wait_for(pool, id, |label| label == Some("Wait")).await?;
     println!("\ndemo: the census is waiting; incrementing its `finish` semaphore\n");
-    enqueue::incr(&mut *pool.acquire().await?, id, "finish").await?;
+    enqueue::incr(&mut *pool.acquire().await?, id, census::Sem::Finish).await?;
     wait_for(pool, id, |label| label.is_none()).await?;
     let archived = skein_models::archive::get(&mut *pool.acquire().await?, id.uuid()).await?;
     Ok(archived.context("the census left no archive record")?.exitval)

@@ -172,7 +172,7 @@ pub async fn create(s: &Session, args: CreateArgs, opts: &OpsOptions) -> anyhow:
     let made = format!("vm {} created as {id} in project {}", args.name, args.project);
     if !args.wait.wait {
         let text = format!("{made}; its strand places and starts it (`skein vm show {id}`, or add --wait)");
-        return Ok(Reply::new(text, json!({"id": id, "name": args.name, "state": "creating"})));
+        return Ok(Reply::new(text, json!({"id": id, "name": args.name, "state": skein_models::vm::VmState::Creating})));
     }
     if !opts.json {
         println!("{made}; following its strand until it runs");

@@ -8,6 +8,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use skein_models::vm::VmState;
+use skein_models::vm_host::HostState;
 use skein_models::{vm, vm_host, Ubid};
 use skein_progs::host::{self, nexus as host_nexus, NewHost};
 use skein_progs::vm::{self as vms, nexus as vm_nexus, Spec};
@@ -98,7 +100,7 @@ async fn demo(pool: &PgPool, made: &mut Made) -> anyhow::Result<()> {
     ));
     let host = wait(Duration::from_secs(600), || async {
         let h = vm_host::get(&mut *pool.acquire().await?, host_id.uuid()).await?.context("host row gone")?;
-        Ok((h.state == "accepting").then_some(h))
+        Ok((h.state == HostState::Accepting).then_some(h))
     })
     .await
     .context("the local host did not become ready")?;
@@ -133,11 +135,11 @@ async fn demo(pool: &PgPool, made: &mut Made) -> anyhow::Result<()> {
     if placed != host_id.uuid() {
         bail!("the vm was placed on another host ({}), not the demo's local host", Ubid::from_uuid(placed));
     }
-    skein_engine::enqueue::incr(&mut *pool.acquire().await?, host_id, "drain").await?;
+    skein_engine::enqueue::incr(&mut *pool.acquire().await?, host_id, skein_progs::host::nexus::Sem::Drain).await?;
     // Where to reach it: what the VM says (as the API and `vm show` do).
     let at = wait(Duration::from_secs(600), || async {
         let v = vm::get(&mut *pool.acquire().await?, vm_id.uuid()).await?.context("vm row gone")?;
-        Ok(v.ssh().filter(|_| v.state == "running"))
+        Ok(v.ssh().filter(|_| v.state == VmState::Running))
     })
     .await
     .context("the vm did not reach running")?;
@@ -171,7 +173,7 @@ async fn teardown(pool: &PgPool, made: Made) -> anyhow::Result<()> {
     let mut first_error = None;
     if let Some(vm_id) = made.vm {
         let done = destroy(pool, vm_id, Duration::from_secs(180), |c| async move {
-            Ok(vm::get(&mut *c.acquire().await?, vm_id.uuid()).await?.is_none_or(|v| v.state == "destroyed"))
+            Ok(vm::get(&mut *c.acquire().await?, vm_id.uuid()).await?.is_none_or(|v| v.state == VmState::Destroyed))
         });
         if let Err(e) = done.await {
             first_error.get_or_insert(e.context(format!("destroying vm {vm_id}")));
@@ -192,7 +194,7 @@ async fn teardown(pool: &PgPool, made: Made) -> anyhow::Result<()> {
             say(format!("warning: other VMs were placed on the demo's local host before it was drained: {ids}; they lose their host with it"));
         }
         let done = destroy(pool, host_id, Duration::from_secs(120), |c| async move {
-            Ok(vm_host::get(&mut *c.acquire().await?, host_id.uuid()).await?.is_none_or(|h| h.state == "destroyed"))
+            Ok(vm_host::get(&mut *c.acquire().await?, host_id.uuid()).await?.is_none_or(|h| h.state == HostState::Destroyed))
         });
         if let Err(e) = done.await {
             first_error.get_or_insert(e.context(format!("destroying host {host_id}")));
@@ -216,7 +218,7 @@ where
     if gone(pool.clone()).await? {
         return Ok(());
     }
-    skein_engine::enqueue::incr(&mut *pool.acquire().await?, id, "destroy").await?;
+    skein_engine::enqueue::incr(&mut *pool.acquire().await?, id, skein_engine::Signal::DESTROY).await?;
     wait(limit, || async { Ok(gone(pool.clone()).await?.then_some(())) }).await
 }
 

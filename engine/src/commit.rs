@@ -16,10 +16,13 @@ use uuid::Uuid;
 
 use crate::error::StepError;
 
+/// Where a flush answers one job: its result, or the database's error.
+type Reply<T> = oneshot::Sender<Result<T, String>>;
+
 enum Job {
-    Write(StepWrite, oneshot::Sender<Result<Option<Continued>, String>>),
-    Exit(ExitWrite, oneshot::Sender<Result<bool, String>>),
-    ChildExit(ExitWrite, oneshot::Sender<Result<bool, String>>),
+    Write(StepWrite, Reply<Option<Continued>>),
+    Exit(ExitWrite, Reply<bool>),
+    ChildExit(ExitWrite, Reply<bool>),
 }
 
 /// The most writes one flush carries.
@@ -42,23 +45,25 @@ impl GroupCommit {
 
     /// Write a step; None if its lease was lost.
     pub async fn write(&self, w: StepWrite) -> Result<Option<Continued>, StepError> {
-        let (tx, rx) = oneshot::channel();
-        self.jobs.send(Job::Write(w, tx)).map_err(|_| StepError::GroupCommit("committer stopped".into()))?;
-        rx.await.map_err(|_| StepError::GroupCommit("committer stopped".into()))?.map_err(StepError::GroupCommit)
+        self.ask(|reply| Job::Write(w, reply)).await
     }
 
     /// Exit a top-level strand; false if its lease was lost.
     pub async fn exit(&self, e: ExitWrite) -> Result<bool, StepError> {
-        let (tx, rx) = oneshot::channel();
-        self.jobs.send(Job::Exit(e, tx)).map_err(|_| StepError::GroupCommit("committer stopped".into()))?;
-        rx.await.map_err(|_| StepError::GroupCommit("committer stopped".into()))?.map_err(StepError::GroupCommit)
+        self.ask(|reply| Job::Exit(e, reply)).await
     }
 
     /// Exit a child strand (waking its parent if it was the last); false if its lease was lost.
     pub async fn exit_child(&self, e: ExitWrite) -> Result<bool, StepError> {
-        let (tx, rx) = oneshot::channel();
-        self.jobs.send(Job::ChildExit(e, tx)).map_err(|_| StepError::GroupCommit("committer stopped".into()))?;
-        rx.await.map_err(|_| StepError::GroupCommit("committer stopped".into()))?.map_err(StepError::GroupCommit)
+        self.ask(|reply| Job::ChildExit(e, reply)).await
+    }
+
+    /// Queue a job and wait for the flush that carries it.
+    async fn ask<T>(&self, job: impl FnOnce(Reply<T>) -> Job) -> Result<T, StepError> {
+        let stopped = || StepError::GroupCommit("committer stopped".into());
+        let (reply, answer) = oneshot::channel();
+        self.jobs.send(job(reply)).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?.map_err(StepError::GroupCommit)
     }
 }
 
@@ -146,7 +151,7 @@ async fn flush(pool: &PgPool, jobs: Vec<Job>) {
     tracing::trace!(steps = flushed, micros = flush_began.elapsed().as_micros() as u64, "group commit");
 }
 
-fn reply_exits(replies: Vec<(Uuid, oneshot::Sender<Result<bool, String>>)>, result: Result<Vec<Uuid>, sqlx::Error>) {
+fn reply_exits(replies: Vec<(Uuid, Reply<bool>)>, result: Result<Vec<Uuid>, sqlx::Error>) {
     match result {
         Ok(ids) => {
             let ids: std::collections::HashSet<Uuid> = ids.into_iter().collect();

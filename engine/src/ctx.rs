@@ -18,13 +18,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use skein_models::strand::{self, Exited};
+use skein_models::strand;
 use skein_models::{semaphore, Ubid, UbidType};
 use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
-use crate::prog::{hop, nap, Label, Prog, Step};
+use crate::prog::{hop, nap, output_of, Label, Prog, Semaphore, Signal, Step};
+use crate::shared_tx::{Lanes, Member};
 use crate::stack::SUBJECT_ID;
 
 /// Shared resources a runner hands to every step (an SSH pool, a secrets
@@ -66,23 +67,57 @@ pub(crate) struct StepState {
 
 /// The step's transaction, begun on first use. A label that never touches
 /// the database costs no transaction of its own: its strand write is
-/// group-committed with other steps'.
+/// group-committed with other steps'. One that writes joins a transaction
+/// shared with other writing steps (see [`crate::shared_tx`]), or, when
+/// retried after its group was aborted, a private one.
 pub struct Tx<'a> {
     pool: &'a PgPool,
-    open: &'a mut Option<Transaction<'static, Postgres>>,
+    open: &'a mut StepTx,
 }
 
 impl<'a> Tx<'a> {
-    pub(crate) fn new(pool: &'a PgPool, open: &'a mut Option<Transaction<'static, Postgres>>) -> Self {
+    pub(crate) fn new(pool: &'a PgPool, open: &'a mut StepTx) -> Self {
         Tx { pool, open }
     }
 
     /// The connection of the step's transaction: `.execute(cx.tx.conn().await?)`.
     /// It stays open until the step ends: make remote calls before this.
     pub async fn conn(&mut self) -> Result<&mut PgConnection, sqlx::Error> {
-        let conn = begin(self.pool, self.open).await?;
+        let conn = self.open.conn(self.pool).await?;
         crate::remote::tx_begun();
         Ok(conn)
+    }
+}
+
+/// Where a step's writes go, once it has any.
+pub(crate) enum StepTx {
+    /// Nothing written yet; the first write joins these lanes, or (None)
+    /// begins a private transaction.
+    None(Option<Arc<Lanes>>),
+    /// A transaction of its own.
+    Private(Transaction<'static, Postgres>),
+    /// A place in a shared transaction.
+    Shared(Member),
+}
+
+impl StepTx {
+    pub fn is_open(&self) -> bool {
+        !matches!(self, StepTx::None(_))
+    }
+
+    /// The open transaction's connection, begun (or joined) if there is none yet.
+    pub async fn conn(&mut self, pool: &PgPool) -> Result<&mut PgConnection, sqlx::Error> {
+        if let StepTx::None(lanes) = self {
+            *self = match lanes {
+                Some(lanes) => StepTx::Shared(lanes.join().await?),
+                None => StepTx::Private(crate::pool::begin(pool).await?),
+            };
+        }
+        Ok(match self {
+            StepTx::Private(tx) => tx,
+            StepTx::Shared(member) => member.conn(),
+            StepTx::None(_) => unreachable!("just begun"),
+        })
     }
 }
 
@@ -110,17 +145,6 @@ impl Drop for Read {
     fn drop(&mut self) {
         crate::remote::reads_held(-1);
     }
-}
-
-/// The open transaction, begun if there is none yet.
-pub(crate) async fn begin<'t>(
-    pool: &PgPool,
-    open: &'t mut Option<Transaction<'static, Postgres>>,
-) -> Result<&'t mut PgConnection, sqlx::Error> {
-    if open.is_none() {
-        *open = Some(crate::pool::begin(pool).await?);
-    }
-    Ok(open.as_mut().expect("just begun"))
 }
 
 /// What a label sees. `P` is the prog running, so `cx.frame` is its frame type.
@@ -159,9 +183,13 @@ impl<'a, P: Prog> Ctx<'a, P> {
         Ubid::from_uuid(self.st.subject_id)
     }
 
-    /// The value the last popped sub-prog returned, until the next hop.
-    pub fn retval(&self) -> Option<&Value> {
-        self.st.retval.as_ref()
+    /// What the sub-prog `Q` this label pushed returned, until the next hop:
+    /// `None` before it has popped. A value that is not a `Q::Output` fails
+    /// the step, saying what came back.
+    pub fn retval<Q: Prog>(&self) -> anyhow::Result<Option<Q::Output>> {
+        let Some(value) = &self.st.retval else { return Ok(None) };
+        let output = output_of::<Q>(value, || format!("the sub-prog {} pushed", P::NAME))?;
+        Ok(Some(output))
     }
 
     /// Time left before this step is abandoned. Bound every remote call by it.
@@ -177,37 +205,32 @@ impl<'a, P: Prog> Ctx<'a, P> {
             .ok_or_else(|| anyhow::anyhow!("this runner has no {} resource", std::any::type_name::<T>()))
     }
 
-    /// Whether `name` was incremented when this step began.
-    pub fn is_set(&self, name: &str) -> bool {
-        debug_assert!(
-            name == "destroy" || P::SEMAPHORES.contains(&name),
-            "{} reads semaphore {name:?} but does not declare it in Prog::SEMAPHORES",
-            P::NAME
-        );
-        self.st.sems.iter().any(|(_, n)| n == name)
+    /// Whether `sem` was incremented when this step began.
+    pub fn is_set(&self, sem: P::Sem) -> bool {
+        self.st.sems.iter().any(|(_, n)| n == sem.name())
     }
 
-    /// Forget `name`: the increments this step saw are deleted when it commits;
+    /// Forget `sem`: the increments this step saw are deleted when it commits;
     /// one that arrives meanwhile survives for the next step.
-    pub fn decr(&mut self, name: &str) {
-        if !self.st.decrs.iter().any(|d| d == name) {
-            self.st.decrs.push(name.to_string());
+    pub fn decr(&mut self, sem: P::Sem) {
+        if !self.st.decrs.iter().any(|d| d == sem.name()) {
+            self.st.decrs.push(sem.name().to_string());
         }
     }
 
-    /// `is_set` and `decr` in one: true if `name` was set, and it is now consumed.
-    pub fn take(&mut self, name: &str) -> bool {
-        let set = self.is_set(name);
+    /// `is_set` and `decr` in one: true if `sem` was set, and it is now consumed.
+    pub fn take(&mut self, sem: P::Sem) -> bool {
+        let set = self.is_set(sem);
         if set {
-            self.decr(name);
+            self.decr(sem);
         }
         set
     }
 
-    /// Increment `name` on another strand and wake it, when this step commits.
-    /// False if that strand is gone.
-    pub async fn incr(&mut self, strand: Ubid, name: &str) -> anyhow::Result<bool> {
-        Ok(semaphore::incr(self.tx.conn().await?, strand.uuid(), name).await?)
+    /// Set `signal` on another strand (`vm::Sem::Checkup`, `Signal::DESTROY`)
+    /// and wake it, when this step commits. False if that strand is gone.
+    pub async fn incr(&mut self, strand: Ubid, signal: impl Into<Signal>) -> anyhow::Result<bool> {
+        Ok(semaphore::incr(self.tx.conn().await?, strand.uuid(), signal.into().name()).await?)
     }
 
     /// Start a child strand running the prog that owns `label`, runnable as
@@ -240,12 +263,28 @@ impl<'a, P: Prog> Ctx<'a, P> {
         Ok(ids.into_iter().map(Ubid::from_uuid).collect())
     }
 
-    /// Collect exited children: each one's exit value, with the child deleted
-    /// (and its semaphores). Children still running, or still holding a
-    /// lease, are left alone and counted in `running`.
-    pub async fn reap(&mut self) -> anyhow::Result<Reaped> {
+    /// Collect exited children, all running `Q`: each one's output, with the
+    /// child deleted (and its semaphores). Children still running, or still
+    /// holding a lease, are left alone and counted in `running`. A child of
+    /// another prog, or whose exit value is not a `Q::Output`, fails the step
+    /// (and so deletes nothing), naming the child and what it returned.
+    pub async fn reap<Q: Prog>(&mut self) -> anyhow::Result<Reaped<Q>> {
         let (exited, running) = strand::reap(self.tx.conn().await?, self.st.id).await?;
-        Ok(Reaped { exited, running, children_nap: self.st.children_nap })
+        let mut children = Vec::with_capacity(exited.len());
+        for child in exited {
+            let id = Ubid::from_uuid(child.id);
+            anyhow::ensure!(
+                child.prog == Q::NAME,
+                "{} reaped child strand {id}, which runs {}, not {}: reap it as cx.reap::<{}>()",
+                P::NAME,
+                child.prog,
+                Q::NAME,
+                child.prog
+            );
+            let output = output_of::<Q>(&child.exitval, || format!("child strand {id} of {}", P::NAME))?;
+            children.push(Child { id, output });
+        }
+        Ok(Reaped { exited: children, running, children_nap: self.st.children_nap })
     }
 
     /// Raise a page for operators now, on its own connection: it stands even
@@ -273,17 +312,24 @@ impl<'a, P: Prog> Ctx<'a, P> {
     }
 }
 
-/// What `cx.reap()` found.
+/// A child that exited, and its output.
 #[derive(Debug)]
-pub struct Reaped {
-    /// Children that exited, now deleted, with their exit values.
-    pub exited: Vec<Exited>,
+pub struct Child<O> {
+    pub id: Ubid,
+    pub output: O,
+}
+
+/// What `cx.reap::<Q>()` found.
+#[derive(Debug)]
+pub struct Reaped<Q: Prog> {
+    /// Children that exited, now deleted, with their outputs.
+    pub exited: Vec<Child<Q::Output>>,
     /// Children still running.
     pub running: i64,
     children_nap: f64,
 }
 
-impl Reaped {
+impl<Q: Prog> Reaped<Q> {
     /// Hop to `next` once no child is left; until then sleep. The last child to
     /// exit wakes this strand, so the nap is only a fallback and can be long.
     pub fn hop_when_done<P: Prog>(&self, next: P::Label) -> Step<P> {

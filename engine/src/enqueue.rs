@@ -7,7 +7,7 @@ use skein_models::strand::{self, NewStrand};
 use skein_models::{semaphore, Ubid, UbidType};
 use sqlx::PgConnection;
 
-use crate::prog::{Label, Prog};
+use crate::prog::{Label, Prog, Signal};
 
 /// Start a top-level strand at `label` with a fresh strand id.
 pub async fn start<L: Label>(conn: &mut PgConnection, frame: <L::Prog as Prog>::Frame, label: L) -> anyhow::Result<Ubid> {
@@ -57,7 +57,8 @@ pub(crate) fn frame_object<P: Prog>(frame: P::Frame) -> anyhow::Result<serde_jso
     }
 }
 
-/// Increment semaphore `name` on `strand` and wake it. False if the strand is gone.
-pub async fn incr(conn: &mut PgConnection, strand: Ubid, name: &str) -> anyhow::Result<bool> {
-    Ok(semaphore::incr(conn, strand.uuid(), name).await?)
+/// Set `signal` on `strand` (a prog's semaphore such as `host::Sem::Drain`,
+/// or `Signal::DESTROY`) and wake it. False if the strand is gone.
+pub async fn incr(conn: &mut PgConnection, strand: Ubid, signal: impl Into<Signal>) -> anyhow::Result<bool> {
+    Ok(semaphore::incr(conn, strand.uuid(), signal.into().name()).await?)
 }

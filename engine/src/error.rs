@@ -21,6 +21,8 @@ pub enum StepError {
     LeaseLost,
     #[error("database (group commit): {0}")]
     GroupCommit(String),
+    #[error("its shared transaction did not commit ({0}); run again in a transaction of its own")]
+    GroupAborted(String),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
 }

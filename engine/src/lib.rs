@@ -1,7 +1,7 @@
 //! skein-engine: the prog API and the step runner.
 //!
-//! - [`prog`]: what a prog author writes: `Prog`, `labels!`, `hop`/`nap`/`push`/`pop`.
-//! - [`ctx`]: what a label sees during its step: frame, reads, transaction, semaphores, `bud`, `reap`.
+//! - [`prog`]: what a prog author writes: `Prog`, `labels!`, `semaphores!`, `hop`/`nap`/`push`/`pop`.
+//! - [`ctx`]: what a label sees during its step: frame, reads, transaction, typed semaphores, `bud`, typed `reap` and `retval`.
 //! - [`remote`]: remote work holds no database; the check remote clients call.
 //! - [`dispatch`]: the claim loop of `respirate`: batches, wake-ups, shutdown.
 //! - [`liveness`]: who is alive; a dead or hung worker's claims are broken at once.
@@ -23,12 +23,13 @@ pub mod prog;
 pub mod registry;
 pub mod remote;
 pub mod runner;
+mod shared_tx;
 pub mod stack;
 pub mod testing;
 
-pub use ctx::{Ctx, Read, Reaped, Resources};
+pub use ctx::{Child, Ctx, Read, Reaped, Resources};
 pub use error::StepError;
-pub use prog::{hop, nap, pop, push, Flow, Label, NoFrame, Popped, Prog, Step};
+pub use prog::{hop, nap, pop, push, Flow, Label, Msg, NoFrame, NoSems, Prog, Semaphore, Signal, Step};
 pub use dispatch::{DispatchConfig, Dispatcher};
 pub use liveness::LivenessConfig;
 pub use registry::Registry;
@@ -38,8 +39,8 @@ pub use skein_models::{Ubid, UbidType};
 /// Everything a prog file needs: `use skein_engine::prelude::*;`
 pub mod prelude {
     pub use crate::ctx::{Ctx, Reaped};
-    pub use crate::labels;
-    pub use crate::prog::{hop, nap, pop, push, Label, NoFrame, Prog, Step};
+    pub use crate::prog::{hop, nap, pop, push, Label, Msg, NoFrame, NoSems, Prog, Semaphore, Signal, Step};
+    pub use crate::{labels, semaphores};
     pub use serde::{Deserialize, Serialize};
     pub use async_trait::async_trait;
     pub use serde_json::{json, Value};

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::ctx::{Ctx, StepState, Tx};
 use crate::error::StepError;
-use crate::prog::{Flow, Label, Prog, Pushed};
+use crate::prog::{Flow, Label, Prog, Pushed, Semaphore};
 use crate::stack::Frame;
 
 /// A flow with the prog's types erased, as the runner applies it.
@@ -27,7 +27,7 @@ pub(crate) trait AnyProg: Send + Sync {
     fn labels(&self) -> Vec<&'static str>;
     fn has_label(&self, label: &str) -> bool;
     fn destroy_label(&self) -> Option<&'static str>;
-    fn semaphores(&self) -> &'static [&'static str];
+    fn semaphores(&self) -> Vec<&'static str>;
     /// Run `label` with the prog's data read from `frame`; returns the flow and
     /// the frame data to write back.
     async fn run(&self, tx: Tx<'_>, st: &mut StepState, label: &str, frame: &Frame) -> Result<(RawFlow, Value), StepError>;
@@ -49,8 +49,8 @@ impl<P: Prog> AnyProg for Typed<P> {
         P::DESTROY.map(Label::name)
     }
 
-    fn semaphores(&self) -> &'static [&'static str] {
-        P::SEMAPHORES
+    fn semaphores(&self) -> Vec<&'static str> {
+        <P::Sem as Semaphore>::ALL.iter().map(|s| s.name()).collect()
     }
 
     async fn run(&self, tx: Tx<'_>, st: &mut StepState, label: &str, frame: &Frame) -> Result<(RawFlow, Value), StepError> {
@@ -69,7 +69,9 @@ impl<P: Prog> AnyProg for Typed<P> {
             Flow::Hop(l) => RawFlow::Hop(l.name()),
             Flow::Nap(s) => RawFlow::Nap(s),
             Flow::Push(p) => RawFlow::Push(p),
-            Flow::Pop(v) => RawFlow::Pop(v),
+            Flow::Pop(out) => RawFlow::Pop(serde_json::to_value(out).map_err(|e| {
+                StepError::Label(anyhow::anyhow!("{} popped an output that does not serialize to JSON: {e}", P::NAME))
+            })?),
         };
         Ok((flow, data))
     }
@@ -117,6 +119,6 @@ impl Registry {
 
     /// The semaphores a registered prog answers: the ones it declares, then `destroy`.
     pub fn semaphores(&self, prog: &str) -> Option<Vec<&'static str>> {
-        self.progs.get(prog).map(|p| p.semaphores().iter().copied().chain(["destroy"]).collect())
+        self.progs.get(prog).map(|p| p.semaphores().into_iter().chain([crate::prog::Signal::DESTROY.name()]).collect())
     }
 }

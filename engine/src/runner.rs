@@ -8,7 +8,9 @@
 //!
 //! How a step is written depends on what it touched:
 //! - a step that used the database (its own rows, `bud`, `reap`, `decr`, a
-//!   page, a child's exit) writes its strand row in its own transaction;
+//!   page, a child's exit) writes its strand row in its transaction: one it
+//!   shares with other writing steps (`shared_tx.rs`), or, run again after
+//!   its shared one was aborted, one of its own;
 //! - a pure step (the label only computed) has nothing but the strand row to
 //!   write, so its write is group-committed with other tasks' (`commit.rs`);
 //! - a pure step that hops quickly is not written at all: the runner carries
@@ -23,17 +25,18 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::{json, Value};
-use skein_models::strand::{self, ExitWrite, LeaseTerms, Leased, StepWrite};
+use skein_models::strand::{self, Continued, ExitWrite, LeaseTerms, Leased, StepWrite};
 use skein_models::{page, semaphore, Ubid};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::PgPool;
 use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::commit::GroupCommit;
-use crate::ctx::{begin, DeadlineChange, Resources, StepState, Tx};
+use crate::ctx::{DeadlineChange, Resources, StepState, StepTx, Tx};
 use crate::error::StepError;
 use crate::registry::{RawFlow, Registry};
 use crate::remote;
+use crate::shared_tx::{Lanes, Left, StrandWrite};
 use crate::stack::{self, Deadline, Stack, DESTROYING, LINK, SUBJECT_ID};
 
 /// Timings and thresholds. The defaults suit production; tests shrink them.
@@ -54,6 +57,9 @@ pub struct Config {
     pub children_nap: Duration,
     /// Who holds the leases this runner takes (shown to operators).
     pub holder: String,
+    /// Steps that write share transactions (`shared_tx.rs`); off, each
+    /// writing step commits alone.
+    pub shared_writes: bool,
 }
 
 impl Default for Config {
@@ -66,6 +72,7 @@ impl Default for Config {
             page_after_failures: 5,
             children_nap: Duration::from_secs(3600),
             holder: this_process(),
+            shared_writes: true,
         }
     }
 }
@@ -160,6 +167,22 @@ struct Current {
 }
 
 impl Current {
+    /// Carry on under the same lease from where the step left the strand;
+    /// `written` is the row as written, or None if the step is not written yet.
+    fn advance(&mut self, at: Position, stack: Value, written: Option<Continued>) {
+        self.prog = at.prog;
+        self.label = at.label;
+        self.stack = stack;
+        self.retval = at.retval;
+        self.prior_failures = 0;
+        self.fresh = false;
+        self.dirty = written.is_none();
+        if let Some(next) = written {
+            self.leased_schedule = next.schedule;
+            self.sems = next.sem_ids.unwrap_or_default().into_iter().zip(next.sem_names.unwrap_or_default()).collect();
+        }
+    }
+
     /// The strand's current state as a write that keeps the lease.
     fn progress(&self) -> StepWrite {
         StepWrite {
@@ -175,6 +198,38 @@ impl Current {
     }
 }
 
+/// Where a step leaves the strand: its prog, label, stack and the value
+/// handed back by the last pop.
+struct Position {
+    prog: String,
+    label: String,
+    stack: Stack,
+    retval: Option<Value>,
+}
+
+/// What a destroy did before the label runs: the frames it unwound, and
+/// the flow to take instead of a label when the prog has no destroy label.
+struct Destroy {
+    forced: Option<RawFlow>,
+    unwound: Vec<stack::Frame>,
+}
+
+/// What the label returned and asked for besides its flow.
+struct LabelRun {
+    flow: RawFlow,
+    budded: Vec<Uuid>,
+    decrs: Vec<String>,
+    deadline: Option<DeadlineChange>,
+}
+
+/// The flow as applied: what to report, how long to nap, and the exit value
+/// if the bottom frame popped.
+struct Applied {
+    outcome: Outcome,
+    nap_secs: f64,
+    exitval: Option<Value>,
+}
+
 #[derive(Clone)]
 pub struct Runner {
     pool: PgPool,
@@ -182,6 +237,7 @@ pub struct Runner {
     config: Arc<Config>,
     resources: Arc<Resources>,
     committer: Arc<std::sync::OnceLock<GroupCommit>>,
+    lanes: Arc<std::sync::OnceLock<Arc<Lanes>>>,
 }
 
 impl Runner {
@@ -192,11 +248,19 @@ impl Runner {
             config: Arc::new(Config::default()),
             resources: Default::default(),
             committer: Default::default(),
+            lanes: Default::default(),
         }
     }
 
     fn committer(&self) -> &GroupCommit {
         self.committer.get_or_init(|| GroupCommit::start(self.pool.clone()))
+    }
+
+    /// Where a step's first write goes: a shared transaction, or (`private`,
+    /// or shared writes off) one of its own.
+    fn step_tx(&self, private: bool) -> StepTx {
+        let shared = self.config.shared_writes && !private;
+        StepTx::None(shared.then(|| self.lanes.get_or_init(|| Arc::new(Lanes::new(&self.pool))).clone()))
     }
 
     pub fn with_config(mut self, config: Config) -> Self {
@@ -293,20 +357,28 @@ impl Runner {
         let started = Instant::now();
         let lease_margin = self.config.lease / 4;
         let mut reports = Vec::new();
+        let mut private = false;
         loop {
             let ends_at = (Instant::now() + self.config.step_budget).min(claim.lease_ends - lease_margin);
             let budget = ends_at.saturating_duration_since(Instant::now());
             let keep_going = reports.len() + 1 < max_steps && started.elapsed() < self.config.continue_budget;
             let span = tracing::info_span!("step", strand = %Ubid::from_uuid(cur.id), prog = %cur.prog, label = %cur.label);
             let began = Instant::now();
-            let result = tokio::time::timeout(budget, self.step(&mut cur, ends_at, keep_going))
+            let result = tokio::time::timeout(budget, self.step(&mut cur, ends_at, keep_going, private))
                 .instrument(span.clone())
                 .await
                 .unwrap_or(Err(StepError::Overran(budget)));
             let _enter = span.enter();
             let micros = began.elapsed().as_micros() as u64;
             match result {
+                Err(StepError::GroupAborted(why)) if !private => {
+                    // Another step spoiled the shared transaction: nothing of
+                    // this one committed, so run it again, alone.
+                    tracing::debug!(%why, "shared transaction aborted; running the step again in its own");
+                    private = true;
+                }
                 Ok((mut report, again)) => {
+                    private = false;
                     report.micros = micros;
                     tracing::debug!(outcome = ?report.outcome, "step done");
                     reports.push(report);
@@ -342,115 +414,191 @@ impl Runner {
     /// One step in one transaction. On success `cur` becomes the strand as
     /// written (or as carried in memory); on any error nothing of this step
     /// was committed and `cur` is untouched.
-    async fn step(&self, cur: &mut Current, ends_at: Instant, keep_going: bool) -> Result<(StepReport, bool), StepError> {
+    ///
+    /// The phases, in order: a destroy unwinds the stack; a passed deadline
+    /// pages; the label runs (holding nothing while it calls hosts); its
+    /// deadline change and flow are applied to the strand's position; the
+    /// semaphores it consumed are deleted; the position is written.
+    async fn step(&self, cur: &mut Current, ends_at: Instant, keep_going: bool, private: bool) -> Result<(StepReport, bool), StepError> {
         let began = Instant::now();
-        let mut stack = Stack::parse(&cur.stack).map_err(StepError::CorruptStack)?;
-        let mut open: Option<Transaction<'static, Postgres>> = None;
-        let mut prog = cur.prog.clone();
-        let mut label = cur.label.clone();
         let ubid = Ubid::from_uuid(cur.id);
+        let mut open = self.step_tx(private);
+        let mut at = Position {
+            prog: cur.prog.clone(),
+            label: cur.label.clone(),
+            stack: Stack::parse(&cur.stack).map_err(StepError::CorruptStack)?,
+            retval: cur.retval.clone(),
+        };
 
-        // Destroy: unwind to the bottom frame once, then run its prog's destroy
-        // label, or just exit if it has none.
-        // Their deadline pages are resolved after the label: nothing opens the
-        // step's transaction before the label's remote calls.
-        let mut forced: Option<RawFlow> = None;
-        let mut unwound = Vec::new();
-        if cur.sems.iter().any(|(_, n)| n == "destroy") && !stack.bottom().contains_key(DESTROYING) {
-            if stack.frames.len() > 1 {
-                prog = stack::link(&stack.frames[stack.frames.len() - 2]).expect("checked by Stack::parse").0;
-            }
-            while stack.frames.len() > 1 {
-                unwound.push(stack.frames.remove(0));
-            }
-            stack.bottom_mut().insert(DESTROYING.into(), Value::Bool(true));
-            match self.registry.get(&prog)?.destroy_label() {
-                Some(l) => label = l.to_string(),
-                None => forced = Some(RawFlow::Pop(json!({"msg": "destroyed"}))),
-            }
-        }
-
-        // A passed deadline pages once, and the frame remembers it did. The
-        // page is raised on a short connection of its own (it stands even if
-        // this step fails; raising an open tag again does nothing).
-        if let Some(mut d) = Deadline::read(stack.top()) {
-            if !d.notified && d.at <= Utc::now() {
-                let summary = format!("strand {ubid} ({prog}) did not reach {} by {}", d.target, d.at.to_rfc3339());
-                let details = json!({"strand": ubid, "prog": prog, "label": label, "target": d.target});
-                let mut conn = crate::pool::acquire(&self.pool).await?;
-                page::raise(&mut conn, &deadline_tag(ubid, &d.target), &summary, "warning", &details).await?;
-                d.notified = true;
-                d.write(stack.top_mut());
-            }
-        }
-
-        let subject_id = stack
-            .top()
-            .get(SUBJECT_ID)
-            .and_then(Value::as_str)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(cur.id);
-        let runs = self.registry.get(&prog)?.clone();
+        let destroy = self.enter_destroy(cur, &mut at)?;
+        self.page_passed_deadline(ubid, &mut at).await?;
         // What ran, as the report names it: a destroy runs its prog's destroy
         // label, not the label the strand was at.
-        let (ran_prog, ran_label) = (prog.clone(), label.clone());
-        let (flow, budded, decrs, deadline_change) = match forced {
-            Some(flow) => (flow, vec![], vec![], None),
+        let (ran_prog, ran_label) = (at.prog.clone(), at.label.clone());
+        let ran = match destroy.forced {
+            Some(flow) => LabelRun { flow, budded: vec![], decrs: vec![], deadline: None },
+            None => self.run_label(cur, &mut at, ends_at, &mut open).await?,
+        };
+        // Pages of the unwound frames' deadlines are resolved only now: nothing
+        // opens the step's transaction before the label's remote calls.
+        for popped in &destroy.unwound {
+            self.resolve_deadline_page(&mut open, ubid, popped).await?;
+        }
+        self.change_deadline(&mut open, ubid, &mut at, ran.deadline).await?;
+        let applied = self.apply_flow(&mut open, ubid, &mut at, ran.flow).await?;
+        let nap_secs = self.settle_deadline(&mut open, ubid, &mut at, &applied).await?;
+        self.consume_semaphores(cur, &ran.decrs, ubid, &mut open).await?;
+
+        let stack_value = at.stack.to_value();
+        let (again, next) = match applied.exitval {
+            Some(exitval) => {
+                self.write_exit(cur, &at.label, &stack_value, exitval, open).await?;
+                (false, None)
+            }
             None => {
-                let mut st = StepState {
+                let again = keep_going && nap_secs == 0.0;
+                let write = StepWrite {
                     id: cur.id,
-                    subject_id,
-                    retval: cur.retval.clone(),
-                    sems: cur.sems.clone(),
-                    decrs: vec![],
-                    deadline: None,
-                    budded: vec![],
-                    ends_at,
-                    children_nap: self.config.children_nap.as_secs_f64(),
-                    resources: self.resources.clone(),
+                    lease: cur.lease,
+                    prog: at.prog.clone(),
+                    label: at.label.clone(),
+                    stack: stack_value.clone(),
+                    retval: at.retval.clone(),
+                    leased_schedule: cur.leased_schedule,
+                    release_after: if again { None } else { Some(nap_secs) },
                 };
-                let tx_open = open.is_some();
-                let run = runs.run(Tx::new(&self.pool, &mut open), &mut st, &label, stack.top());
-                let (ran, held) = remote::watch(&prog, &label, tx_open, run).await;
-                if let Some(held) = held {
-                    return Err(StepError::Label(held.into()));
-                }
-                let (flow, data) = ran?;
-                stack::replace_prog_data(stack.top_mut(), data)
-                    .map_err(|error| StepError::BadFrame { prog: prog.clone(), error })?;
-                (flow, st.budded, st.decrs, st.deadline)
+                // A quick pure hop that carries on is not written yet.
+                let carry_on = again && !open.is_open() && began.elapsed() < COALESCE_UNDER;
+                let next = if carry_on { None } else { Some(self.write_step(write, open).await?) };
+                (again, next)
             }
         };
 
-        for popped in &unwound {
-            self.resolve_deadline_page(&mut open, ubid, popped).await?;
+        let report = StepReport {
+            strand: ubid,
+            prog: ran_prog,
+            label: ran_label,
+            outcome: applied.outcome,
+            budded: ran.budded.into_iter().map(Ubid::from_uuid).collect(),
+            micros: 0,
+        };
+        if again {
+            cur.advance(at, stack_value, next);
         }
+        Ok((report, again))
+    }
 
-        match deadline_change {
-            Some(DeadlineChange::Register { target, within }) => {
-                self.resolve_deadline_page(&mut open, ubid, stack.top()).await?;
-                let at = Utc::now() + chrono::Duration::from_std(within).unwrap_or(chrono::Duration::MAX);
-                Deadline { target: target.to_string(), at, notified: false }.write(stack.top_mut());
-            }
-            Some(DeadlineChange::Unregister) => {
-                self.resolve_deadline_page(&mut open, ubid, stack.top()).await?;
-                Deadline::clear(stack.top_mut());
-            }
-            None => {}
+    /// Destroy: unwind to the bottom frame once, then run its prog's destroy
+    /// label, or just exit if it has none.
+    fn enter_destroy(&self, cur: &Current, at: &mut Position) -> Result<Destroy, StepError> {
+        let mut destroy = Destroy { forced: None, unwound: vec![] };
+        let stack = &mut at.stack;
+        if !cur.sems.iter().any(|(_, n)| n == "destroy") || stack.bottom().contains_key(DESTROYING) {
+            return Ok(destroy);
         }
+        if stack.frames.len() > 1 {
+            at.prog = stack::link(&stack.frames[stack.frames.len() - 2]).expect("checked by Stack::parse").0;
+        }
+        while stack.frames.len() > 1 {
+            destroy.unwound.push(stack.frames.remove(0));
+        }
+        stack.bottom_mut().insert(DESTROYING.into(), Value::Bool(true));
+        match self.registry.get(&at.prog)?.destroy_label() {
+            Some(l) => at.label = l.to_string(),
+            None => destroy.forced = Some(RawFlow::Pop(json!({"msg": "destroyed"}))),
+        }
+        Ok(destroy)
+    }
 
-        // Apply the flow to prog, label, stack and retval.
-        let mut retval = cur.retval.clone();
-        let mut nap_secs = 0.0;
-        let mut exitval = None;
-        let outcome = match flow {
+    /// A passed deadline pages once, and the frame remembers it did. The page
+    /// is raised on a short connection of its own (it stands even if this step
+    /// fails; raising an open tag again does nothing).
+    async fn page_passed_deadline(&self, ubid: Ubid, at: &mut Position) -> Result<(), StepError> {
+        let Some(mut d) = Deadline::read(at.stack.top()) else { return Ok(()) };
+        if d.notified || d.at > Utc::now() {
+            return Ok(());
+        }
+        let summary = format!("strand {ubid} ({}) did not reach {} by {}", at.prog, d.target, d.at.to_rfc3339());
+        let details = json!({"strand": ubid, "prog": at.prog, "label": at.label, "target": d.target});
+        let mut conn = crate::pool::acquire(&self.pool).await?;
+        page::raise(&mut conn, &deadline_tag(ubid, &d.target), &summary, "warning", &details).await?;
+        d.notified = true;
+        d.write(at.stack.top_mut());
+        Ok(())
+    }
+
+    /// Run the label under the remote-work probe: it fails the step if the
+    /// label called a host while holding the step's database.
+    async fn run_label(
+        &self,
+        cur: &Current,
+        at: &mut Position,
+        ends_at: Instant,
+        open: &mut StepTx,
+    ) -> Result<LabelRun, StepError> {
+        let top = at.stack.top();
+        let subject_id = top.get(SUBJECT_ID).and_then(Value::as_str).and_then(|s| s.parse().ok()).unwrap_or(cur.id);
+        let mut st = StepState {
+            id: cur.id,
+            subject_id,
+            retval: cur.retval.clone(),
+            sems: cur.sems.clone(),
+            decrs: vec![],
+            deadline: None,
+            budded: vec![],
+            ends_at,
+            children_nap: self.config.children_nap.as_secs_f64(),
+            resources: self.resources.clone(),
+        };
+        let runs = self.registry.get(&at.prog)?.clone();
+        let tx_open = open.is_open();
+        let run = runs.run(Tx::new(&self.pool, open), &mut st, &at.label, top);
+        let (ran, held) = remote::watch(&at.prog, &at.label, tx_open, run).await;
+        if let Some(held) = held {
+            return Err(StepError::Label(held.into()));
+        }
+        let (flow, data) = ran?;
+        stack::replace_prog_data(at.stack.top_mut(), data).map_err(|error| StepError::BadFrame { prog: at.prog.clone(), error })?;
+        Ok(LabelRun { flow, budded: st.budded, decrs: st.decrs, deadline: st.deadline })
+    }
+
+    /// The label registered or dropped a deadline for its frame.
+    async fn change_deadline(
+        &self,
+        open: &mut StepTx,
+        ubid: Ubid,
+        at: &mut Position,
+        change: Option<DeadlineChange>,
+    ) -> Result<(), StepError> {
+        let Some(change) = change else { return Ok(()) };
+        self.resolve_deadline_page(open, ubid, at.stack.top()).await?;
+        match change {
+            DeadlineChange::Register { target, within } => {
+                let at_time = Utc::now() + chrono::Duration::from_std(within).unwrap_or(chrono::Duration::MAX);
+                Deadline { target: target.to_string(), at: at_time, notified: false }.write(at.stack.top_mut());
+            }
+            DeadlineChange::Unregister => Deadline::clear(at.stack.top_mut()),
+        }
+        Ok(())
+    }
+
+    /// Apply the label's flow to the strand's position.
+    async fn apply_flow(
+        &self,
+        open: &mut StepTx,
+        ubid: Ubid,
+        at: &mut Position,
+        flow: RawFlow,
+    ) -> Result<Applied, StepError> {
+        let mut applied = Applied { outcome: Outcome::Nap { secs: 0.0 }, nap_secs: 0.0, exitval: None };
+        applied.outcome = match flow {
             RawFlow::Hop(to) => {
-                label = to.to_string();
-                retval = None;
-                Outcome::Hop { to: label.clone() }
+                at.label = to.to_string();
+                at.retval = None;
+                Outcome::Hop { to: at.label.clone() }
             }
             RawFlow::Nap(secs) => {
-                nap_secs = secs;
+                applied.nap_secs = secs;
                 Outcome::Nap { secs }
             }
             RawFlow::Push(p) => {
@@ -463,129 +611,126 @@ impl Runner {
                     });
                 }
                 let mut frame = stack::Frame::new();
-                stack::replace_prog_data(&mut frame, p.frame)
-                    .map_err(|error| StepError::BadFrame { prog: p.prog.into(), error })?;
-                frame.insert(LINK.into(), json!([prog, label]));
-                if let Some(s) = stack.top().get(SUBJECT_ID) {
+                stack::replace_prog_data(&mut frame, p.frame).map_err(|error| StepError::BadFrame { prog: p.prog.into(), error })?;
+                frame.insert(LINK.into(), json!([at.prog, at.label]));
+                if let Some(s) = at.stack.top().get(SUBJECT_ID) {
                     frame.insert(SUBJECT_ID.into(), s.clone());
                 }
-                stack.frames.insert(0, frame);
-                prog = p.prog.to_string();
-                label = p.label.to_string();
-                retval = None;
-                Outcome::Push { prog: prog.clone(), label: label.clone() }
+                at.stack.frames.insert(0, frame);
+                at.prog = p.prog.to_string();
+                at.label = p.label.to_string();
+                at.retval = None;
+                Outcome::Push { prog: at.prog.clone(), label: at.label.clone() }
             }
-            RawFlow::Pop(value) => match stack::link(stack.top()) {
+            RawFlow::Pop(value) => match stack::link(at.stack.top()) {
                 Some((to_prog, to_label)) => {
-                    let popped = stack.frames.remove(0);
-                    self.resolve_deadline_page(&mut open, ubid, &popped).await?;
-                    prog = to_prog;
-                    label = to_label;
-                    retval = Some(value.clone());
-                    Outcome::Pop { to_prog: prog.clone(), to_label: label.clone(), retval: value }
+                    let popped = at.stack.frames.remove(0);
+                    self.resolve_deadline_page(open, ubid, &popped).await?;
+                    at.prog = to_prog;
+                    at.label = to_label;
+                    at.retval = Some(value.clone());
+                    Outcome::Pop { to_prog: at.prog.clone(), to_label: at.label.clone(), retval: value }
                 }
                 None => {
-                    exitval = Some(value.clone());
+                    applied.exitval = Some(value.clone());
                     Outcome::Exit { exitval: value }
                 }
             },
         };
+        Ok(applied)
+    }
 
-        // Reaching the deadline's target label resolves it.
-        if let Some(d) = Deadline::read(stack.top()) {
-            if d.target == label && exitval.is_none() {
-                self.resolve_deadline_page(&mut open, ubid, stack.top()).await?;
-                Deadline::clear(stack.top_mut());
-            } else if !d.notified && nap_secs > 0.0 {
-                // Wake in time to notice the deadline passing.
-                let until = (d.at - Utc::now()).num_milliseconds().max(0) as f64 / 1000.0;
-                nap_secs = nap_secs.min(until);
-            }
+    /// Reaching the deadline's target label resolves it; a nap is shortened
+    /// to wake in time to notice it passing. Returns the nap to write.
+    async fn settle_deadline(
+        &self,
+        open: &mut StepTx,
+        ubid: Ubid,
+        at: &mut Position,
+        applied: &Applied,
+    ) -> Result<f64, StepError> {
+        let Some(d) = Deadline::read(at.stack.top()) else { return Ok(applied.nap_secs) };
+        if d.target == at.label && applied.exitval.is_none() {
+            self.resolve_deadline_page(open, ubid, at.stack.top()).await?;
+            Deadline::clear(at.stack.top_mut());
+        } else if !d.notified && applied.nap_secs > 0.0 {
+            let until = (d.at - Utc::now()).num_milliseconds().max(0) as f64 / 1000.0;
+            return Ok(applied.nap_secs.min(until));
         }
+        Ok(applied.nap_secs)
+    }
 
-        let consumed: Vec<Uuid> =
-            cur.sems.iter().filter(|(_, n)| decrs.iter().any(|d| d == n)).map(|(id, _)| *id).collect();
+    /// Delete the semaphores the label consumed, and resolve the strand's
+    /// "failing" page on its first success after failures.
+    async fn consume_semaphores(
+        &self,
+        cur: &Current,
+        decrs: &[String],
+        ubid: Ubid,
+        open: &mut StepTx,
+    ) -> Result<(), StepError> {
+        let consumed: Vec<Uuid> = cur.sems.iter().filter(|(_, n)| decrs.contains(n)).map(|(id, _)| *id).collect();
         if !consumed.is_empty() {
-            semaphore::delete(begin(&self.pool, &mut open).await?, &consumed).await?;
+            semaphore::delete(open.conn(&self.pool).await?, &consumed).await?;
         }
         if cur.fresh && cur.prior_failures >= self.config.page_after_failures {
-            page::resolve(begin(&self.pool, &mut open).await?, &failing_tag(ubid)).await?;
+            page::resolve(open.conn(&self.pool).await?, &failing_tag(ubid)).await?;
         }
+        Ok(())
+    }
 
-        // Write: in this step's transaction if it has one, else group-committed,
-        // or (a quick pure hop) not yet.
-        let stack_value = stack.to_value();
-        let mut again = false;
-        let mut next = None;
-        if let Some(exitval) = exitval {
-            let exit = ExitWrite { id: cur.id, lease: cur.lease, label: label.clone(), stack: stack_value.clone(), exitval };
-            let written = match (cur.parent_id, open.take()) {
-                (Some(_), None) => self.committer().exit_child(exit).await?,
-                (Some(_), Some(mut tx)) => {
-                    let (written, recheck) = strand::exit_children(&mut tx, std::slice::from_ref(&exit)).await?;
-                    tx.commit().await?;
-                    for parent in recheck {
-                        strand::wake_parent_if_idle(&mut *crate::pool::acquire(&self.pool).await?, parent).await?;
-                    }
-                    !written.is_empty()
-                }
-                (None, Some(mut tx)) => {
-                    let written = !strand::exit_top_level(&mut tx, std::slice::from_ref(&exit)).await?.is_empty();
-                    if written {
-                        tx.commit().await?;
-                    }
-                    written
-                }
-                (None, None) => self.committer().exit(exit).await?,
-            };
-            if !written {
-                return Err(StepError::LeaseLost);
-            }
-        } else {
-            again = keep_going && nap_secs == 0.0;
-            let write = StepWrite {
-                id: cur.id,
-                lease: cur.lease,
-                prog: prog.clone(),
-                label: label.clone(),
-                stack: stack_value.clone(),
-                retval: retval.clone(),
-                leased_schedule: cur.leased_schedule,
-                release_after: if again { None } else { Some(nap_secs) },
-            };
-            match open.take() {
-                None if again && began.elapsed() < COALESCE_UNDER => {}
-                None => next = Some(self.committer().write(write).await?.ok_or(StepError::LeaseLost)?),
-                Some(mut tx) => {
-                    let row = strand::write_steps(&mut tx, std::slice::from_ref(&write)).await?.pop();
-                    next = Some(row.ok_or(StepError::LeaseLost)?);
+    /// Write an exit: in the step's transaction if it has one, else
+    /// group-committed. A child's exit may wake its parent.
+    async fn write_exit(&self, cur: &Current, label: &str, stack: &Value, exitval: Value, open: StepTx) -> Result<(), StepError> {
+        let exit = ExitWrite { id: cur.id, lease: cur.lease, label: label.to_string(), stack: stack.clone(), exitval };
+        let exits = std::slice::from_ref(&exit);
+        let (written, recheck) = match (cur.parent_id, open) {
+            (Some(_), StepTx::None(_)) => (self.committer().exit_child(exit).await?, vec![]),
+            (None, StepTx::None(_)) => (self.committer().exit(exit).await?, vec![]),
+            (Some(_), StepTx::Private(mut tx)) => {
+                let (written, recheck) = strand::exit_children(&mut tx, exits).await?;
+                if !written.is_empty() {
                     tx.commit().await?;
                 }
+                (!written.is_empty(), recheck)
             }
-        }
-
-        let report = StepReport {
-            strand: ubid,
-            prog: ran_prog,
-            label: ran_label,
-            outcome,
-            budded: budded.into_iter().map(Ubid::from_uuid).collect(),
-            micros: 0,
+            (None, StepTx::Private(mut tx)) => {
+                let written = !strand::exit_top_level(&mut tx, exits).await?.is_empty();
+                if written {
+                    tx.commit().await?;
+                }
+                (written, vec![])
+            }
+            (parent, StepTx::Shared(member)) => {
+                let write = if parent.is_some() { StrandWrite::ChildExit(exit) } else { StrandWrite::Exit(exit) };
+                // A lost lease is an error here; the group wakes the parents
+                // of children that exited last.
+                shared_left(member.commit(write).await)?;
+                (true, vec![])
+            }
         };
-        if again {
-            cur.prog = prog;
-            cur.label = label;
-            cur.stack = stack_value;
-            cur.retval = retval;
-            cur.prior_failures = 0;
-            cur.fresh = false;
-            cur.dirty = next.is_none();
-            if let Some(next) = next {
-                cur.leased_schedule = next.schedule;
-                cur.sems = next.sem_ids.unwrap_or_default().into_iter().zip(next.sem_names.unwrap_or_default()).collect();
-            }
+        if !written {
+            return Err(StepError::LeaseLost);
         }
-        Ok((report, again))
+        for parent in recheck {
+            strand::wake_parent_if_idle(&mut *crate::pool::acquire(&self.pool).await?, parent).await?;
+        }
+        Ok(())
+    }
+
+    /// Write a step that goes on living: in its transaction if it has one,
+    /// else group-committed. Fenced: a lost lease writes nothing.
+    async fn write_step(&self, write: StepWrite, open: StepTx) -> Result<Continued, StepError> {
+        let writes = std::slice::from_ref(&write);
+        match open {
+            StepTx::None(_) => self.committer().write(write).await?.ok_or(StepError::LeaseLost),
+            StepTx::Private(mut tx) => {
+                let row = strand::write_steps(&mut tx, writes).await?.pop().ok_or(StepError::LeaseLost)?;
+                tx.commit().await?;
+                Ok(row)
+            }
+            StepTx::Shared(member) => shared_left(member.commit(StrandWrite::Step(write)).await)?.ok_or(StepError::LeaseLost),
+        }
     }
 
     /// Record a failed step on the row (releasing the lease, backing off, and
@@ -626,14 +771,24 @@ impl Runner {
     /// Resolve the page of a deadline this frame had raised, if any.
     async fn resolve_deadline_page(
         &self,
-        open: &mut Option<Transaction<'static, Postgres>>,
+        open: &mut StepTx,
         strand: Ubid,
         frame: &stack::Frame,
     ) -> Result<(), StepError> {
         if let Some(d) = Deadline::read(frame).filter(|d| d.notified) {
-            page::resolve(begin(&self.pool, open).await?, &deadline_tag(strand, &d.target)).await?;
+            page::resolve(open.conn(&self.pool).await?, &deadline_tag(strand, &d.target)).await?;
         }
         Ok(())
+    }
+}
+
+/// A shared transaction's answer as the step's result: the row as written
+/// (None for an exit), or why nothing was.
+fn shared_left(left: Left) -> Result<Option<Continued>, StepError> {
+    match left {
+        Left::Committed(row) => Ok(row),
+        Left::LeaseLost => Err(StepError::LeaseLost),
+        Left::Aborted(why) => Err(StepError::GroupAborted(why)),
     }
 }
 

@@ -21,7 +21,7 @@ use skein_models::{db, semaphore, Ubid};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
 
-use crate::prog::{Label, Popped, Prog};
+use crate::prog::{Label, Prog, Signal};
 use crate::runner::{Config, Outcome, Runner, StepReport};
 use crate::{enqueue, Registry};
 
@@ -145,6 +145,7 @@ pub fn test_config() -> Config {
         page_after_failures: 3,
         children_nap: Duration::from_secs(3600),
         holder: format!("test:{}", std::process::id()),
+        shared_writes: true,
     }
 }
 
@@ -175,9 +176,17 @@ impl Harness {
         enqueue::start(&mut conn, frame, label).await.expect("start strand")
     }
 
-    pub async fn incr(&self, id: Ubid, name: &str) -> bool {
+    /// Set a prog's semaphore (`census::Sem::Finish`) or `Signal::DESTROY` on `id`.
+    pub async fn incr(&self, id: Ubid, signal: impl Into<Signal>) -> bool {
         let mut conn = self.pool().acquire().await.expect("connection");
-        enqueue::incr(&mut conn, id, name).await.expect("incr")
+        enqueue::incr(&mut conn, id, signal).await.expect("incr")
+    }
+
+    /// Set a semaphore by its stored name, as an operator's console can,
+    /// even one no prog declares: for tests of what the engine does with it.
+    pub async fn incr_name(&self, id: Ubid, name: &str) -> bool {
+        let mut conn = self.pool().acquire().await.expect("connection");
+        semaphore::incr(&mut conn, id.uuid(), name).await.expect("incr")
     }
 
     /// Run exactly one step of `id`, whatever its schedule.
@@ -253,10 +262,10 @@ impl StepReport {
         self
     }
 
-    /// Popped `value` back to a caller.
+    /// Popped `value` (the prog's output) back to a caller.
     #[track_caller]
-    pub fn assert_pop(&self, value: impl Into<Popped>) -> &Self {
-        let value = value.into().0;
+    pub fn assert_pop(&self, value: impl serde::Serialize) -> &Self {
+        let value = serde_json::to_value(value).expect("the expected output serializes");
         match &self.outcome {
             Outcome::Pop { retval, .. } => assert_eq!(retval, &value, "{} at {}", self.prog, self.label),
             other => panic!("{} at {}: expected a pop of {value}, got {other:?}", self.prog, self.label),
@@ -264,10 +273,11 @@ impl StepReport {
         self
     }
 
-    /// Popped the last frame: the strand exited with `value`.
+    /// Popped the last frame: the strand exited with `value` (the prog's output).
     #[track_caller]
-    pub fn assert_exit(&self, value: impl Into<Popped>) -> &Self {
-        assert_eq!(self.outcome, Outcome::Exit { exitval: value.into().0 }, "{} at {}", self.prog, self.label);
+    pub fn assert_exit(&self, value: impl serde::Serialize) -> &Self {
+        let exitval = serde_json::to_value(value).expect("the expected output serializes");
+        assert_eq!(self.outcome, Outcome::Exit { exitval }, "{} at {}", self.prog, self.label);
         self
     }
 

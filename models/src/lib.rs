@@ -20,6 +20,7 @@ pub mod semaphore;
 pub mod sshable;
 pub mod strand;
 pub mod subnet;
+pub mod text_enum;
 pub mod ubid;
 pub mod vm;
 pub mod vm_host;

@@ -170,7 +170,7 @@ pub struct StepWrite {
 }
 
 /// The state a continuing worker needs for its next step under the same lease.
-#[derive(Debug, FromRow)]
+#[derive(Clone, Debug, PartialEq, FromRow)]
 pub struct Continued {
     pub id: Uuid,
     pub schedule: DateTime<Utc>,

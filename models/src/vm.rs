@@ -9,6 +9,28 @@ use uuid::Uuid;
 
 use crate::capacity::Size;
 
+crate::text_enum! {
+    /// What a VM is now, for people (`vm.state`).
+    pub enum VmState {
+        /// Its row exists; its strand has not placed it yet.
+        Creating = "creating",
+        /// No host has room for it yet.
+        Waiting = "waiting",
+        Starting = "starting",
+        Running = "running",
+        Stopped = "stopped",
+        /// Its host stopped answering; it may well still run.
+        Unavailable = "unavailable",
+        Destroying = "destroying",
+        Destroyed = "destroyed",
+    }
+}
+
+crate::text_enum! {
+    /// What its owner wants it to be (`vm.desired_state`).
+    pub enum DesiredState { Running = "running", Stopped = "stopped", Destroyed = "destroyed" }
+}
+
 #[derive(Clone, Debug, FromRow, Serialize)]
 pub struct Vm {
     pub id: Uuid,
@@ -19,8 +41,8 @@ pub struct Vm {
     pub disk_mib: i32,
     pub public_key: String,
     pub host_id: Option<Uuid>,
-    pub desired_state: String,
-    pub state: String,
+    pub desired_state: DesiredState,
+    pub state: VmState,
     pub waiting_since: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub subnet_id: Option<Uuid>,
@@ -94,7 +116,7 @@ pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<Option<Vm>, sqlx::
 /// Its state for people. Leaving 'running' (and 'unavailable', which keeps
 /// the last endpoint seen, with its time) forgets where its SSH answered:
 /// a VM that is not running has no endpoint to show.
-pub async fn set_state(conn: &mut PgConnection, id: Uuid, state: &str) -> Result<(), sqlx::Error> {
+pub async fn set_state(conn: &mut PgConnection, id: Uuid, state: VmState) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE vm SET state = $2, waiting_since = CASE WHEN $2 = 'waiting' THEN coalesce(waiting_since, now()) END, \
              ssh_host = CASE WHEN $2 IN ('running', 'unavailable') THEN ssh_host END, \
@@ -133,7 +155,7 @@ pub async fn place(conn: &mut PgConnection, id: Uuid, host: Uuid) -> Result<(), 
     Ok(())
 }
 
-pub async fn set_desired(conn: &mut PgConnection, id: Uuid, desired: &str) -> Result<(), sqlx::Error> {
+pub async fn set_desired(conn: &mut PgConnection, id: Uuid, desired: DesiredState) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE vm SET desired_state = $2 WHERE id = $1").bind(id).bind(desired).execute(conn).await?;
     Ok(())
 }

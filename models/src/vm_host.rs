@@ -5,13 +5,27 @@ use serde::Serialize;
 use sqlx::{FromRow, PgConnection};
 use uuid::Uuid;
 
+crate::text_enum! {
+    /// Where a host is in its life (`vm_host.state`); only an accepting host
+    /// gets new VMs.
+    pub enum HostState {
+        New = "new",
+        Preparing = "preparing",
+        Accepting = "accepting",
+        Unreachable = "unreachable",
+        /// No new VMs (an operator drained it); those on it keep running.
+        Draining = "draining",
+        Destroyed = "destroyed",
+    }
+}
+
 #[derive(Clone, Debug, FromRow, Serialize)]
 pub struct VmHost {
     pub id: Uuid,
     pub sshable_id: Uuid,
     pub name: String,
     pub root_dir: String,
-    pub state: String,
+    pub state: HostState,
     /// What the host's learn children found (None until they did).
     #[sqlx(flatten)]
     #[serde(flatten)]
@@ -52,7 +66,7 @@ pub async fn get_for_update(conn: &mut PgConnection, id: Uuid) -> Result<Option<
     sqlx::query_as("SELECT * FROM vm_host WHERE id = $1 FOR UPDATE").bind(id).fetch_optional(conn).await
 }
 
-pub async fn set_state(conn: &mut PgConnection, id: Uuid, state: &str) -> Result<(), sqlx::Error> {
+pub async fn set_state(conn: &mut PgConnection, id: Uuid, state: HostState) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE vm_host SET state = $2 WHERE id = $1").bind(id).bind(state).execute(conn).await?;
     Ok(())
 }

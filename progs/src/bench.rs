@@ -57,11 +57,21 @@ pub struct StepFrame {
     pub write_us: Option<i64>,
 }
 
+/// What a `Bench::Step` exits with.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct StepOutput {
+    pub steps: u32,
+    pub latency_us: Option<i64>,
+    pub write_us: Option<i64>,
+}
+
 #[async_trait]
 impl Prog for Stepper {
     const NAME: &'static str = "Bench::Step";
     type Label = StepLabel;
     type Frame = StepFrame;
+    type Sem = NoSems;
+    type Output = StepOutput;
 
     async fn run(cx: &mut Ctx<'_, Self>, _: StepLabel) -> Step<Self> {
         if cx.frame.at == 0 {
@@ -81,7 +91,7 @@ impl Prog for Stepper {
             cx.frame.at += 1;
             return hop(StepLabel::Run);
         }
-        pop(json!({ "steps": cx.frame.at + 1, "latency_us": cx.frame.latency_us, "write_us": cx.frame.write_us }))
+        pop(StepOutput { steps: cx.frame.at + 1, latency_us: cx.frame.latency_us, write_us: cx.frame.write_us })
     }
 }
 
@@ -103,11 +113,21 @@ pub struct FanoutFrame {
     pub reaped: u64,
 }
 
+/// What a `Bench::Fanout` exits with: how long its children took, start to last reaped.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct FanoutOutput {
+    pub reaped: u64,
+    pub budded_us: Option<i64>,
+    pub done_us: i64,
+}
+
 #[async_trait]
 impl Prog for Fanout {
     const NAME: &'static str = "Bench::Fanout";
     type Label = FanoutLabel;
     type Frame = FanoutFrame;
+    type Sem = NoSems;
+    type Output = FanoutOutput;
 
     async fn run(cx: &mut Ctx<'_, Self>, label: FanoutLabel) -> Step<Self> {
         if cx.frame.count {
@@ -123,15 +143,11 @@ impl Prog for Fanout {
                 hop(FanoutLabel::Reap)
             }
             FanoutLabel::Reap => {
-                let reaped = cx.reap().await?;
+                let reaped = cx.reap::<Stepper>().await?;
                 cx.frame.reaped += reaped.exited.len() as u64;
                 reaped.hop_when_done(FanoutLabel::Done)
             }
-            FanoutLabel::Done => pop(json!({
-                "reaped": cx.frame.reaped,
-                "budded_us": cx.frame.budded_us,
-                "done_us": now_us(),
-            })),
+            FanoutLabel::Done => pop(FanoutOutput { reaped: cx.frame.reaped, budded_us: cx.frame.budded_us, done_us: now_us() }),
         }
     }
 }
@@ -148,6 +164,8 @@ impl Prog for Sleeper {
     const NAME: &'static str = "Bench::Sleeper";
     type Label = SleeperLabel;
     type Frame = NoFrame;
+    type Sem = NoSems;
+    type Output = Msg;
 
     async fn run(_: &mut Ctx<'_, Self>, _: SleeperLabel) -> Step<Self> {
         nap(86400)
@@ -185,16 +203,28 @@ async fn ask_peer(port: u16, wait: Duration) -> anyhow::Result<bool> {
     Ok(matches!(tokio::time::timeout(wait, stream.read(&mut answer)).await, Ok(Ok(n)) if n > 0))
 }
 
+semaphores! {
+    /// `stop`: exit with how many times the peer was asked.
+    pub enum RemoteSem { Stop = "stop" }
+}
+
+/// What a `Bench::Remote` exits with.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct RemoteOutput {
+    pub asked: u64,
+}
+
 #[async_trait]
 impl Prog for Remote {
     const NAME: &'static str = "Bench::Remote";
     type Label = RemoteLabel;
     type Frame = RemoteFrame;
-    const SEMAPHORES: &'static [&'static str] = &["stop"];
+    type Sem = RemoteSem;
+    type Output = RemoteOutput;
 
     async fn run(cx: &mut Ctx<'_, Self>, _: RemoteLabel) -> Step<Self> {
-        if cx.is_set("stop") {
-            return pop(json!({ "asked": cx.frame.asked }));
+        if cx.is_set(RemoteSem::Stop) {
+            return pop(RemoteOutput { asked: cx.frame.asked });
         }
         let id = cx.id();
         if cx.frame.hold {

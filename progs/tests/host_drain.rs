@@ -6,19 +6,20 @@
 use skein_engine::enqueue;
 use skein_engine::testing::Harness;
 use skein_models::capacity::{self, Size};
+use skein_models::vm_host::HostState;
 use skein_models::{event, vm_host, Ubid};
 use skein_progs::host::nexus::{self, HostNexus};
 
 mod support;
 
 /// A host row in `state` with room for VMs, and its strand waiting in Wait.
-async fn host_in(h: &Harness, state: &str) -> Ubid {
+async fn host_in(h: &Harness, state: HostState) -> Ubid {
     let id = support::host_row(h, state).await;
     enqueue::start_for(&mut h.pool().acquire().await.unwrap(), id, nexus::Frame::default(), nexus::Label::Wait).await.unwrap();
     id
 }
 
-async fn state(h: &Harness, id: Ubid) -> String {
+async fn state(h: &Harness, id: Ubid) -> HostState {
     vm_host::get(&mut h.pool().acquire().await.unwrap(), id.uuid()).await.unwrap().unwrap().state
 }
 
@@ -31,10 +32,10 @@ const SMALL: Size = Size { cores: 1, memory_mib: 512, disk_mib: 1000 };
 #[tokio::test]
 async fn drain_makes_an_accepting_host_draining_and_placement_passes_it_by() {
     let h = Harness::new(skein_progs::registry()).await;
-    let id = host_in(&h, "accepting").await;
-    assert!(h.incr(id, "drain").await);
+    let id = host_in(&h, HostState::Accepting).await;
+    assert!(h.incr(id, nexus::Sem::Drain).await);
     h.step(id).await.assert_hop(nexus::Label::Wait);
-    assert_eq!(state(&h, id).await, "draining");
+    assert_eq!(state(&h, id).await, HostState::Draining);
     assert!(h.frame::<HostNexus>(id).await.draining, "remembered for later checkups and re-preparation");
     assert_eq!(events(&h, id).await, [("draining".to_string(), serde_json::json!({"was": "accepting"}))]);
     assert!(h.sems(id).await.is_empty(), "the semaphore is consumed");
@@ -42,19 +43,19 @@ async fn drain_makes_an_accepting_host_draining_and_placement_passes_it_by() {
     assert_eq!(placed, None, "no VM is placed on a draining host");
 
     // Draining again changes nothing and records nothing new.
-    assert!(h.incr(id, "drain").await);
+    assert!(h.incr(id, nexus::Sem::Drain).await);
     h.step(id).await.assert_hop(nexus::Label::Wait);
     assert_eq!(events(&h, id).await.len(), 1);
-    assert_eq!(state(&h, id).await, "draining");
+    assert_eq!(state(&h, id).await, HostState::Draining);
 }
 
 #[tokio::test]
 async fn an_unreachable_host_stays_unreachable_when_drained_but_will_come_back_draining() {
     let h = Harness::new(skein_progs::registry()).await;
-    let id = host_in(&h, "unreachable").await;
-    assert!(h.incr(id, "drain").await);
+    let id = host_in(&h, HostState::Unreachable).await;
+    assert!(h.incr(id, nexus::Sem::Drain).await);
     h.step(id).await.assert_hop(nexus::Label::Wait);
-    assert_eq!(state(&h, id).await, "unreachable", "what is true now");
+    assert_eq!(state(&h, id).await, HostState::Unreachable, "what is true now");
     assert!(h.frame::<HostNexus>(id).await.draining);
     assert_eq!(events(&h, id).await, [("draining".to_string(), serde_json::json!({"was": "unreachable"}))]);
 }

@@ -30,7 +30,7 @@ async fn create(h: &Harness, project: Ubid, name: &str, cores: i32, memory_mib: 
 
 /// An accepting host with room for a few VMs (no strand: nothing here talks to it).
 async fn accepting_host(h: &Harness) -> Ubid {
-    support::host_row(h, "accepting").await
+    support::host_row(h, skein_models::vm_host::HostState::Accepting).await
 }
 
 /// What capacity appearing does, in the transaction that makes it appear.
@@ -63,7 +63,7 @@ async fn a_waiting_vm_sleeps_long_and_is_woken_when_capacity_appears() {
     let id = create(&h, p, "a", 1, 512, 3600).await;
     let report = h.step(id).await;
     assert_eq!(napped(&report.outcome), nexus::WAIT_NAP_SECS as f64, "a long fallback nap, not a 5 s poll");
-    assert_eq!(state(&h, id).await.state, "waiting");
+    assert_eq!(state(&h, id).await.state, vm::VmState::Waiting);
     assert!(h.strand(id).await.schedule > Utc::now() + chrono::Duration::seconds(500));
 
     // Capacity appears: the transaction that makes it wakes the waiting VM.
@@ -144,9 +144,9 @@ async fn destroying_the_last_waiting_vm_resolves_the_page() {
     let id = create(&h, p, "a", 1, 512, 0).await;
     h.step(id).await;
     assert_eq!(pages(&h).await.len(), 1);
-    assert!(h.incr(id, "destroy").await);
+    assert!(h.incr(id, skein_engine::Signal::DESTROY).await);
     let reports = h.run(id).await;
     assert!(matches!(reports.last().unwrap().outcome, Outcome::Exit { .. }), "{:?}", reports.iter().map(|r| r.outcome.to_string()).collect::<Vec<_>>());
-    assert_eq!(state(&h, id).await.state, "destroyed");
+    assert_eq!(state(&h, id).await.state, vm::VmState::Destroyed);
     assert!(pages(&h).await[0].resolved_at.is_some());
 }

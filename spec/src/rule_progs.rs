@@ -18,6 +18,8 @@ impl Prog for Napper {
     const NAME: &'static str = "Spec::Napper";
     type Label = NapperLabel;
     type Frame = NapperFrame;
+    type Sem = NoSems;
+    type Output = Msg;
     async fn run(cx: &mut Ctx<'_, Self>, _: NapperLabel) -> Step<Self> {
         if cx.frame.naps.is_empty() {
             return pop("rested");
@@ -41,12 +43,14 @@ pub struct MeddlerFrame {
     #[serde(default)]
     pub pokes_seen: u32,
 }
+semaphores! { pub enum MeddlerSem { Done = "done", Poke = "poke", Heal = "heal" } }
 #[async_trait]
 impl Prog for Meddler {
     const NAME: &'static str = "Spec::Meddler";
     type Label = MeddlerLabel;
     type Frame = MeddlerFrame;
-    const SEMAPHORES: &'static [&'static str] = &["done", "poke", "heal"];
+    type Sem = MeddlerSem;
+    type Output = Msg;
     async fn run(cx: &mut Ctx<'_, Self>, label: MeddlerLabel) -> Step<Self> {
         if label == MeddlerLabel::Done {
             return pop("done");
@@ -54,10 +58,10 @@ impl Prog for Meddler {
         let door = cx.resource::<SideDoor>()?.clone();
         door.note(&format!("{} ran", cx.frame.mode)).await;
         sqlx::query("INSERT INTO spec_write (text) VALUES ($1)").bind(&cx.frame.mode).execute(cx.tx.conn().await?).await?;
-        if cx.take("done") {
+        if cx.take(MeddlerSem::Done) {
             return hop(MeddlerLabel::Done);
         }
-        if cx.take("poke") {
+        if cx.take(MeddlerSem::Poke) {
             cx.frame.pokes_seen += 1;
         }
         match cx.frame.mode.as_str() {
@@ -70,11 +74,11 @@ impl Prog for Meddler {
             }
             "poke" => {
                 let mut conn = door.pool.acquire().await?;
-                skein_engine::enqueue::incr(&mut conn, cx.id(), "poke").await?;
+                skein_engine::enqueue::incr(&mut conn, cx.id(), MeddlerSem::Poke).await?;
                 nap(3600)
             }
             "fail" => anyhow::bail!("disk on fire"),
-            "fail_until_told" if !cx.is_set("heal") => anyhow::bail!("still broken"),
+            "fail_until_told" if !cx.is_set(MeddlerSem::Heal) => anyhow::bail!("still broken"),
             "hang" => {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
                 nap(1)
@@ -94,11 +98,17 @@ pub struct RacerFrame {
     #[serde(default)]
     pub reaped: u32,
 }
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RacerOutput {
+    pub reaped: u32,
+}
 #[async_trait]
 impl Prog for Racer {
     const NAME: &'static str = "Spec::Racer";
     type Label = RacerLabel;
     type Frame = RacerFrame;
+    type Sem = NoSems;
+    type Output = RacerOutput;
     async fn run(cx: &mut Ctx<'_, Self>, label: RacerLabel) -> Step<Self> {
         match label {
             RacerLabel::Start => {
@@ -109,7 +119,7 @@ impl Prog for Racer {
                 hop(RacerLabel::Reap)
             }
             RacerLabel::Reap => {
-                let reaped = cx.reap().await?;
+                let reaped = cx.reap::<skein_progs::demo::counter::Counter>().await?;
                 cx.frame.reaped += reaped.exited.len() as u32;
                 if reaped.running > 0 {
                     // A child exits after this step's reap, before its nap is written.
@@ -118,7 +128,7 @@ impl Prog for Racer {
                 }
                 reaped.hop_when_done(RacerLabel::Done)
             }
-            RacerLabel::Done => pop(json!({ "reaped": cx.frame.reaped })),
+            RacerLabel::Done => pop(RacerOutput { reaped: cx.frame.reaped }),
         }
     }
 }
@@ -136,6 +146,8 @@ impl Prog for Teardown {
     const NAME: &'static str = "Spec::Teardown";
     type Label = TeardownLabel;
     type Frame = TeardownFrame;
+    type Sem = NoSems;
+    type Output = Msg;
     const DESTROY: Option<TeardownLabel> = Some(TeardownLabel::Teardown);
     async fn run(cx: &mut Ctx<'_, Self>, label: TeardownLabel) -> Step<Self> {
         match label {
@@ -160,6 +172,8 @@ impl Prog for Waiter {
     const NAME: &'static str = "Spec::Waiter";
     type Label = WaiterLabel;
     type Frame = WaiterFrame;
+    type Sem = NoSems;
+    type Output = Msg;
     async fn run(_: &mut Ctx<'_, Self>, _: WaiterLabel) -> Step<Self> {
         nap(3600)
     }
@@ -172,19 +186,21 @@ labels! { pub enum LateLabel for Late { Start, Wait, Done } }
 pub struct LateFrame {
     pub within_ms: u64,
 }
+semaphores! { pub enum LateSem { Go = "go" } }
 #[async_trait]
 impl Prog for Late {
     const NAME: &'static str = "Spec::Late";
     type Label = LateLabel;
     type Frame = LateFrame;
-    const SEMAPHORES: &'static [&'static str] = &["go"];
+    type Sem = LateSem;
+    type Output = Msg;
     async fn run(cx: &mut Ctx<'_, Self>, label: LateLabel) -> Step<Self> {
         match label {
             LateLabel::Start => {
                 cx.register_deadline(LateLabel::Done, Duration::from_millis(cx.frame.within_ms));
                 hop(LateLabel::Wait)
             }
-            LateLabel::Wait if cx.take("go") => hop(LateLabel::Done),
+            LateLabel::Wait if cx.take(LateSem::Go) => hop(LateLabel::Done),
             LateLabel::Wait => nap(3600),
             LateLabel::Done => nap(3600),
         }
@@ -204,6 +220,8 @@ impl Prog for Stumbler {
     const NAME: &'static str = "Spec::Stumbler";
     type Label = StumblerLabel;
     type Frame = StumblerFrame;
+    type Sem = NoSems;
+    type Output = Msg;
     async fn run(cx: &mut Ctx<'_, Self>, label: StumblerLabel) -> Step<Self> {
         cx.frame.visited.push(label.name().to_string());
         match label {

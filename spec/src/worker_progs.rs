@@ -19,11 +19,17 @@ pub struct JournalFrame {
     #[serde(default)]
     pub at: u32,
 }
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JournalOutput {
+    pub steps: u32,
+}
 #[async_trait]
 impl Prog for Journal {
     const NAME: &'static str = "Spec::Journal";
     type Label = JournalLabel;
     type Frame = JournalFrame;
+    type Sem = NoSems;
+    type Output = JournalOutput;
     async fn run(cx: &mut Ctx<'_, Self>, _: JournalLabel) -> Step<Self> {
         if cx.frame.work_ms > 0 {
             tokio::time::sleep(Duration::from_millis(cx.frame.work_ms)).await;
@@ -39,7 +45,7 @@ impl Prog for Journal {
         if cx.frame.at < cx.frame.steps {
             return hop(JournalLabel::Step);
         }
-        pop(json!({ "steps": cx.frame.at }))
+        pop(JournalOutput { steps: cx.frame.at })
     }
 }
 
@@ -53,6 +59,8 @@ impl Prog for Poison {
     const NAME: &'static str = "Spec::Poison";
     type Label = PoisonLabel;
     type Frame = PoisonFrame;
+    type Sem = NoSems;
+    type Output = Msg;
     async fn run(_: &mut Ctx<'_, Self>, _: PoisonLabel) -> Step<Self> {
         std::process::abort()
     }

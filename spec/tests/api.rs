@@ -471,7 +471,7 @@ async fn operators_add_list_get_drain_and_destroy_hosts() {
         .await
         .unwrap();
     assert_eq!(kinds, ["added", "drain-requested", "destroy-requested"]);
-    vm_host::set_state(&mut api.pool.acquire().await.unwrap(), host_uuid, "destroyed").await.unwrap();
+    vm_host::set_state(&mut api.pool.acquire().await.unwrap(), host_uuid, vm_host::HostState::Destroyed).await.unwrap();
     api.call("POST", &format!("/v1/hosts/{id}/drain"), Some(&operator), None).await.assert(409, "host_destroyed");
     let _ = vm;
 }
@@ -582,5 +582,5 @@ async fn a_host_destroy_and_a_placement_never_interleave() {
     api.delete(&format!("/v1/hosts/{id}"), &operator).await.assert(202, "");
     let mut conn = api.pool.acquire().await.unwrap();
     assert_eq!(capacity::reserve(&mut conn, size).await.unwrap(), None, "a host being destroyed takes no VM");
-    assert_eq!(vm_host::get(&mut conn, id.uuid()).await.unwrap().unwrap().state, "draining");
+    assert_eq!(vm_host::get(&mut conn, id.uuid()).await.unwrap().unwrap().state, vm_host::HostState::Draining);
 }

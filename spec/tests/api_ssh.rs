@@ -24,12 +24,12 @@ fn uuid(id: &str) -> uuid::Uuid {
 /// What `Vm::Nexus` writes when the VM's host says its SSH answers.
 async fn boots(api: &Api, id: &str, host: &str, port: i32) {
     let mut conn = api.pool.acquire().await.unwrap();
-    vm::set_state(&mut conn, uuid(id), "running").await.unwrap();
+    vm::set_state(&mut conn, uuid(id), vm::VmState::Running).await.unwrap();
     vm::set_ssh(&mut conn, uuid(id), host, port, "root").await.unwrap();
 }
 
 async fn becomes(api: &Api, id: &str, state: &str) {
-    vm::set_state(&mut api.pool.acquire().await.unwrap(), uuid(id), state).await.unwrap();
+    vm::set_state(&mut api.pool.acquire().await.unwrap(), uuid(id), state.parse().unwrap()).await.unwrap();
 }
 
 #[tokio::test]

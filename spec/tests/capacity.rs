@@ -14,7 +14,7 @@ async fn host(db: &TestDb, name: &str, cpus: i32, memory_mib: i64) -> Uuid {
     vm_host::insert(&mut conn, id, sh, name, "/var/lib/skein").await.unwrap();
     let facts = vm_host::Facts { cpus: Some(cpus), memory_mib: Some(memory_mib), storage_free_mib: Some(100_000), ..Default::default() };
     vm_host::record_facts(&mut conn, id, &facts).await.unwrap();
-    vm_host::set_state(&mut conn, id, "accepting").await.unwrap();
+    vm_host::set_state(&mut conn, id, vm_host::HostState::Accepting).await.unwrap();
     id
 }
 
@@ -68,7 +68,7 @@ async fn reservations_spread_over_hosts_and_skip_hosts_not_accepting() {
     let a = host(&db, "a", 3, 16_384).await;
     let b = host(&db, "b", 3, 16_384).await;
     let down = host(&db, "down", 64, 65_536).await;
-    vm_host::set_state(&mut db.pool.acquire().await.unwrap(), down, "unreachable").await.unwrap();
+    vm_host::set_state(&mut db.pool.acquire().await.unwrap(), down, vm_host::HostState::Unreachable).await.unwrap();
     let got = race(&db, 20, |pool| async move {
         let mut conn = pool.acquire().await.unwrap();
         capacity::reserve(&mut conn, SMALL).await.unwrap()

@@ -155,7 +155,7 @@ async fn strand_show_has_schedule_lease_error_stack_semaphores_and_family() {
     let c = Console::new().await;
     let census = c.h.start(census::Frame { districts: vec![2, 3], ..Default::default() }, census::Label::Start).await;
     c.h.step(census).await; // buds two counters, hops to Tally
-    c.h.incr(census, "finish").await;
+    c.h.incr(census, census::Sem::Finish).await;
     c.set(census, "lease = now() + interval '5 minutes', lease_holder = 'worker-9', try = 2, last_error = 'flaky\nsecond line'").await;
 
     let shown = c.json(&["strand", "show", &census.to_string()]);

@@ -38,8 +38,8 @@ async fn wait_destroyed(w: &World, id: &str) {
     let until = Instant::now() + Duration::from_secs(120);
     loop {
         let row = vm::get(&mut w.db.pool.acquire().await.unwrap(), id.uuid()).await.unwrap().unwrap();
-        if row.state == "destroyed" {
-            assert_eq!(row.desired_state, "destroyed", "a destroy by semaphore alone is what the VM wants now");
+        if row.state == vm::VmState::Destroyed {
+            assert_eq!(row.desired_state, vm::DesiredState::Destroyed, "a destroy by semaphore alone is what the VM wants now");
             return;
         }
         assert!(Instant::now() < until, "vm {id} never got destroyed: {row:?}");

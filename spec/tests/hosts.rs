@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use skein_models::vm_host::HostState;
 use skein_progs::host::{agent, nexus};
 use skein_spec::hosts::{generate_keypair, TestHost};
 use skein_spec::world::World;
@@ -30,7 +31,7 @@ async fn a_fresh_host_goes_from_add_to_accepting_through_respirate() {
     let id = w.add("host-one", &h, &private, nexus::Frame::default()).await;
     let worker = w.worker();
 
-    let row = w.wait_for(id, "accepting", Duration::from_secs(180), &worker, |r| r.state == "accepting").await;
+    let row = w.wait_for(id, "accepting", Duration::from_secs(180), &worker, |r| r.state == HostState::Accepting).await;
     assert_eq!(row.facts.cpus, Some(local_nproc()), "cpus match nproc on the host");
     assert_eq!(row.facts.memory_mib, Some(local_mem_mib()), "memory matches /proc/meminfo");
     assert!(row.facts.storage_free_mib.unwrap_or(0) > 0);
@@ -77,9 +78,9 @@ async fn sshd_killed_during_preparation_is_retried_until_it_is_back() {
         assert!(Instant::now() < until, "no connect failure recorded: {}", w.strand_error(id).await);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_ne!(w.host(id).await.state, "accepting", "nothing was skipped while the host was away");
+    assert_ne!(w.host(id).await.state, HostState::Accepting, "nothing was skipped while the host was away");
     h.start_sshd();
-    let row = w.wait_for(id, "accepting", Duration::from_secs(180), &worker, |r| r.state == "accepting").await;
+    let row = w.wait_for(id, "accepting", Duration::from_secs(180), &worker, |r| r.state == HostState::Accepting).await;
     assert_eq!(row.facts.cpus, Some(local_nproc()));
     let authorized = std::fs::read_to_string(h.root_dir().join("ssh/authorized_keys")).unwrap();
     assert_eq!(authorized.lines().count(), 1, "the key was authorized once, not once per retry: {authorized}");
@@ -103,7 +104,7 @@ async fn a_wrong_key_fails_authentication_with_a_clear_error() {
         assert!(Instant::now() < until, "no auth error recorded: {error}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(w.host(id).await.state, "preparing");
+    assert_eq!(w.host(id).await.state, HostState::Preparing);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,18 +114,18 @@ async fn a_host_becomes_unreachable_after_the_threshold_and_recovers() {
     let mut h = TestHost::start(&public);
     let id = w.add("host-sick", &h, &private, quick_checkups()).await;
     let worker = w.worker();
-    w.wait_for(id, "accepting", Duration::from_secs(180), &worker, |r| r.state == "accepting").await;
+    w.wait_for(id, "accepting", Duration::from_secs(180), &worker, |r| r.state == HostState::Accepting).await;
 
     h.kill_sshd();
     let tag = format!("host-unreachable:{id}");
     // Missed checkups count up while the host still counts as accepting...
     let row = w.wait_for(id, "a missed checkup", Duration::from_secs(30), &worker, |r| r.missed_checks >= 1).await;
     if row.missed_checks < 3 {
-        assert_eq!(row.state, "accepting", "not unreachable after one or two misses");
+        assert_eq!(row.state, HostState::Accepting, "not unreachable after one or two misses");
         assert_eq!(w.open_pages(&tag).await, 0);
     }
     // ...and at the threshold it is unreachable, paged once.
-    let row = w.wait_for(id, "unreachable", Duration::from_secs(30), &worker, |r| r.state == "unreachable").await;
+    let row = w.wait_for(id, "unreachable", Duration::from_secs(30), &worker, |r| r.state == HostState::Unreachable).await;
     assert!(row.missed_checks >= 3, "{row:?}");
     assert_eq!(w.open_pages(&tag).await, 1);
     // The transition itself records how many misses caused it: exactly the threshold.
@@ -134,7 +135,7 @@ async fn a_host_becomes_unreachable_after_the_threshold_and_recovers() {
     assert_eq!(unreachable[0].detail["misses"], 3, "unreachable at the third miss, not before");
 
     h.start_sshd();
-    let row = w.wait_for(id, "accepting again", Duration::from_secs(30), &worker, |r| r.state == "accepting").await;
+    let row = w.wait_for(id, "accepting again", Duration::from_secs(30), &worker, |r| r.state == HostState::Accepting).await;
     assert_eq!(row.missed_checks, 0);
     assert_eq!(w.open_pages(&tag).await, 0, "recovery resolves the page");
 }
@@ -146,7 +147,7 @@ async fn a_changed_host_key_is_refused_and_paged() {
     let mut h = TestHost::start(&public);
     let id = w.add("host-rekeyed", &h, &private, quick_checkups()).await;
     let worker = w.worker();
-    w.wait_for(id, "accepting", Duration::from_secs(180), &worker, |r| r.state == "accepting").await;
+    w.wait_for(id, "accepting", Duration::from_secs(180), &worker, |r| r.state == HostState::Accepting).await;
 
     h.rotate_host_key();
     let tag = format!("host-key-mismatch:{id}");
@@ -155,7 +156,7 @@ async fn a_changed_host_key_is_refused_and_paged() {
         assert!(Instant::now() < until, "no page for the changed host key:\n{}", worker.log_text());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let row = w.wait_for(id, "unreachable", Duration::from_secs(30), &worker, |r| r.state == "unreachable").await;
+    let row = w.wait_for(id, "unreachable", Duration::from_secs(30), &worker, |r| r.state == HostState::Unreachable).await;
     assert!(row.missed_checks >= 3);
     assert_eq!(w.open_pages(&tag).await, 1, "paged once, not once per checkup");
 }
@@ -170,7 +171,7 @@ async fn a_reboot_is_requested_and_the_host_comes_back_with_a_new_boot_id() {
     std::fs::write(h.root_dir().join("simulated-host"), "").unwrap();
     let id = w.add("host-reboot", &h, &private, quick_checkups()).await;
     let worker = w.worker();
-    let before = w.wait_for(id, "accepting", Duration::from_secs(180), &worker, |r| r.state == "accepting" && r.boot_id.is_some()).await;
+    let before = w.wait_for(id, "accepting", Duration::from_secs(180), &worker, |r| r.state == HostState::Accepting && r.boot_id.is_some()).await;
 
     // Something long-running on the host, which a reboot must end.
     let root = h.root_dir().display().to_string();
@@ -179,9 +180,9 @@ async fn a_reboot_is_requested_and_the_host_comes_back_with_a_new_boot_id() {
     assert!(started.success());
 
     let mut conn = w.db.pool.acquire().await.unwrap();
-    assert!(skein_engine::enqueue::incr(&mut conn, id, "reboot").await.unwrap());
+    assert!(skein_engine::enqueue::incr(&mut conn, id, nexus::Sem::Reboot).await.unwrap());
     let after = w.wait_for(id, "a new boot id", Duration::from_secs(30), &worker, |r| r.boot_id.is_some() && r.boot_id != before.boot_id).await;
-    assert_eq!(after.state, "accepting");
+    assert_eq!(after.state, HostState::Accepting);
     let label: String = sqlx::query_scalar("SELECT label FROM strand WHERE id = $1").bind(id.uuid()).fetch_one(&w.db.pool).await.unwrap();
     assert_eq!(label, "Wait", "back to waiting after the reboot");
     let state = std::process::Command::new(&daemonizer).args(["check", "long-job"]).env("SKEIN_ROOT", &root).output().unwrap();

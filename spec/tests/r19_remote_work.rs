@@ -45,6 +45,8 @@ impl Prog for Caller {
     const NAME: &'static str = "Spec::Caller";
     type Label = CallerLabel;
     type Frame = CallerFrame;
+    type Sem = NoSems;
+    type Output = Msg;
 
     async fn run(cx: &mut Ctx<'_, Self>, label: CallerLabel) -> Step<Self> {
         let call = || "ssh host exec `true`".to_string();

@@ -4,6 +4,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use skein_models::vm_host::HostState;
 use skein_models::{vm, Ubid, UbidType};
 use skein_progs::host::nexus as host_nexus;
 use skein_progs::vm::{self as vms, nexus, Spec};
@@ -24,7 +25,7 @@ async fn wait_vm(w: &World, id: Ubid, want: &str, limit: Duration, worker: &skei
     let until = Instant::now() + limit;
     loop {
         let row = vm_row(w, id).await;
-        if row.state == want {
+        if row.state.as_str() == want {
             return row;
         }
         if Instant::now() > until {
@@ -41,7 +42,7 @@ async fn a_vm_is_created_answers_ssh_and_is_destroyed_leaving_nothing() {
     let h = TestHost::start(&host_public);
     let host_id = w.add("vm-host", &h, &host_private, host_nexus::Frame::default()).await;
     let worker = w.worker();
-    w.wait_for(host_id, "accepting", Duration::from_secs(180), &worker, |r| r.state == "accepting").await;
+    w.wait_for(host_id, "accepting", Duration::from_secs(180), &worker, |r| r.state == HostState::Accepting).await;
 
     let (owner_private, owner_public) = generate_keypair();
     let project = project(&w, 3).await;
@@ -86,7 +87,7 @@ async fn a_vm_is_created_answers_ssh_and_is_destroyed_leaving_nothing() {
 
     // Destroy: nothing of it remains on the host, and what it held is returned.
     let mut conn = w.db.pool.acquire().await.unwrap();
-    skein_engine::enqueue::incr(&mut conn, id, "destroy").await.unwrap();
+    skein_engine::enqueue::incr(&mut conn, id, skein_engine::Signal::DESTROY).await.unwrap();
     let gone = wait_vm(&w, id, "destroyed", Duration::from_secs(60), &worker).await;
     assert_eq!(gone.ssh(), None, "nowhere to connect any more");
     assert!(!qemu_running(), "no qemu left");
@@ -117,7 +118,7 @@ async fn ready_host(w: &World) -> (TestHost, skein_spec::procs::Proc, Ubid) {
     let h = TestHost::start(&host_public);
     let host_id = w.add("vm-host", &h, &host_private, host_nexus::Frame::default()).await;
     let worker = w.worker();
-    w.wait_for(host_id, "accepting", Duration::from_secs(180), &worker, |r| r.state == "accepting").await;
+    w.wait_for(host_id, "accepting", Duration::from_secs(180), &worker, |r| r.state == HostState::Accepting).await;
     let project = project(w, 5).await;
     (h, worker, project)
 }
@@ -130,8 +131,8 @@ async fn create(w: &World, project: Ubid, public_key: &str, frame: nexus::Frame)
     id
 }
 
-async fn signal(w: &World, id: Ubid, name: &str) {
-    assert!(skein_engine::enqueue::incr(&mut w.db.pool.acquire().await.unwrap(), id, name).await.unwrap());
+async fn signal(w: &World, id: Ubid, signal: impl Into<skein_engine::Signal>) {
+    assert!(skein_engine::enqueue::incr(&mut w.db.pool.acquire().await.unwrap(), id, signal).await.unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -154,17 +155,17 @@ async fn a_dead_qemu_is_noticed_and_started_again_and_stop_start_restart_work() 
     wait_vm(&w, id, "running", Duration::from_secs(240), &worker).await;
     assert_eq!(qemus_of(&name), 1, "exactly one qemu again");
 
-    signal(&w, id, "stop").await;
+    signal(&w, id, nexus::Sem::Stop).await;
     let row = wait_vm(&w, id, "stopped", Duration::from_secs(60), &worker).await;
-    assert_eq!(row.desired_state, "stopped");
+    assert_eq!(row.desired_state, vm::DesiredState::Stopped);
     assert_eq!(qemus_of(&name), 0, "stopped means no qemu");
     assert!(_h.root_dir().join("vms").join(&name).join("disk.qcow2").exists(), "but the disk stays");
 
-    signal(&w, id, "start").await;
+    signal(&w, id, nexus::Sem::Start).await;
     wait_vm(&w, id, "running", Duration::from_secs(240), &worker).await;
     assert_eq!(qemus_of(&name), 1);
 
-    signal(&w, id, "restart").await;
+    signal(&w, id, nexus::Sem::Restart).await;
     let until = Instant::now() + Duration::from_secs(60);
     while !event_kinds(&w, id).await.contains(&"restarting".to_string()) {
         assert!(Instant::now() < until, "restart not answered:\n{}", worker.log_text());
@@ -173,7 +174,7 @@ async fn a_dead_qemu_is_noticed_and_started_again_and_stop_start_restart_work() 
     wait_vm(&w, id, "running", Duration::from_secs(240), &worker).await;
     assert_eq!(qemus_of(&name), 1);
 
-    signal(&w, id, "destroy").await;
+    signal(&w, id, skein_engine::Signal::DESTROY).await;
     wait_vm(&w, id, "destroyed", Duration::from_secs(60), &worker).await;
     assert_eq!(qemus_of(&name), 0);
 }
@@ -200,7 +201,7 @@ async fn respirate_killed_at_random_points_of_a_creation_still_converges_to_one_
     assert!(row.host_id.is_some());
     let host_row = sqlx::query_scalar::<_, i32>("SELECT used_cores FROM vm_host").fetch_one(&w.db.pool).await.unwrap();
     assert_eq!(host_row, 1, "capacity reserved once, not once per attempt");
-    signal(&w, id, "destroy").await;
+    signal(&w, id, skein_engine::Signal::DESTROY).await;
     wait_vm(&w, id, "destroyed", Duration::from_secs(60), &worker).await;
 }
 
@@ -247,7 +248,7 @@ async fn a_vm_waits_visibly_while_no_host_has_room_and_quota_is_enforced() {
     assert!(began.elapsed() < Duration::from_secs(nexus::WAIT_NAP_SECS), "woken, not at the end of its nap");
     assert_eq!(row.host_id, Some(host_id.uuid()));
     assert_eq!(w.open_pages(skein_progs::vm::waiting::TAG).await, 0, "resolved once no VM waits");
-    signal(&w, id, "destroy").await;
+    signal(&w, id, skein_engine::Signal::DESTROY).await;
     wait_vm(&w, id, "destroyed", Duration::from_secs(60), &worker).await;
 }
 
@@ -259,7 +260,7 @@ async fn a_vm_on_an_unreachable_host_is_unavailable_and_reconciled_when_it_retur
     let quick = host_nexus::Frame { checkup_secs: 1, unreachable_after: 2, ..Default::default() };
     let host_id = w.add("vm-host", &h, &host_private, quick).await;
     let worker = w.worker();
-    w.wait_for(host_id, "accepting", Duration::from_secs(180), &worker, |r| r.state == "accepting").await;
+    w.wait_for(host_id, "accepting", Duration::from_secs(180), &worker, |r| r.state == HostState::Accepting).await;
     let project = project(&w, 5).await;
     let (_, owner_public) = generate_keypair();
     let id = create(&w, project, &owner_public, nexus::Frame { checkup_secs: 1, ..Default::default() }).await;
@@ -267,7 +268,7 @@ async fn a_vm_on_an_unreachable_host_is_unavailable_and_reconciled_when_it_retur
 
     // The host vanishes (with everything in its namespace, qemu included).
     h.kill_sshd();
-    w.wait_for(host_id, "unreachable", Duration::from_secs(30), &worker, |r| r.state == "unreachable").await;
+    w.wait_for(host_id, "unreachable", Duration::from_secs(30), &worker, |r| r.state == HostState::Unreachable).await;
     let unavailable = wait_vm(&w, id, "unavailable", Duration::from_secs(10), &worker).await;
     assert_eq!(unavailable.ssh().map(|s| s.host), Some(before.host.clone()), "the last endpoint seen stays, with its time");
 
@@ -278,7 +279,7 @@ async fn a_vm_on_an_unreachable_host_is_unavailable_and_reconciled_when_it_retur
     // what runs there (its qemu is gone, it should run: it is started again);
     // the stranger is reported, not touched.
     h.start_sshd();
-    w.wait_for(host_id, "accepting again", Duration::from_secs(30), &worker, |r| r.state == "accepting").await;
+    w.wait_for(host_id, "accepting again", Duration::from_secs(30), &worker, |r| r.state == HostState::Accepting).await;
     let back = wait_vm(&w, id, "running", Duration::from_secs(240), &worker).await;
     assert_eq!(qemus_of(&id.to_string()), 1);
     // Re-learned from the host after the reconcile: seen again, on the port the new run has.
@@ -291,7 +292,7 @@ async fn a_vm_on_an_unreachable_host_is_unavailable_and_reconciled_when_it_retur
     assert_eq!(tail, ["unavailable", "qemu-died", "launched", "running"], "{kinds:?}");
     assert_eq!(w.open_pages(&format!("host-unknown-vm:{host_id}:vmstranger1")).await, 1, "the unknown VM is reported");
     assert!(h.root_dir().join("vms/vmstranger1").exists(), "and left alone");
-    signal(&w, id, "destroy").await;
+    signal(&w, id, skein_engine::Signal::DESTROY).await;
     wait_vm(&w, id, "destroyed", Duration::from_secs(60), &worker).await;
 }
 
@@ -328,7 +329,7 @@ async fn two_vms_on_one_private_subnet_reach_each_other() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("3 packets received"), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
     for id in ids {
-        signal(&w, id, "destroy").await;
+        signal(&w, id, skein_engine::Signal::DESTROY).await;
         wait_vm(&w, id, "destroyed", Duration::from_secs(60), &worker).await;
     }
 }
@@ -353,7 +354,7 @@ async fn destroying_a_vm_wakes_one_that_waits_for_its_room() {
 
     // The first gives its room back: the second, asleep for 600 s, is woken and placed.
     let began = Instant::now();
-    signal(&w, first, "destroy").await;
+    signal(&w, first, skein_engine::Signal::DESTROY).await;
     wait_vm(&w, first, "destroyed", Duration::from_secs(60), &worker).await;
     let until = Instant::now() + Duration::from_secs(120);
     while vm_row(&w, second).await.host_id.is_none() {
@@ -361,6 +362,6 @@ async fn destroying_a_vm_wakes_one_that_waits_for_its_room() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(began.elapsed() < Duration::from_secs(nexus::WAIT_NAP_SECS), "woken, not at the end of its nap");
-    signal(&w, second, "destroy").await;
+    signal(&w, second, skein_engine::Signal::DESTROY).await;
     wait_vm(&w, second, "destroyed", Duration::from_secs(120), &worker).await;
 }

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use skein_models::vm_host::{self, VmHost};
+use skein_models::vm_host::{self, HostState, VmHost};
 use skein_models::{event, sshable, Ubid, UbidType};
 use skein_progs::host::{self, nexus, NewHost};
 use skein_progs::rules;
@@ -59,7 +59,7 @@ fn default_checkup_secs() -> i64 {
 pub struct HostView {
     pub id: Ubid,
     pub name: String,
-    pub state: String,
+    pub state: HostState,
     pub address: Option<String>,
     pub port: Option<i32>,
     pub user: Option<String>,

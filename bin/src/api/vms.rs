@@ -10,7 +10,7 @@ use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use skein_models::vm::{self, Vm};
+use skein_models::vm::{self, DesiredState, Vm, VmState};
 use skein_models::{archive, event, strand, Ubid, UbidType};
 use skein_progs::rules::{self, Invalid};
 use skein_progs::vm::{self as vms, nexus, CreateError, Spec};
@@ -44,8 +44,8 @@ pub struct VmView {
     pub id: Ubid,
     pub project: Ubid,
     pub name: String,
-    pub state: String,
-    pub desired_state: String,
+    pub state: VmState,
+    pub desired_state: DesiredState,
     pub cores: i32,
     pub memory_mib: i32,
     pub disk_mib: i32,

@@ -7,6 +7,8 @@ use std::collections::HashMap;
 use anyhow::{anyhow, bail};
 use serde_json::json;
 use skein_models::inspect::{self, StrandSummary};
+use skein_models::vm::VmState;
+use skein_models::vm_host::HostState;
 use skein_models::{archive, audit, event, page, vm, vm_host, Ubid, UbidType};
 use uuid::Uuid;
 
@@ -138,14 +140,14 @@ pub async fn hosts(s: &Session, cmd: HostCmd, opts: &OpsOptions) -> anyhow::Resu
         HostCmd::List { all } => {
             let mut conn = s.pool.acquire().await?;
             let hosts: Vec<vm_host::VmHost> =
-                vm_host::page(&mut conn, None, 1000).await?.into_iter().filter(|h| all || h.state != "destroyed").collect();
+                vm_host::page(&mut conn, None, 1000).await?.into_iter().filter(|h| all || h.state != HostState::Destroyed).collect();
             let strands = strands_of(&mut conn, &hosts.iter().map(|h| h.id).collect::<Vec<_>>()).await?;
             let mut cells = Vec::new();
             let mut rows = Vec::new();
             for h in hosts {
                 let st = strands.get(&h.id);
                 let used = format!("{}/{} cores, {}/{} MiB", h.used_cores, h.facts.cpus.unwrap_or(0), h.used_memory_mib, h.facts.memory_mib.unwrap_or(0));
-                cells.push(vec![render::id(h.id), h.name.clone(), h.state.clone(), used, label_cell(st)]);
+                cells.push(vec![render::id(h.id), h.name.clone(), h.state.to_string(), used, label_cell(st)]);
                 rows.push(json!({"host": h, "strand": st}));
             }
             let n = rows.len();
@@ -189,7 +191,7 @@ pub async fn vms(s: &Session, cmd: VmCmd, opts: &OpsOptions) -> anyhow::Result<R
                 None => None,
             };
             let rows: Vec<vm::Vm> =
-                vm::page(&mut conn, project_id, None, 1000).await?.into_iter().filter(|v| all || v.state != "destroyed").collect();
+                vm::page(&mut conn, project_id, None, 1000).await?.into_iter().filter(|v| all || v.state != VmState::Destroyed).collect();
             let strands = strands_of(&mut conn, &rows.iter().map(|v| v.id).collect::<Vec<_>>()).await?;
             let mut cells = Vec::new();
             let mut out = Vec::new();
@@ -197,7 +199,7 @@ pub async fn vms(s: &Session, cmd: VmCmd, opts: &OpsOptions) -> anyhow::Result<R
                 let st = strands.get(&v.id);
                 let host = v.host_id.map(render::id).unwrap_or("-".into());
                 let size = format!("{}c/{}M", v.cores, v.memory_mib);
-                cells.push(vec![render::id(v.id), v.name.clone(), v.state.clone(), size, host, label_cell(st)]);
+                cells.push(vec![render::id(v.id), v.name.clone(), v.state.to_string(), size, host, label_cell(st)]);
                 out.push(json!({"vm": v, "strand": st}));
             }
             let n = out.len();

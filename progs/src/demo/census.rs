@@ -26,13 +26,29 @@ pub struct Frame {
     pub doubled: Option<u64>,
 }
 
+semaphores! {
+    /// `finish`: stop waiting and exit with the result.
+    pub enum Sem { Finish = "finish" }
+}
+
+/// What a census exits with.
+#[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Output {
+    pub total: u64,
+    pub doubled: Option<u64>,
+    /// Destroyed before it was told to finish.
+    #[serde(default)]
+    pub cancelled: bool,
+}
+
 #[async_trait]
 impl Prog for Census {
     const NAME: &'static str = "Demo::Census";
     type Label = Label;
     type Frame = Frame;
+    type Sem = Sem;
+    type Output = Output;
     const DESTROY: Option<Label> = Some(Label::Cancel);
-    const SEMAPHORES: &'static [&'static str] = &["finish"];
 
     async fn run(cx: &mut Ctx<'_, Self>, label: Label) -> Step<Self> {
         match label {
@@ -44,26 +60,26 @@ impl Prog for Census {
                 hop(Label::Tally)
             }
             Label::Tally => {
-                let reaped = cx.reap().await?;
+                let reaped = cx.reap::<counter::Counter>().await?;
                 for child in &reaped.exited {
-                    cx.frame.total += child.exitval["count"].as_u64().unwrap_or(0);
+                    cx.frame.total += u64::from(child.output.count);
                 }
                 reaped.hop_when_done(Label::Double)
             }
-            Label::Double => match cx.retval() {
-                Some(r) => {
-                    cx.frame.doubled = r["value"].as_u64();
+            Label::Double => match cx.retval::<doubler::Doubler>()? {
+                Some(doubled) => {
+                    cx.frame.doubled = Some(doubled.value);
                     hop(Label::Wait)
                 }
                 None => push(doubler::Frame { n: cx.frame.total }, doubler::Label::Start),
             },
             Label::Wait => {
-                if cx.take("finish") {
-                    return pop(json!({ "total": cx.frame.total, "doubled": cx.frame.doubled }));
+                if cx.take(Sem::Finish) {
+                    return pop(Output { total: cx.frame.total, doubled: cx.frame.doubled, cancelled: false });
                 }
                 nap(3600)
             }
-            Label::Cancel => pop("census cancelled"),
+            Label::Cancel => pop(Output { total: cx.frame.total, doubled: cx.frame.doubled, cancelled: true }),
         }
     }
 }

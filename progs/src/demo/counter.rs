@@ -14,11 +14,19 @@ pub struct Frame {
     pub at: u32,
 }
 
+/// What a counter exits with.
+#[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Output {
+    pub count: u32,
+}
+
 #[async_trait]
 impl Prog for Counter {
     const NAME: &'static str = "Demo::Counter";
     type Label = Label;
     type Frame = Frame;
+    type Sem = NoSems;
+    type Output = Output;
 
     async fn run(cx: &mut Ctx<'_, Self>, label: Label) -> Step<Self> {
         match label {
@@ -26,7 +34,7 @@ impl Prog for Counter {
                 cx.frame.at += 1;
                 hop(Label::Count)
             }
-            Label::Count => pop(json!({ "count": cx.frame.at })),
+            Label::Count => pop(Output { count: cx.frame.at }),
         }
     }
 }

@@ -20,11 +20,19 @@ labels! {
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Frame {}
 
+/// What an install returns: the agent version now on the host.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Output {
+    pub agent_version: String,
+}
+
 #[async_trait]
 impl Prog for InstallAgent {
     const NAME: &'static str = "Host::InstallAgent";
     type Label = Label;
     type Frame = Frame;
+    type Sem = NoSems;
+    type Output = Output;
 
     async fn run(cx: &mut Ctx<'_, Self>, _: Label) -> Step<Self> {
         let host = Host::load(cx).await?;
@@ -42,6 +50,6 @@ impl Prog for InstallAgent {
             host.exec_with_stdin(&install, agent::archive(), timeout).await?;
         }
         vm_host::set_agent_version(cx.tx.conn().await?, host.row.id, &want).await?;
-        pop(json!({ "agent_version": want }))
+        pop(Output { agent_version: want })
     }
 }

@@ -19,6 +19,7 @@
 use std::time::Duration;
 
 use skein_engine::prelude::*;
+use skein_models::vm_host::HostState;
 use skein_models::{capacity, event, sshable, vm, vm_host, Ubid};
 
 use super::conn::{AgentProgram, Host, SSH_LIMIT};
@@ -72,19 +73,34 @@ impl Default for Frame {
     }
 }
 
+semaphores! {
+    /// `reboot`: reboot the host and wait for it; `checkup`: check it now;
+    /// `drain`: place no new VMs on it.
+    pub enum Sem { Reboot = "reboot", Checkup = "checkup", Drain = "drain" }
+}
+
+/// What a host's strand exits with once it is destroyed.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Destroyed {
+    pub msg: String,
+    /// Whether its agent's files were removed from the host.
+    pub cleaned: bool,
+}
+
 #[async_trait]
 impl Prog for HostNexus {
     const NAME: &'static str = "Vm::HostNexus";
     type Label = Label;
     type Frame = Frame;
+    type Sem = Sem;
+    type Output = Destroyed;
     const DESTROY: Option<Label> = Some(Label::Destroy);
-    const SEMAPHORES: &'static [&'static str] = &["reboot", "checkup", "drain"];
 
     async fn run(cx: &mut Ctx<'_, Self>, label: Label) -> Step<Self> {
         match label {
             Label::Start => start(cx).await,
             Label::TakeOver => take_over(cx).await,
-            Label::InstallAgent => match cx.retval() {
+            Label::InstallAgent => match cx.retval::<install::InstallAgent>()? {
                 Some(_) => hop(Label::Learn),
                 None => push(install::Frame {}, install::Label::Install),
             },
@@ -96,8 +112,8 @@ impl Prog for HostNexus {
             Label::WaitLearn => wait_learn(cx).await,
             Label::PrepImage => prep_image(cx).await,
             Label::ProbeKvm => probe_kvm(cx).await,
-            Label::Wait if cx.take("drain") => drain(cx).await,
-            Label::Wait if cx.take("reboot") => hop(Label::Reboot),
+            Label::Wait if cx.take(Sem::Drain) => drain(cx).await,
+            Label::Wait if cx.take(Sem::Reboot) => hop(Label::Reboot),
             Label::Wait => checkup(cx).await,
             Label::Reboot => reboot(cx).await,
             Label::WaitReboot => wait_reboot(cx).await,
@@ -117,7 +133,7 @@ async fn start(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
         }
     };
     let conn = cx.tx.conn().await?;
-    vm_host::set_state(conn, host.row.id, "preparing").await?;
+    vm_host::set_state(conn, host.row.id, HostState::Preparing).await?;
     if let Some(key) = presented {
         sshable::pin_host_key(conn, host.sshable.id, &key).await?;
     }
@@ -153,33 +169,30 @@ async fn take_over(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
 
 /// Gather the children's facts into the host row.
 async fn wait_learn(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
-    let reaped = cx.reap().await?;
+    let mut reaped = cx.reap::<learn::Learn>().await?;
     let mut facts = vm_host::Facts::default();
-    for child in &reaped.exited {
-        let f = &child.exitval["facts"];
-        let int = |k: &str| f[k].as_i64();
-        match child.exitval["what"].as_str() {
-            Some("cpu") => {
-                facts.cpus = int("cpus").map(|v| v as i32);
-                facts.cores = int("cores").map(|v| v as i32);
-                facts.sockets = int("sockets").map(|v| v as i32);
-                facts.cpu_model = f["model"].as_str().map(String::from);
+    for child in reaped.exited.drain(..) {
+        match child.output {
+            learn::Output::Cpu(c) => {
+                facts.cpus = Some(c.cpus);
+                facts.cores = Some(c.cores);
+                facts.sockets = Some(c.sockets);
+                facts.cpu_model = Some(c.model);
             }
-            Some("memory") => facts.memory_mib = int("total_mib"),
-            Some("storage") => {
-                facts.storage_total_mib = int("total_mib");
-                facts.storage_free_mib = int("free_mib");
+            learn::Output::Memory(m) => facts.memory_mib = Some(m.total_mib),
+            learn::Output::Storage(s) => {
+                facts.storage_total_mib = Some(s.total_mib);
+                facts.storage_free_mib = Some(s.free_mib);
             }
-            Some("os") => {
-                facts.os = f["pretty_name"].as_str().map(String::from);
-                facts.kernel = f["kernel"].as_str().map(String::from);
-                facts.arch = f["arch"].as_str().map(String::from);
+            learn::Output::Os(o) => {
+                facts.os = Some(o.pretty_name);
+                facts.kernel = Some(o.kernel);
+                facts.arch = Some(o.arch);
             }
-            Some("kvm") => {
-                facts.kvm_usable = f["usable"].as_bool();
-                facts.kvm_reason = f["reason"].as_str().map(String::from);
+            learn::Output::Kvm(k) => {
+                facts.kvm_usable = Some(k.usable);
+                facts.kvm_reason = Some(k.reason);
             }
-            _ => {}
         }
     }
     let id = cx.subject_id().uuid();
@@ -236,11 +249,11 @@ async fn probe_kvm(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
             let conn = cx.tx.conn().await?;
             vm_host::record_facts(conn, host.row.id, &facts).await?;
             vm_host::set_state(conn, host.row.id, open).await?;
-            if open == "accepting" {
+            if open == HostState::Accepting {
                 capacity::wake_waiting(conn).await?;
             }
             let image = host.row.image_version.clone().unwrap_or_default();
-            event::record(conn, host.row.id, open, "system", &json!({"image": image, "kvm": kvm})).await?;
+            event::record(conn, host.row.id, open.as_str(), "system", &json!({"image": image, "kvm": kvm})).await?;
             hop(Label::Wait)
         }
     }
@@ -248,11 +261,11 @@ async fn probe_kvm(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
 
 /// The state of a prepared, reachable host: 'accepting', unless an operator
 /// drained it (or asked to, and the Wait label has not taken it yet).
-fn open_state(cx: &Ctx<'_, HostNexus>) -> &'static str {
-    if cx.frame.draining || cx.is_set("drain") {
-        "draining"
+fn open_state(cx: &Ctx<'_, HostNexus>) -> HostState {
+    if cx.frame.draining || cx.is_set(Sem::Drain) {
+        HostState::Draining
     } else {
-        "accepting"
+        HostState::Accepting
     }
 }
 
@@ -267,8 +280,8 @@ async fn drain(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
     let id = subject.uuid();
     let conn = cx.tx.conn().await?;
     let row = vm_host::get(conn, id).await?.ok_or_else(|| anyhow::anyhow!("host {subject} is gone"))?;
-    if row.state == "accepting" {
-        vm_host::set_state(conn, id, "draining").await?;
+    if row.state == HostState::Accepting {
+        vm_host::set_state(conn, id, HostState::Draining).await?;
     }
     event::record(conn, id, "draining", "system", &json!({"was": row.state})).await?;
     hop(Label::Wait)
@@ -302,11 +315,11 @@ async fn ask_checkup(host: &Host, list_vms: Option<Cmd>, timeout: Duration) -> R
 /// One checkup, then sleep until the next. Unreachability is expected and
 /// handled here; only the unexpected fails the step.
 async fn checkup(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
-    cx.take("checkup");
+    cx.take(Sem::Checkup);
     let host = Host::load(cx).await?;
     // Back from unreachable: also see which VMs it has.
-    let list_vms = match host.row.state.as_str() {
-        "unreachable" => Some(crate::cmd!("ls -1 {}/vms 2>/dev/null || true", host.root())?),
+    let list_vms = match host.row.state {
+        HostState::Unreachable => Some(crate::cmd!("ls -1 {}/vms 2>/dev/null || true", host.root())?),
         _ => None,
     };
     let answer = ask_checkup(&host, list_vms, cx.time_left().min(Duration::from_secs(10))).await;
@@ -325,7 +338,7 @@ async fn checkup(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
             // Back from unreachable (only then was it asked for its VMs).
             if let Some(listed) = listed {
                 vm_host::set_state(conn, host.row.id, open).await?;
-                if open == "accepting" {
+                if open == HostState::Accepting {
                     capacity::wake_waiting(conn).await?;
                 }
                 event::record(conn, host.row.id, "reachable-again", "system", &json!({})).await?;
@@ -333,7 +346,7 @@ async fn checkup(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
                 // strand checks (alive: running again; gone: per desired state).
                 let vms = vm::on_host(conn, host.row.id).await?;
                 for vm in &vms {
-                    cx.incr(Ubid::from_uuid(*vm), "checkup").await?;
+                    cx.incr(Ubid::from_uuid(*vm), crate::vm::nexus::Sem::Checkup).await?;
                 }
                 cx.resolve_page(&unreachable_tag(&host)).await?;
                 report_unknown_vms(cx, &host, &vms, &listed).await?;
@@ -401,8 +414,8 @@ async fn report_unknown_vms(cx: &mut Ctx<'_, HostNexus>, host: &Host, known: &[u
 async fn missed(cx: &mut Ctx<'_, HostNexus>, host: &Host, e: &SshError) -> Step<HostNexus> {
     let misses = vm_host::checkup_missed(cx.tx.conn().await?, host.row.id).await?;
     tracing::warn!(host = %host.id(), misses, error = %e, "checkup missed");
-    if misses >= cx.frame.unreachable_after && host.row.state != "unreachable" {
-        vm_host::set_state(cx.tx.conn().await?, host.row.id, "unreachable").await?;
+    if misses >= cx.frame.unreachable_after && host.row.state != HostState::Unreachable {
+        vm_host::set_state(cx.tx.conn().await?, host.row.id, HostState::Unreachable).await?;
         event::record(cx.tx.conn().await?, host.row.id, "unreachable", "system", &json!({"misses": misses})).await?;
         // Its VMs are not known to run any more: say so rather than "running".
         for id in vm::mark_unavailable_on(cx.tx.conn().await?, host.row.id).await? {
@@ -425,9 +438,9 @@ async fn destroy(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
     if let Err(e) = &removed {
         tracing::warn!(host = %host.id(), error = %e, "could not clean the host while destroying it");
     }
-    vm_host::set_state(cx.tx.conn().await?, host.row.id, "destroyed").await?;
+    vm_host::set_state(cx.tx.conn().await?, host.row.id, HostState::Destroyed).await?;
     crate::vnet::host_destroyed(cx, host.row.id).await?;
     event::record(cx.tx.conn().await?, host.row.id, "destroyed", "system", &json!({"cleaned": removed.is_ok()})).await?;
     cx.resolve_page(&unreachable_tag(&host)).await?;
-    pop(json!({ "msg": "host destroyed", "cleaned": removed.is_ok() }))
+    pop(Destroyed { msg: "host destroyed".into(), cleaned: removed.is_ok() })
 }

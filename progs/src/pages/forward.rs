@@ -30,6 +30,12 @@ pub struct Frame {
     pub command: Option<String>,
 }
 
+/// What a delivery exits with: the change's delivery key.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Output {
+    pub delivered: String,
+}
+
 /// How long a receiver gets to take a page.
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -38,6 +44,8 @@ impl Prog for Forward {
     const NAME: &'static str = skein_models::page::FORWARD_PROG;
     type Label = Label;
     type Frame = Frame;
+    type Sem = NoSems;
+    type Output = Output;
 
     async fn run(cx: &mut Ctx<'_, Self>, label: Label) -> Step<Self> {
         match label {
@@ -50,7 +58,7 @@ impl Prog for Forward {
                     (None, Some(command)) => run(command, &key, &body).await.with_context(|| format!("delivering to `{command}`"))?,
                     (None, None) => bail!("no hook in the frame: nothing to deliver to"),
                 }
-                pop(json!({"delivered": key}))
+                pop(Output { delivered: key })
             }
         }
     }

@@ -26,6 +26,8 @@
 
 
 use skein_engine::prelude::*;
+use skein_models::vm::{DesiredState, VmState};
+use skein_models::vm_host::HostState;
 use skein_models::vm::{self, Vm};
 use skein_models::{capacity, event, Ubid};
 
@@ -84,13 +86,19 @@ impl Default for Frame {
     }
 }
 
+semaphores! {
+    /// What a VM is asked to do (`checkup`: its host saw it change; look now).
+    pub enum Sem { Stop = "stop", Start = "start", Restart = "restart", Checkup = "checkup" }
+}
+
 #[async_trait]
 impl Prog for Nexus {
     const NAME: &'static str = "Vm::Nexus";
     type Label = Label;
     type Frame = Frame;
+    type Sem = Sem;
+    type Output = Msg;
     const DESTROY: Option<Label> = Some(Label::Destroy);
-    const SEMAPHORES: &'static [&'static str] = &["stop", "start", "restart", "checkup"];
 
     async fn run(cx: &mut Ctx<'_, Self>, label: Label) -> Step<Self> {
         match label {
@@ -150,10 +158,10 @@ async fn start(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
             hop(Label::Setup)
         }
         None => {
-            if vm.state != "waiting" {
+            if vm.state != VmState::Waiting {
                 event::record(conn, vm.id, "waiting", "system", &json!({"reason": "no host has room"})).await?;
             }
-            vm::set_state(conn, vm.id, "waiting").await?;
+            vm::set_state(conn, vm.id, VmState::Waiting).await?;
             // Asleep until capacity appears; awake in time to page if none does.
             let page_due = waiting::update(conn, wait_page_secs).await?;
             let secs = page_due.map(|due| (due - chrono::Utc::now()).num_milliseconds() as f64 / 1000.0);
@@ -229,7 +237,7 @@ async fn launch(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
             cx.raise_page(&format!("vm-launch:{}", Ubid::from_uuid(vm.id)), &summary, &json!({"log": tail})).await?;
         }
     }
-    vm::set_state(cx.tx.conn().await?, vm.id, "starting").await?;
+    vm::set_state(cx.tx.conn().await?, vm.id, VmState::Starting).await?;
     happened(cx, &vm, "launched", json!({"after": finished})).await?;
     nap(1)
 }
@@ -269,7 +277,7 @@ async fn wait_boot(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
     }
     // Write, at the end: commits with the hop, or not at all.
     let conn = cx.tx.conn().await?;
-    vm::set_state(conn, vm.id, "running").await?;
+    vm::set_state(conn, vm.id, VmState::Running).await?;
     learned_ssh(conn, &host, &vm, &now).await?;
     cx.frame.launch_failures = 0;
     cx.resolve_page(&format!("vm-launch:{}", Ubid::from_uuid(vm.id))).await?;
@@ -326,43 +334,43 @@ async fn stop_qemu(cx: &Ctx<'_, Nexus>, host: &Host, vm: &Vm) -> anyhow::Result<
 
 /// Watch a running VM, answer stop and restart, start it again if its qemu died.
 async fn running(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
-    cx.take("checkup");
+    cx.take(Sem::Checkup);
     let vm = load(cx).await?;
     let host = host_of(cx, &vm).await?;
-    if cx.take("stop") {
+    if cx.take(Sem::Stop) {
         stop_qemu(cx, &host, &vm).await?;
         let conn = cx.tx.conn().await?;
-        vm::set_desired(conn, vm.id, "stopped").await?;
-        vm::set_state(conn, vm.id, "stopped").await?;
+        vm::set_desired(conn, vm.id, DesiredState::Stopped).await?;
+        vm::set_state(conn, vm.id, VmState::Stopped).await?;
         happened(cx, &vm, "stopped", json!({})).await?;
         return hop(Label::Stopped);
     }
-    if cx.take("restart") {
+    if cx.take(Sem::Restart) {
         stop_qemu(cx, &host, &vm).await?;
-        vm::set_state(cx.tx.conn().await?, vm.id, "starting").await?;
+        vm::set_state(cx.tx.conn().await?, vm.id, VmState::Starting).await?;
         happened(cx, &vm, "restarting", json!({})).await?;
         return hop(Label::Launch);
     }
-    if host.row.state == "unreachable" {
+    if host.row.state == HostState::Unreachable {
         // The host's checkups mark its VMs unavailable and ask them to check
         // again when it answers; until then there is nothing to ask.
         return nap(cx.frame.checkup_secs as f64);
     }
     let now = status(cx, &host, &vm).await?;
     let alive = now["running"] == json!(true);
-    if !alive && vm.desired_state == "running" {
+    if !alive && vm.desired_state == DesiredState::Running {
         tracing::warn!(vm = %Ubid::from_uuid(vm.id), "qemu is gone; starting the VM again");
         // Its run ended with it; forget it here, where the death is known, so
         // Launch does not take it for a failed launch.
         let (root, name) = (host.root().to_string(), unix_name(&vm));
         let _ = host.exec(&daemonizer(&root, "clean", &name)?, cx.time_left().min(SSH_LIMIT)).await;
         cx.frame.restarts += 1;
-        vm::set_state(cx.tx.conn().await?, vm.id, "starting").await?;
+        vm::set_state(cx.tx.conn().await?, vm.id, VmState::Starting).await?;
         happened(cx, &vm, "qemu-died", json!({"restarts": cx.frame.restarts})).await?;
         return hop(Label::Launch);
     }
-    if alive && vm.state == "unavailable" {
-        vm::set_state(cx.tx.conn().await?, vm.id, "running").await?;
+    if alive && vm.state == VmState::Unavailable {
+        vm::set_state(cx.tx.conn().await?, vm.id, VmState::Running).await?;
         happened(cx, &vm, "available-again", json!({})).await?;
     }
     if alive && ssh_news(&host, &vm, &now) {
@@ -373,9 +381,9 @@ async fn running(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
 
 /// A stopped VM keeps its disk and capacity; `start` boots it again.
 async fn stopped(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
-    if cx.take("start") {
+    if cx.take(Sem::Start) {
         let vm = load(cx).await?;
-        vm::set_desired(cx.tx.conn().await?, vm.id, "running").await?;
+        vm::set_desired(cx.tx.conn().await?, vm.id, DesiredState::Running).await?;
         happened(cx, &vm, "starting", json!({})).await?;
         return hop(Label::Launch);
     }
@@ -387,9 +395,9 @@ async fn stopped(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
 async fn destroy(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
     let id = cx.subject_id().uuid();
     let conn = cx.tx.conn().await?;
-    vm::set_state(conn, id, "destroying").await?;
+    vm::set_state(conn, id, VmState::Destroying).await?;
     // However the destroy was asked for (API, console, a parent strand), it is what the VM now wants.
-    vm::set_desired(conn, id, "destroyed").await?;
+    vm::set_desired(conn, id, DesiredState::Destroyed).await?;
     hop(Label::Remove)
 }
 
@@ -409,7 +417,7 @@ async fn remove(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
         capacity::release(conn, host_id, vm.size()).await?;
     }
     capacity::return_quota(conn, vm.project_id).await?;
-    vm::set_state(conn, vm.id, "destroyed").await?;
+    vm::set_state(conn, vm.id, VmState::Destroyed).await?;
     if vm.host_id.is_some() {
         // Its share is free again: a waiting VM may fit now.
         capacity::wake_waiting(conn).await?;
@@ -423,7 +431,7 @@ async fn remove(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
     if cx.frame.nic_seq.is_some() {
         return hop(Label::WaitNicGone);
     }
-    pop(json!({ "msg": "vm destroyed" }))
+    pop("vm destroyed")
 }
 
 /// Until its host applied a state without its NIC (or has no network any more).
@@ -436,5 +444,5 @@ async fn wait_nic_gone(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
     if !done {
         return nap(1);
     }
-    pop(json!({ "msg": "vm destroyed" }))
+    pop("vm destroyed")
 }

@@ -5,7 +5,7 @@ use skein_models::{sshable, vm_host, Ubid, UbidType};
 
 /// A host row in `state` with room for a few VMs (8 cores, 16 GiB), and no
 /// strand: nothing here talks to it.
-pub async fn host_row(h: &Harness, state: &str) -> Ubid {
+pub async fn host_row(h: &Harness, state: vm_host::HostState) -> Ubid {
     let mut conn = h.pool().acquire().await.unwrap();
     let sh = Ubid::generate(UbidType::Sshable).uuid();
     sshable::insert(&mut conn, sh, "192.0.2.1", 22, "root", b"sealed").await.unwrap();
