@@ -18,6 +18,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use skein_engine::prelude::*;
 use skein_models::network::{self, HostNetwork};
+use skein_models::vm_host::HostState;
 use skein_models::{event, Ubid};
 
 use super::desired::{self, Desired, Facts, NicFact, OwnKey, PeerFact, PeerKey};
@@ -29,6 +30,12 @@ pub struct HostNet;
 
 labels! {
     pub enum Label for HostNet { Converge, Destroy }
+}
+
+semaphores! {
+    /// `apply`: something this host should have changed (its `want_seq` was
+    /// raised), or look now.
+    pub enum Sem { Apply = "apply" }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -86,8 +93,9 @@ impl Prog for HostNet {
     const NAME: &'static str = "Vnet::HostNet";
     type Label = Label;
     type Frame = Frame;
+    type Sem = Sem;
+    type Output = Msg;
     const DESTROY: Option<Label> = Some(Label::Destroy);
-    const SEMAPHORES: &'static [&'static str] = &["apply"];
 
     async fn run(cx: &mut Ctx<'_, Self>, label: Label) -> Step<Self> {
         match label {
@@ -175,14 +183,14 @@ fn apply_tag(host: Ubid) -> String {
 
 /// Make the host have its desired state; record what it has.
 async fn converge(cx: &mut Ctx<'_, HostNet>) -> Step<HostNet> {
-    cx.take("apply");
+    cx.take(Sem::Apply);
     let id = cx.frame.host;
     // Read: the seq first, then the facts, so what is applied is at least as new as the seq.
     let Some(net) = network::get(&mut *cx.read().await?, id.uuid()).await? else {
-        return pop(json!({"msg": "the host has no network any more"}));
+        return pop("the host has no network any more");
     };
     let host = Host::load_id(cx, id).await?;
-    if host.row.state == "destroyed" {
+    if host.row.state == HostState::Destroyed {
         return hop(Label::Destroy);
     }
     let facts = load_facts(cx, &host).await?;
@@ -288,5 +296,5 @@ async fn destroy(cx: &mut Ctx<'_, HostNet>) -> Step<HostNet> {
         cx.resolve_page(&down_tag(id, peer)).await?;
     }
     cx.resolve_page(&apply_tag(id)).await?;
-    pop(json!({"msg": "host network forgotten"}))
+    pop("host network forgotten")
 }

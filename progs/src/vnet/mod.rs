@@ -50,7 +50,7 @@ pub async fn ensure_strand(conn: &mut PgConnection, host: Uuid) -> anyhow::Resul
 pub async fn changed<P: Prog>(cx: &mut Ctx<'_, P>, hosts: &[Uuid]) -> anyhow::Result<Vec<Bumped>> {
     let bumped = network::bump(cx.tx.conn().await?, hosts).await?;
     for b in &bumped {
-        cx.incr(Ubid::from_uuid(b.strand_id), "apply").await?;
+        cx.incr(Ubid::from_uuid(b.strand_id), host_net::Sem::Apply).await?;
     }
     Ok(bumped)
 }
@@ -111,7 +111,7 @@ pub async fn host_rebooted<P: Prog>(cx: &mut Ctx<'_, P>, host: Uuid) -> anyhow::
 /// keys and tells its peers).
 pub async fn host_destroyed<P: Prog>(cx: &mut Ctx<'_, P>, host: Uuid) -> anyhow::Result<()> {
     if let Some(n) = network::get(cx.tx.conn().await?, host).await? {
-        cx.incr(Ubid::from_uuid(n.strand_id), "destroy").await?;
+        cx.incr(Ubid::from_uuid(n.strand_id), skein_engine::Signal::DESTROY).await?;
     }
     Ok(())
 }

@@ -101,6 +101,8 @@ impl Prog for Rekey {
     const NAME: &'static str = "Vnet::Rekey";
     type Label = Label;
     type Frame = Frame;
+    type Sem = NoSems;
+    type Output = Msg;
 
     async fn run(cx: &mut Ctx<'_, Self>, label: Label) -> Step<Self> {
         match label {
@@ -179,12 +181,12 @@ async fn begin(cx: &mut Ctx<'_, Rekey>) -> Step<Rekey> {
     let conn = cx.tx.conn().await?;
     let mine = network::get(conn, host.uuid()).await?.and_then(|n| n.rekey_strand_id) == Some(me);
     if !mine {
-        return pop(json!({"msg": "another rekey of this host runs"}));
+        return pop("another rekey of this host runs");
     }
     let keys = network::key_infos(conn, &[host.uuid()]).await?;
     if !keys.iter().any(|k| k.state == "sending") {
         network::end_rekey(conn, host.uuid(), me, false).await?;
-        return pop(json!({"msg": "the host has no tunnel to rekey"}));
+        return pop("the host has no tunnel to rekey");
     }
     // A 'new' key left by an earlier rekey that ended early is brought in now.
     let gen = match keys.iter().find(|k| k.state == "new") {
@@ -252,7 +254,7 @@ async fn done(cx: &mut Ctx<'_, Rekey>) -> Step<Rekey> {
     network::end_rekey(conn, host.uuid(), me, true).await?;
     event::record(conn, host.uuid(), "rekeyed", &by, &json!({"gen": gen, "ms": took})).await?;
     cx.resolve_page(&stall_tag(host)).await?;
-    pop(json!({"msg": "rekeyed", "gen": cx.frame.gen, "ms": took}))
+    pop(format!("rekeyed to gen {} in {took} ms", gen.unwrap_or_default()))
 }
 
 #[cfg(test)]
