@@ -32,6 +32,7 @@ pub mod embedded;
 pub mod follow;
 pub mod host_cmd;
 pub mod local_host;
+pub mod local_underlay;
 pub mod metrics;
 pub mod project_cmd;
 pub mod respirate;

@@ -23,7 +23,12 @@
 //! the namespace, the veth, stray sshds and directories), and never touches
 //! a host whose owner is alive.
 //!
-//! Requires root, `ip` (iproute2), `/usr/sbin/sshd` and `ssh-keygen`.
+//! Every host also has a second link, onto an underlay shared by the hosts
+//! of its process (`local_underlay.rs`): the network their private-subnet
+//! tunnels run over, which a test can capture on.
+//!
+//! Requires root, `ip` (iproute2), `/usr/sbin/sshd` and `ssh-keygen`
+//! (and tcpdump to capture).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
@@ -33,10 +38,13 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use crate::local_underlay::{Capture, Underlay};
+
 /// Where claim files live (tmpfs, so a reboot clears them along with the namespaces).
-const STATE_DIR: &str = "/run/skein-test-hosts";
+pub(crate) const STATE_DIR: &str = "/run/skein-test-hosts";
 /// /30 blocks in 10.251.0.0/16.
 const MAX_HOSTS: u32 = 16384;
 const SSHD: &str = "/usr/sbin/sshd";
@@ -63,6 +71,8 @@ pub struct TestHost {
     sshd: Option<Child>,
     /// Exclusive flock on `/run/skein-test-hosts/{n}.lock`, held while the host lives.
     claim: Option<File>,
+    /// The wire to the other hosts (dropped after the host's own namespace).
+    underlay: Arc<Underlay>,
 }
 
 impl TestHost {
@@ -71,6 +81,12 @@ impl TestHost {
     /// host key, and a per-host agent root directory. Authorizes `authorized_key` (an OpenSSH
     /// public key line) for root.
     pub fn start(authorized_key: &str) -> TestHost {
+        TestHost::start_on(authorized_key, Underlay::shared())
+    }
+
+    /// Like [`TestHost::start`], on a given underlay (e.g. a fresh [`Underlay::new`]
+    /// for hosts that must not see this process's other hosts).
+    pub fn start_on(authorized_key: &str, underlay: Arc<Underlay>) -> TestHost {
         assert_eq!(unsafe { geteuid() }, 0, "test hosts need root (network namespaces, sshd)");
         let (n, claim) = claim_number();
         let dir = std::env::temp_dir().join(format!("skein-host-{n}-{}", std::process::id()));
@@ -82,6 +98,7 @@ impl TestHost {
             dir,
             sshd: None,
             claim: Some(claim),
+            underlay,
         };
         // From here on a panic drops `host`, which undoes whatever was set up.
         let _ = fs::remove_dir_all(&host.dir);
@@ -98,6 +115,16 @@ impl TestHost {
     /// The host's address, reachable from the root namespace.
     pub fn addr(&self) -> IpAddr {
         IpAddr::V4(self.addr)
+    }
+
+    /// The host's address on its underlay: where its peers reach its tunnels.
+    pub fn underlay_addr(&self) -> Ipv4Addr {
+        Underlay::addr_of(self.n)
+    }
+
+    /// The underlay the host is on (to capture on it, or put more hosts on it).
+    pub fn underlay(&self) -> &Arc<Underlay> {
+        &self.underlay
     }
 
     /// sshd's port: always 22.
@@ -215,6 +242,7 @@ impl TestHost {
         // multicast group on loopback (QEMU socket networking).
         ip(&["-n", ns, "link", "set", "lo", "multicast", "on"]);
         ip(&["-n", ns, "route", "add", "224.0.0.0/4", "dev", "lo"]);
+        self.underlay.attach(n, ns);
     }
 
     fn write_config(&self) {
@@ -317,13 +345,13 @@ fn keygen(path: &Path, comment: &str) {
 }
 
 /// Run `ip args`, panicking with its stderr if it fails.
-fn ip(args: &[&str]) -> Output {
+pub(crate) fn ip(args: &[&str]) -> Output {
     let out = try_ip(args);
     assert!(out.status.success(), "ip {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
     out
 }
 
-fn try_ip(args: &[&str]) -> Output {
+pub(crate) fn try_ip(args: &[&str]) -> Output {
     Command::new("ip").args(args).stdin(Stdio::null()).output().expect("run ip (iproute2)")
 }
 
@@ -339,7 +367,7 @@ fn link_exists(n: u32) -> bool {
     Path::new(&format!("/sys/class/net/skh{n}a")).exists()
 }
 
-fn try_lock(file: &File, blocking: bool) -> bool {
+pub(crate) fn try_lock(file: &File, blocking: bool) -> bool {
     let op = if blocking { LOCK_EX } else { LOCK_EX | LOCK_NB };
     loop {
         if unsafe { flock(file.as_raw_fd(), op) } == 0 {
@@ -354,9 +382,9 @@ fn try_lock(file: &File, blocking: bool) -> bool {
     }
 }
 
-/// Claim the first free host number: under the machine-wide lock, reap leftovers of dead
-/// processes, then take the first `n` with no claim file, namespace or veth.
-fn claim_number() -> (u32, File) {
+/// Run `f` under the machine-wide lock of test hosts, after reaping the
+/// leftovers of dead processes.
+pub(crate) fn with_global_lock<T>(f: impl FnOnce() -> T) -> T {
     fs::create_dir_all(STATE_DIR).unwrap_or_else(|e| panic!("create {STATE_DIR}: {e}"));
     let global = OpenOptions::new()
         .create(true)
@@ -366,6 +394,18 @@ fn claim_number() -> (u32, File) {
         .expect("open global lock");
     try_lock(&global, true);
     reap_stale();
+    let result = f();
+    drop(global);
+    result
+}
+
+/// Claim the first free host number: under the machine-wide lock, reap leftovers of dead processes,
+/// then take the first `n` with no claim file, namespace or veth.
+fn claim_number() -> (u32, File) {
+    with_global_lock(claim_free_number)
+}
+
+fn claim_free_number() -> (u32, File) {
     for n in 0..MAX_HOSTS {
         if claim_path(n).exists() || netns_exists(n) || link_exists(n) {
             continue;
@@ -397,6 +437,7 @@ fn holder(n: u32) -> Result<u32, Option<File>> {
 /// kill its processes and remove its namespace, veth, directories and claim file. For a
 /// live owner, only directories and sshds from other (dead) processes with the same `n`.
 fn reap_stale() {
+    crate::local_underlay::reap_stale();
     let mut numbers = BTreeSet::new();
     if let Ok(entries) = fs::read_dir(STATE_DIR) {
         for entry in entries.flatten() {
@@ -500,7 +541,7 @@ fn kill_sshds_of(dir: &Path) {
 }
 
 /// SIGKILL every process in namespace `ns` until none is left (at most ~5 s).
-fn kill_all_in_netns(ns: &str) {
+pub(crate) fn kill_all_in_netns(ns: &str) {
     if !Path::new("/run/netns").join(ns).exists() {
         return;
     }

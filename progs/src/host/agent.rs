@@ -20,6 +20,8 @@ pub const FILES: &[(&str, &str)] = &[
     ("bin/vm-remove", include_str!("../../host-agent/bin/vm-remove")),
     ("bin/vm-stop", include_str!("../../host-agent/bin/vm-stop")),
     ("bin/probe-kvm-guest", include_str!("../../host-agent/bin/probe-kvm-guest")),
+    ("bin/net-apply", include_str!("../../host-agent/bin/net-apply")),
+    ("bin/net-status", include_str!("../../host-agent/bin/net-status")),
 ];
 
 /// `"<sha256>  <path>\n"` per file, as `sha256sum -c` reads it.

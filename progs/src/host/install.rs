@@ -1,14 +1,16 @@
 //! `Host::InstallAgent`: put this build's host agent on the host, unless it
 //! is there already. One archive over SSH, unpacked beside the current one,
 //! checked against its manifest, then swapped in; a half-done install never
-//! replaces a working agent.
+//! replaces a working agent. Then the tunnel program (`tunnel.rs`), the same
+//! way: uploaded only if its digest differs, checked, renamed into place
+//! (a running tunnel keeps the file it started from).
 
 use std::time::Duration;
 
 use skein_engine::prelude::*;
 use skein_models::vm_host;
 
-use super::agent;
+use super::{agent, tunnel};
 use super::conn::Host;
 
 pub struct InstallAgent;
@@ -20,10 +22,12 @@ labels! {
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Frame {}
 
-/// What an install returns: the agent version now on the host.
+/// What an install returns: the agent version and the tunnel program's digest now on the host.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Output {
     pub agent_version: String,
+    #[serde(default)]
+    pub tunnel_sha256: String,
 }
 
 #[async_trait]
@@ -49,7 +53,21 @@ impl Prog for InstallAgent {
             )?;
             host.exec_with_stdin(&install, agent::archive(), timeout).await?;
         }
+        let (binary, digest) = tunnel::local()?;
+        let have = host.exec(&crate::cmd!("cat {}/tunnel/SHA256 2>/dev/null || true", root)?, timeout).await?.stdout_str();
+        if have.trim() != digest {
+            let install = crate::cmd!(
+                "set -e; mkdir -p {}/tunnel; cd {}/tunnel; cat > skein-tunnel.new; \
+                 printf '%s  skein-tunnel.new\\n' {} | sha256sum -c --quiet; \
+                 chmod 0755 skein-tunnel.new; mv -f skein-tunnel.new skein-tunnel; printf '%s\\n' {} > SHA256",
+                root,
+                root,
+                digest,
+                digest
+            )?;
+            host.exec_with_stdin(&install, binary.clone(), timeout).await?;
+        }
         vm_host::set_agent_version(cx.tx.conn().await?, host.row.id, &want).await?;
-        pop(Output { agent_version: want })
+        pop(Output { agent_version: want, tunnel_sha256: digest })
     }
 }

@@ -4,6 +4,7 @@
 //! - [`install`]: `Host::InstallAgent`, ships the host agent (a sub-prog);
 //! - [`learn`]: `Host::Learn`, one fact about a host (budded in parallel);
 //! - [`agent`]: the agent bundle compiled into this binary;
+//! - [`tunnel`]: the tunnel program shipped beside it;
 //! - [`conn`]: a host as a prog reaches it, and adding one;
 //! - [`daemon`]: polling long host work started through the daemonizer.
 
@@ -13,6 +14,7 @@ pub mod daemon;
 pub mod install;
 pub mod learn;
 pub mod nexus;
+pub mod tunnel;
 
 pub use conn::{add, Host, NewHost};
 
