@@ -31,11 +31,19 @@ struct NicFrame {
     gone: bool,
 }
 
+/// The seq the VM's host must reach (None: it had no NIC there).
+#[derive(Debug, Serialize, Deserialize)]
+struct NicSeq {
+    seq: Option<i64>,
+}
+
 #[async_trait]
 impl Prog for NicChange {
     const NAME: &'static str = "Test::NicChange";
     type Label = NicLabel;
     type Frame = NicFrame;
+    type Sem = NoSems;
+    type Output = NicSeq;
 
     async fn run(cx: &mut Ctx<'_, Self>, _: NicLabel) -> Step<Self> {
         let row = vm::get(&mut *cx.read().await?, cx.frame.vm.uuid()).await?.unwrap();
@@ -43,7 +51,7 @@ impl Prog for NicChange {
             false => Some(vnet::want_nic(cx, &row).await?),
             true => vnet::nic_gone(cx, &row).await?,
         };
-        pop(json!({ "seq": seq }))
+        pop(NicSeq { seq })
     }
 }
 
@@ -74,7 +82,7 @@ impl World {
         vm_host::insert(&mut conn, id, sh, name, "/var/lib/skein").await.unwrap();
         let facts = vm_host::Facts { cpus: Some(8), memory_mib: Some(16_384), storage_free_mib: Some(100_000), ..Default::default() };
         vm_host::record_facts(&mut conn, id, &facts).await.unwrap();
-        vm_host::set_state(&mut conn, id, "accepting").await.unwrap();
+        vm_host::set_state(&mut conn, id, vm_host::HostState::Accepting).await.unwrap();
         vm_host::set_underlay(&mut conn, id, Some(underlay)).await.unwrap();
         id
     }
@@ -108,8 +116,8 @@ impl World {
 
     async fn destroyed(&self, vm: Uuid) -> Option<i64> {
         let mut conn = self.conn().await;
-        vm::set_desired(&mut conn, vm, "destroyed").await.unwrap();
-        vm::set_state(&mut conn, vm, "destroyed").await.unwrap();
+        vm::set_desired(&mut conn, vm, vm::DesiredState::Destroyed).await.unwrap();
+        vm::set_state(&mut conn, vm, vm::VmState::Destroyed).await.unwrap();
         drop(conn);
         self.nic(vm, true).await
     }

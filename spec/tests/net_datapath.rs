@@ -268,7 +268,7 @@ async fn a_subnet_spans_two_hosts_encrypted_isolated_rekeyed_and_torn_down() {
     let idb = w.add("host-b", &hb, &host_private, host_nexus::Frame::default()).await;
     let worker = w.worker();
     for id in [ida, idb] {
-        w.wait_for(id, "accepting", Duration::from_secs(300), &worker, |r| r.state == "accepting").await;
+        w.wait_for(id, "accepting", Duration::from_secs(300), &worker, |r| r.state == skein_models::vm_host::HostState::Accepting).await;
     }
     drop(worker); // from here on the test drives the agent itself
 

@@ -68,6 +68,6 @@ impl Prog for InstallAgent {
             host.exec_with_stdin(&install, binary.clone(), timeout).await?;
         }
         vm_host::set_agent_version(cx.tx.conn().await?, host.row.id, &want).await?;
-        pop(Output { agent_version: want, tunnel_sha256: digest })
+        pop(Output { agent_version: want, tunnel_sha256: digest.clone() })
     }
 }
