@@ -73,7 +73,7 @@ struct Guest {
 
 impl Guest {
     async fn row(&self) -> vm::Vm {
-        vm::get(&mut *self.pool.acquire().await.unwrap(), self.id.uuid()).await.unwrap().unwrap()
+        vm::get(&mut self.pool.acquire().await.unwrap(), self.id.uuid()).await.unwrap().unwrap()
     }
 
     async fn try_sh(&self, line: &str) -> Output {
@@ -161,7 +161,8 @@ fn leftovers(h: &TestHost) -> String {
 
 /// Each host's network as recorded (what it applied, what it said), for a failure's message.
 async fn networks(pool: &sqlx::PgPool) -> String {
-    let rows: Vec<(uuid::Uuid, i64, i64, Option<Value>, Option<Value>)> =
+    type Row = (uuid::Uuid, i64, i64, Option<Value>, Option<Value>);
+    let rows: Vec<Row> =
         sqlx::query_as("SELECT host_id, want_seq, applied_seq, applied, status FROM host_network").fetch_all(pool).await.unwrap();
     rows.iter().map(|(h, w, a, applied, status)| format!("host {}: want {w} applied {a}\n  applied: {}\n  status: {}\n", Ubid::from_uuid(*h), applied.clone().unwrap_or_default(), status.clone().unwrap_or_default())).collect()
 }
@@ -175,7 +176,7 @@ async fn subnets_span_two_hosts_through_the_control_plane() {
     for (name, h) in [("net-a", &ha), ("net-b", &hb)] {
         let id = w.add(name, h, &host_private, host_nexus::Frame::default()).await;
         let underlay = h.underlay_addr().to_string();
-        vm_host::set_underlay(&mut *w.db.pool.acquire().await.unwrap(), id.uuid(), Some(&underlay)).await.unwrap();
+        vm_host::set_underlay(&mut w.db.pool.acquire().await.unwrap(), id.uuid(), Some(&underlay)).await.unwrap();
         hosts.push(id);
     }
     // net-apply is synchronous and takes seconds when it starts tunnels on a
@@ -206,7 +207,7 @@ async fn subnets_span_two_hosts_through_the_control_plane() {
         let id: Ubid = made.id().parse().unwrap();
         let pool = w.db.pool.clone();
         until(&format!("{name} placed"), Duration::from_secs(60), &worker, || async {
-            vm::get(&mut *pool.acquire().await.unwrap(), id.uuid()).await.unwrap().unwrap().host_id.is_some()
+            vm::get(&mut pool.acquire().await.unwrap(), id.uuid()).await.unwrap().unwrap().host_id.is_some()
         })
         .await;
         let ip = made.body["private_ip"].as_str().unwrap().split('/').next().unwrap().to_string();
@@ -221,7 +222,7 @@ async fn subnets_span_two_hosts_through_the_control_plane() {
     for g in [a1, b1, c1, e1] {
         let pool = w.db.pool.clone();
         until(&format!("{} running", g.name), Duration::from_secs(400), &worker, || async {
-            vm::get(&mut *pool.acquire().await.unwrap(), g.id.uuid()).await.unwrap().unwrap().state == VmState::Running
+            vm::get(&mut pool.acquire().await.unwrap(), g.id.uuid()).await.unwrap().unwrap().state == VmState::Running
         })
         .await;
     }
@@ -255,14 +256,14 @@ async fn subnets_span_two_hosts_through_the_control_plane() {
     api.call("POST", &format!("/v1/vms/{}/stop", b1.id), Some(&t1), None).await.assert(202, "");
     let pool = w.db.pool.clone();
     until("b1 stopped", Duration::from_secs(60), &worker, || async {
-        vm::get(&mut *pool.acquire().await.unwrap(), b1.id.uuid()).await.unwrap().unwrap().state == VmState::Stopped
+        vm::get(&mut pool.acquire().await.unwrap(), b1.id.uuid()).await.unwrap().unwrap().state == VmState::Stopped
     })
     .await;
     assert!(!a1.reaches("10.0.0.3").await, "project one must not reach project two's 10.0.0.3");
     assert!(c1.reaches("10.0.0.3").await, "project two still reaches its own");
     api.call("POST", &format!("/v1/vms/{}/start", b1.id), Some(&t1), None).await.assert(202, "");
     until("b1 running again", Duration::from_secs(300), &worker, || async {
-        let v = vm::get(&mut *pool.acquire().await.unwrap(), b1.id.uuid()).await.unwrap().unwrap();
+        let v = vm::get(&mut pool.acquire().await.unwrap(), b1.id.uuid()).await.unwrap().unwrap();
         v.state == VmState::Running && v.ssh().is_some()
     })
     .await;
@@ -273,7 +274,7 @@ async fn subnets_span_two_hosts_through_the_control_plane() {
     api.call("POST", &format!("/v1/vms/{}/restart", a1.id), Some(&t1), None).await.assert(202, "");
     tokio::time::sleep(Duration::from_secs(2)).await;
     until("a1 back after restart", Duration::from_secs(300), &worker, || async {
-        let v = vm::get(&mut *pool.acquire().await.unwrap(), a1.id.uuid()).await.unwrap().unwrap();
+        let v = vm::get(&mut pool.acquire().await.unwrap(), a1.id.uuid()).await.unwrap().unwrap();
         v.state == VmState::Running && v.ssh().is_some() && a1.try_sh("true").await.status.success()
     })
     .await;
@@ -288,7 +289,7 @@ async fn subnets_span_two_hosts_through_the_control_plane() {
     asked.assert(202, "");
     assert_eq!(asked.body["rekeys"].as_array().unwrap().len(), 2, "one rekey per host: {}", asked.body);
     until("both hosts rekeyed", Duration::from_secs(180), &worker, || async {
-        let nets = network::get_many(&mut *pool.acquire().await.unwrap(), &[hosts[0].uuid(), hosts[1].uuid()]).await.unwrap();
+        let nets = network::get_many(&mut pool.acquire().await.unwrap(), &[hosts[0].uuid(), hosts[1].uuid()]).await.unwrap();
         nets.len() == 2 && nets.iter().all(|n| n.rekey_strand_id.is_none() && n.last_rekey_at.is_some())
     })
     .await;
@@ -299,7 +300,7 @@ async fn subnets_span_two_hosts_through_the_control_plane() {
     let ping_out = a1.sh("cat /tmp/ping.out").await;
     let (received, sent) = parse_ping(&ping_out);
     assert!(sent > 20 && received > 0, "the ping ran through the rekey: {ping_out}");
-    let keys = network::key_infos(&mut *pool.acquire().await.unwrap(), &[hosts[0].uuid(), hosts[1].uuid()]).await.unwrap();
+    let keys = network::key_infos(&mut pool.acquire().await.unwrap(), &[hosts[0].uuid(), hosts[1].uuid()]).await.unwrap();
     assert_eq!(keys.iter().map(|k| (k.gen, k.state.as_str())).collect::<Vec<_>>(), [(2, "sending"), (2, "sending")], "gen 2 only, on both");
     assert!(a1.ping(&b1.ip, 5).await >= 4, "the subnet works on the new keys");
     eprintln!("rekey of 2 hosts on demand: {rekey_took:?}; ping every 100 ms meanwhile: {} lost of {sent}", sent - received);
@@ -307,8 +308,8 @@ async fn subnets_span_two_hosts_through_the_control_plane() {
     // What an owner sees: the hosts, the tunnel between them (up), the last rekeys.
     let view = || async {
         // Ask the hosts now rather than wait for their next checkup.
-        for n in network::get_many(&mut *pool.acquire().await.unwrap(), &[hosts[0].uuid(), hosts[1].uuid()]).await.unwrap() {
-            skein_engine::enqueue::incr(&mut *pool.acquire().await.unwrap(), Ubid::from_uuid(n.strand_id), skein_progs::vnet::host_net::Sem::Apply).await.unwrap();
+        for n in network::get_many(&mut pool.acquire().await.unwrap(), &[hosts[0].uuid(), hosts[1].uuid()]).await.unwrap() {
+            skein_engine::enqueue::incr(&mut pool.acquire().await.unwrap(), Ubid::from_uuid(n.strand_id), skein_progs::vnet::host_net::Sem::Apply).await.unwrap();
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
         api.get(&format!("/v1/subnets/{s1_id}"), &t1).await.body
@@ -338,7 +339,7 @@ async fn subnets_span_two_hosts_through_the_control_plane() {
     assert!(!a1.reaches(&b1.ip).await, "b1 is gone with its host");
     // Its VMs' strands notice at their checkup (asked now, as the host's own strand does when a host is back).
     for g in [a1, b1, c1, e1] {
-        skein_engine::enqueue::incr(&mut *pool.acquire().await.unwrap(), g.id, skein_progs::vm::nexus::Sem::Checkup).await.unwrap();
+        skein_engine::enqueue::incr(&mut pool.acquire().await.unwrap(), g.id, skein_progs::vm::nexus::Sem::Checkup).await.unwrap();
     }
     until("the mesh back after the reboot", Duration::from_secs(300), &worker, || async {
         b1.try_sh("true").await.status.success() && e1.try_sh("true").await.status.success() && a1.ping(&b1.ip, 2).await > 0
@@ -355,7 +356,7 @@ async fn subnets_span_two_hosts_through_the_control_plane() {
     for g in [a1, b1, c1, e1] {
         let id = g.id;
         until(&format!("{} destroyed and its NIC gone", g.name), Duration::from_secs(120), &worker, || async {
-            skein_models::strand::get(&mut *pool.acquire().await.unwrap(), id.uuid()).await.unwrap().is_none_or(|s| s.exitval.is_some())
+            skein_models::strand::get(&mut pool.acquire().await.unwrap(), id.uuid()).await.unwrap().is_none_or(|s| s.exitval.is_some())
         })
         .await;
     }
@@ -365,7 +366,7 @@ async fn subnets_span_two_hosts_through_the_control_plane() {
     // A host forgets its keys once it applied a state without tunnels (the
     // last bump of a host may come from a VM leaving the other one).
     until("no tunnel key kept for hosts without VMs", Duration::from_secs(60), &worker, || async {
-        network::key_infos(&mut *pool.acquire().await.unwrap(), &[hosts[0].uuid(), hosts[1].uuid()]).await.unwrap().is_empty()
+        network::key_infos(&mut pool.acquire().await.unwrap(), &[hosts[0].uuid(), hosts[1].uuid()]).await.unwrap().is_empty()
     })
     .await;
 }
