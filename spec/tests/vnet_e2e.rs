@@ -83,6 +83,12 @@ impl Guest {
         tokio::task::spawn_blocking(move || c.output().unwrap()).await.unwrap()
     }
 
+    /// Whether it runs and its SSH answers now.
+    async fn answers(&self) -> bool {
+        let row = self.row().await;
+        row.state == VmState::Running && row.ssh().is_some() && self.try_sh("true").await.status.success()
+    }
+
     async fn sh(&self, line: &str) -> String {
         let out = self.try_sh(line).await;
         assert!(out.status.success(), "in {}: {line}\n{}{}", self.name, text(&out.stdout), text(&out.stderr));
@@ -274,8 +280,7 @@ async fn subnets_span_two_hosts_through_the_control_plane() {
     api.call("POST", &format!("/v1/vms/{}/restart", a1.id), Some(&t1), None).await.assert(202, "");
     tokio::time::sleep(Duration::from_secs(2)).await;
     until("a1 back after restart", Duration::from_secs(300), &worker, || async {
-        let v = vm::get(&mut pool.acquire().await.unwrap(), a1.id.uuid()).await.unwrap().unwrap();
-        v.state == VmState::Running && v.ssh().is_some() && a1.try_sh("true").await.status.success()
+        a1.answers().await
     })
     .await;
     assert!(a1.sh("ip -o -4 addr show dev eth1").await.contains("10.0.0.2/24"), "a1 keeps its address through restart");
@@ -342,7 +347,7 @@ async fn subnets_span_two_hosts_through_the_control_plane() {
         skein_engine::enqueue::incr(&mut pool.acquire().await.unwrap(), g.id, skein_progs::vm::nexus::Sem::Checkup).await.unwrap();
     }
     until("the mesh back after the reboot", Duration::from_secs(300), &worker, || async {
-        b1.try_sh("true").await.status.success() && e1.try_sh("true").await.status.success() && a1.ping(&b1.ip, 2).await > 0
+        b1.answers().await && e1.answers().await && a1.ping(&b1.ip, 2).await > 0
     })
     .await;
     assert!(b1.sh("ip -o -4 addr show dev eth1").await.contains("10.0.0.3/24"), "b1 keeps its address through the reboot");
