@@ -23,6 +23,17 @@ pub async fn given_or_embedded(given: Option<String>) -> anyhow::Result<(String,
     Ok((tokio::task::spawn_blocking(move || embedded.ensure_running()).await??, true))
 }
 
+/// [`given_or_embedded`] for a command that runs a while (`skein up`,
+/// `api`, `bench`): says on stderr when it is the embedded one (stdout is for
+/// what a command answers, `--json`).
+pub async fn database_url(given: Option<String>) -> anyhow::Result<String> {
+    let (url, embedded) = given_or_embedded(given).await?;
+    if embedded {
+        eprintln!("database: embedded Postgres at {url}");
+    }
+    Ok(url)
+}
+
 pub struct Embedded {
     pub home: PathBuf,
     pub port: u16,

@@ -238,10 +238,6 @@ impl TestHost {
         ip(&["-n", ns, "addr", "add", &inner_addr, "dev", &inner]);
         ip(&["-n", ns, "link", "set", &inner, "up"]);
         ip(&["-n", ns, "link", "set", "lo", "up"]);
-        // VMs of a private subnet on this host share an L2 segment over a
-        // multicast group on loopback (QEMU socket networking).
-        ip(&["-n", ns, "link", "set", "lo", "multicast", "on"]);
-        ip(&["-n", ns, "route", "add", "224.0.0.0/4", "dev", "lo"]);
         self.underlay.attach(n, ns);
     }
 

@@ -90,7 +90,7 @@ impl Underlay {
         let log = file.with_extension("log");
         let stderr = File::create(&log).expect("capture log");
         let child = Command::new("ip")
-            .args(["netns", "exec", &self.netns, "tcpdump", "-i", "any", "-U", "-n", "-w"])
+            .args(["netns", "exec", &self.netns, "tcpdump", "-i", "any", "--immediate-mode", "-U", "-n", "-w"])
             .arg(&file)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

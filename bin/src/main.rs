@@ -5,8 +5,12 @@
 //! `skein bench` measures the engine; `skein db` manages the embedded Postgres cluster it uses.
 
 use clap::{Parser, Subcommand};
-use skein_bin::console::{self, Ops, OpsOptions};
-use skein_bin::{api_cmd, bench, embedded::Embedded, host_cmd, project_cmd, subnet_cmd, token_cmd, up, vm_cmd, worker};
+use skein_bin::cmd::session::OpsOptions;
+use skein_bin::console::{self, Ops};
+use skein_bin::cmd::host::HostCli;
+use skein_bin::cmd::vm::VmCli;
+use skein_bin::cmd::{self, bench, up};
+use skein_bin::{embedded::Embedded, process};
 
 #[derive(Parser, Debug)]
 #[command(name = "skein", version, about = "A Postgres-backed workflow engine and the VM control plane built on it")]
@@ -43,14 +47,14 @@ enum Command {
     /// Hosts that run VMs: add, list, show, drain, destroy.
     Host {
         #[command(subcommand)]
-        cmd: host_cmd::HostCli,
+        cmd: HostCli,
         #[command(flatten)]
         opts: OpsOptions,
     },
     /// VMs: create (and follow), list, show, stop, start, restart, destroy.
     Vm {
         #[command(subcommand)]
-        cmd: vm_cmd::VmCli,
+        cmd: VmCli,
         #[command(flatten)]
         opts: OpsOptions,
     },
@@ -76,27 +80,27 @@ enum Command {
         opts: OpsOptions,
     },
     /// Serve the HTTP API (also served inside `skein up`).
-    Api(api_cmd::ApiArgs),
+    Api(cmd::api::ApiArgs),
     /// Projects (tenants): they own VMs and API tokens.
     Project {
         #[command(subcommand)]
-        cmd: project_cmd::ProjectCmd,
+        cmd: cmd::project::ProjectCmd,
         #[command(flatten)]
         opts: OpsOptions,
     },
     /// Private subnets of a project: create, list, show (its VMs, hosts and tunnels), delete, rekey.
     Subnet {
         #[command(subcommand)]
-        cmd: subnet_cmd::SubnetCmd,
+        cmd: cmd::subnet::SubnetCmd,
         #[command(flatten)]
         opts: OpsOptions,
     },
     /// API bearer tokens, for a project or an operator.
     Token {
         #[command(subcommand)]
-        cmd: token_cmd::TokenCmd,
+        cmd: cmd::token::TokenCmd,
         #[command(flatten)]
-        opts: token_cmd::TokenOpts,
+        opts: cmd::token::TokenOpts,
     },
     /// Manage the embedded Postgres cluster (used when no --database-url is given).
     Db {
@@ -117,7 +121,7 @@ enum DbAction {
 
 fn main() -> std::process::ExitCode {
     end_quietly_when_stdout_closes();
-    skein_bin::worker::exit_with(tokio_main())
+    skein_bin::process::exit_with(tokio_main())
 }
 
 /// `skein ... | head -1`: once the reader has gone, `println!` panics with
@@ -140,22 +144,24 @@ fn end_quietly_when_stdout_closes() {
 #[tokio::main]
 async fn tokio_main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    worker::init_logging(cli.log_json);
+    process::init_logging(cli.log_json);
     match cli.command {
         Command::Up(args) => up::run(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Console(args) => console::run(args).await,
         Command::Strand { cmd, opts } => console::run_one(Ops::Strand(cmd), opts).await,
         Command::Page { cmd, opts } => console::run_one(Ops::Page(cmd), opts).await,
-        Command::Host { cmd, opts } => host_cmd::run(cmd, opts).await,
-        Command::Vm { cmd, opts } => vm_cmd::run(cmd, opts).await,
+        Command::Host { cmd: HostCli::Ops(ops), opts } => console::run_one(Ops::Host(ops), opts).await,
+        Command::Host { cmd: HostCli::Retire(retire), opts } => cmd::host::run(retire, opts).await,
+        Command::Vm { cmd: VmCli::Ops(ops), opts } => console::run_one(Ops::Vm(ops), opts).await,
+        Command::Vm { cmd: VmCli::Request(request), opts } => cmd::vm::run(request, opts).await,
         Command::Ubid { id, opts } => console::run_one(Ops::Ubid { id }, opts).await,
         Command::Audit { target, limit, opts } => console::run_one(Ops::Audit { target, limit }, opts).await,
         Command::Workers { opts } => console::run_one(Ops::Workers, opts).await,
-        Command::Api(args) => api_cmd::run(args).await,
-        Command::Project { cmd, opts } => project_cmd::run(cmd, opts).await,
-        Command::Subnet { cmd, opts } => subnet_cmd::run(cmd, opts).await,
-        Command::Token { cmd, opts } => token_cmd::run(cmd, opts).await,
+        Command::Api(args) => cmd::api::run(args).await,
+        Command::Project { cmd, opts } => cmd::project::run(cmd, opts).await,
+        Command::Subnet { cmd, opts } => cmd::subnet::run(cmd, opts).await,
+        Command::Token { cmd, opts } => cmd::token::run(cmd, opts).await,
         Command::Db { action } => {
             let db = Embedded::from_env()?;
             tokio::task::spawn_blocking(move || match action {

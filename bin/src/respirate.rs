@@ -5,7 +5,7 @@
 use clap::Parser;
 use skein_engine::Registry;
 
-use crate::worker::{self, WorkerArgs};
+use crate::process::{self, WorkerArgs};
 
 #[derive(Parser, Debug)]
 #[command(name = "respirate", version, about = "Run due strands from a skein database until SIGTERM")]
@@ -23,21 +23,21 @@ struct Args {
 
 /// Parse the command line and serve `registry` until SIGTERM or Ctrl-C.
 pub fn main(registry: impl FnOnce() -> Registry) -> std::process::ExitCode {
-    worker::exit_with(serve(registry))
+    process::exit_with(serve(registry))
 }
 
 #[tokio::main]
 async fn serve(registry: impl FnOnce() -> Registry) -> anyhow::Result<()> {
     let args = Args::parse();
-    worker::init_logging(args.log_json);
+    process::init_logging(args.log_json);
     let (url, embedded) = crate::embedded::given_or_embedded(args.database_url.clone()).await?;
     if embedded {
         tracing::info!(%url, "database: the embedded cluster");
     }
     let pool = tokio::select! {
-        pool = worker::connect(&url, args.worker.pool_size()) => pool?,
-        _ = worker::shutdown_signal() => return Ok(()),
+        pool = process::connect(&url, args.worker.pool_size()) => pool?,
+        _ = process::shutdown_signal() => return Ok(()),
     };
     tracing::info!(concurrency = args.worker.concurrency, "respirate running");
-    worker::run_dispatcher(pool, registry(), &args.worker, |d| d, worker::shutdown_signal()).await
+    process::run_dispatcher(pool, registry(), &args.worker, |d| d, process::shutdown_signal()).await
 }

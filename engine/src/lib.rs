@@ -6,11 +6,13 @@
 //! - [`dispatch`]: the claim loop of `respirate`: batches, wake-ups, shutdown.
 //! - [`liveness`]: who is alive; a dead or hung worker's claims are broken at once.
 //! - [`pool`]: the connection pool, with its waiters counted.
-//! - [`runner`]: leases strands and runs their steps exactly as `strand-engine.md` says.
+//! - [`runner`]: leases strands and runs their steps exactly as `docs/engine.md` says.
 //! - [`registry`]: stored prog names back to Rust types.
 //! - [`stack`]: the jsonb stack and the engine's keys in it.
 //! - [`enqueue`]: starting and signalling strands from outside.
 //! - [`testing`]: a fresh database per test and one-line step assertions.
+//! - [`error`]: how a step fails (`StepError`); `commit` (private): the group
+//!   committer that writes the strand rows of pure steps together.
 
 mod commit;
 pub mod ctx;

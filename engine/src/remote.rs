@@ -1,4 +1,4 @@
-//! Remote work holds no database (strand-engine.md, R19).
+//! Remote work holds no database (R19 in `docs/engine.md`).
 //!
 //! A label is shaped read, then ask the host, then write: it reads on a
 //! pooled connection it gives back at once (`cx.read()`), makes its remote

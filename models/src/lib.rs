@@ -1,13 +1,14 @@
 //! skein-models: the rows and the queries on them.
 //!
-//! This is the only crate that writes SQL for the engine's tables. The engine
-//! calls these functions to lease and step strands; progs never do (they use
-//! the engine's API), but they own their own tables, defined here too as the
-//! control plane grows.
+//! This is the only crate that writes SQL. The engine calls these functions
+//! to lease and step strands; progs never do (they use the engine's API), but
+//! they own their own tables (hosts, VMs, subnets...), queried here too, as
+//! are the CLI's, the API's and `skein bench`'s.
 
 pub mod api_token;
 pub mod archive;
 pub mod audit;
+pub mod bench;
 pub mod capacity;
 pub mod db;
 pub mod event;

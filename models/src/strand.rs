@@ -97,6 +97,20 @@ const RETURNING_LEASED: &str = "s.id, s.parent_id, s.prog, s.label, s.stack, s.s
      ARRAY(SELECT m.name FROM semaphore m WHERE m.strand_id = s.id ORDER BY m.id) AS sem_names, \
      due.lease_holder AS prev_holder";
 
+/// The claim statement `claim_due` runs, with its parameters: $1 the batch
+/// size (int8), $2 the lease in seconds (float8), $3 the holder (text), $4
+/// the ids to skip (uuid[]). Public so that `skein bench` explains the very
+/// statement the engine runs (`bench::claim_plan`), not a copy that drifts.
+pub fn claim_due_statement() -> String {
+    format!(
+        "UPDATE strand s SET {TAKE} FROM ( \
+             SELECT id, lease_holder FROM strand \
+             WHERE exitval IS NULL AND lease < now() AND schedule <= now() AND id <> ALL($4) \
+             ORDER BY schedule LIMIT $1 FOR UPDATE SKIP LOCKED) due \
+         WHERE s.id = due.id RETURNING {RETURNING_LEASED}"
+    )
+}
+
 /// Lease up to `limit` due strands in one statement, oldest schedule first,
 /// skipping rows other claimers hold and the ids in `exclude`.
 pub async fn claim_due(
@@ -106,13 +120,7 @@ pub async fn claim_due(
     holder: &str,
     exclude: &[Uuid],
 ) -> Result<Vec<Leased>, sqlx::Error> {
-    let sql = format!(
-        "UPDATE strand s SET {TAKE} FROM ( \
-             SELECT id, lease_holder FROM strand \
-             WHERE exitval IS NULL AND lease < now() AND schedule <= now() AND id <> ALL($4) \
-             ORDER BY schedule LIMIT $1 FOR UPDATE SKIP LOCKED) due \
-         WHERE s.id = due.id RETURNING {RETURNING_LEASED}"
-    );
+    let sql = claim_due_statement();
     let mut tx = conn.begin().await?;
     sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
     let rows: Vec<LeasedRow> = sqlx::query_as(&sql)

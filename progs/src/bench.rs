@@ -13,14 +13,7 @@ fn now_us() -> i64 {
 }
 
 async fn count_step(cx_tx: &mut sqlx::PgConnection, strand: Ubid) -> anyhow::Result<()> {
-    sqlx::query(
-        "INSERT INTO bench_count (strand_id, steps) VALUES ($1, 1) \
-         ON CONFLICT (strand_id) DO UPDATE SET steps = bench_count.steps + 1",
-    )
-    .bind(strand.uuid())
-    .execute(cx_tx)
-    .await?;
-    Ok(())
+    Ok(skein_models::bench::count_step(cx_tx, strand.uuid()).await?)
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -228,9 +221,9 @@ impl Prog for Remote {
         }
         let id = cx.id();
         if cx.frame.hold {
-            sqlx::query("SELECT 1").execute(cx.tx.conn().await?).await?;
+            skein_models::bench::round_trip(cx.tx.conn().await?).await?;
         } else {
-            sqlx::query("SELECT 1").execute(&mut *cx.read().await?).await?;
+            skein_models::bench::round_trip(&mut *cx.read().await?).await?;
         }
         let wait = Duration::from_millis(cx.frame.wait_ms).min(cx.time_left());
         ask_peer(cx.frame.port, wait).await?;

@@ -16,7 +16,7 @@ const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOfakeKeyForDatabaseRowsO
 
 async fn project(h: &Harness) -> Ubid {
     let id = Ubid::generate(UbidType::Project);
-    sqlx::query("INSERT INTO project (id, name, vm_quota) VALUES ($1, 'tenant', 20)").bind(id.uuid()).execute(h.pool()).await.unwrap();
+    skein_models::project::insert(&mut h.pool().acquire().await.unwrap(), id.uuid(), "tenant", 20).await.unwrap();
     id
 }
 

@@ -1,4 +1,4 @@
-//! Rules R20-R23: a dead, hung or cut-off worker's strands move on in
+//! Rules R20-R23 of `docs/engine.md`: a dead, hung or cut-off worker's strands move on in
 //! seconds, not a lease, and a label that kills its worker backs off. Real
 //! `spec-respirate` processes, SIGKILLed, SIGSTOPped and cut off from the
 //! database; leases are two minutes long, so anything taken over in seconds

@@ -344,11 +344,17 @@ async fn a_subnet_spans_two_hosts_encrypted_isolated_rekeyed_and_torn_down() {
     assert!(got >= 4, "b1 -> a1 across hosts: {got}/5");
     let (got, rtt_same) = g_a1.ping(&g_a2.ip, 5);
     assert!(got >= 4, "a1 -> a2 on one host: {got}/5");
-    let mut via = ssh_base(&owner_key.0, g_a1.port());
+    let mut via = ssh_base(&owner_key.0, 22);
     via.args(["-o", &format!("ProxyCommand=ssh -F /dev/null -i {} -p {} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR root@{} nc %h %p", owner_key.0.display(), g_a1.port(), ha.addr())]);
     via.arg(format!("root@{}", g_b1.ip)).arg("hostname");
     let out = run(via, None);
-    assert!(out.status.success(), "ssh a1 -> b1 over 10.0.0.3: {}", text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ssh a1 -> b1 over 10.0.0.3: {}\na1: {}\nb1: {}",
+        text(&out.stderr),
+        text(&g_a1.try_sh("echo | nc -w 3 10.0.0.3 22 | head -c 80; ip -o addr; ip neigh").stdout),
+        text(&g_b1.try_sh("netstat -ltn; ip -o addr; ip neigh").stdout)
+    );
     assert_eq!(text(&out.stdout).trim(), b1, "the SSH over the private address lands in b1");
 
     // 2. On the wire: tunnel traffic only, never the guests' bytes.
@@ -439,4 +445,48 @@ async fn a_subnet_spans_two_hosts_encrypted_isolated_rekeyed_and_torn_down() {
     eprintln!("  ping RTT avg: same host {rtt_same:?} ms, across hosts {rtt_across:?} ms");
     eprintln!("  TCP throughput: same host {:.1} Mbit/s, across hosts {:.1} Mbit/s", tput_same * 8.0 / 1e6, tput_across * 8.0 / 1e6);
     eprintln!("  rekey under ping every 100 ms: {lost} lost of {sent}");
+}
+
+/// net-apply run in a fresh host's namespace (no SSH needed for input checks).
+fn local_apply(h: &TestHost, stdin: &str) -> Output {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../progs/host-agent/bin/net-apply");
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", h.netns(), "bash"]).arg(script).env("SKEIN_ROOT", h.root_dir());
+    run(c, Some(stdin))
+}
+
+#[test]
+fn bad_desired_states_are_refused_naming_the_field_and_never_the_key() {
+    let (_, public) = generate_keypair();
+    let h = TestHost::start(&public);
+    let (private, peer) = tunnel_key();
+    let tunnel = |gen: i64, send: bool| json!({"gen": gen, "private_key": private, "send": send});
+    let peer_of = |keys: Value| json!({"host": "b", "endpoint": "10.252.0.9", "keys": keys});
+    let cases = [
+        (json!({"tunnels": [tunnel(0, true)]}), "tunnels[0].gen"),
+        (json!({"tunnels": [tunnel(1, false)]}), "exactly one tunnel must have send: true"),
+        (json!({"tunnels": [tunnel(1, true), tunnel(1001, false)]}), "modulo 1000"),
+        (json!({"tunnels": [{"gen": 1, "private_key": "not a key", "send": true}]}), "tunnels[0].private_key"),
+        (json!({"peers": [peer_of(json!([{"gen": 1, "public_key": peer, "send": true}]))]}), "peers need a tunnel"),
+        (json!({"tunnels": [tunnel(1, true)], "peers": [peer_of(json!([{"gen": 1, "public_key": peer, "send": false}]))]}), "exactly one key with send"),
+        (json!({"tunnels": [tunnel(1, true)], "segments": [{"vni": 7, "peers": ["nobody"]}]}), "not in peers"),
+        (json!({"segments": [{"vni": 0, "peers": []}]}), "segments[0].vni"),
+        (json!({"segments": [], "nics": [{"vm": "vm1", "vni": 7}]}), "nics[0].vni is not in segments"),
+        (json!([1, 2]), "one JSON object"),
+    ];
+    for (state, says) in cases {
+        let out = local_apply(&h, &state.to_string());
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{state} must be refused as bad input: {err}");
+        assert!(err.contains(says), "{state}: the error should say {says:?}, said: {err}");
+        assert!(!err.contains(&private) && !text(&out.stdout).contains(&private), "a key was printed: {err}");
+    }
+    // Nothing was made by any of them.
+    let links = Command::new("ip").args(["-n", h.netns(), "-o", "link"]).output().unwrap();
+    let made = ["skwg", "skbr", "skvx", "skt"].iter().any(|p| text(&links.stdout).contains(&format!(": {p}")));
+    assert!(!made, "{}", text(&links.stdout));
+    // A nic of a VM that was never set up is refused too (exit 1: set it up first).
+    let out = local_apply(&h, &json!({"segments": [{"vni": 7, "peers": []}], "nics": [{"vm": "nosuchvm42", "vni": 7}]}).to_string());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("run vm-setup"), "{}", text(&out.stderr));
 }

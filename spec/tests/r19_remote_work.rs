@@ -1,5 +1,4 @@
-//! R19: remote work holds no database (strand-engine.md, "Remote work holds
-//! no database"). A label reads on a connection given back at once, asks the
+//! R19: remote work holds no database (`docs/engine.md`). A label reads on a connection given back at once, asks the
 //! host holding nothing, and writes at the end; a remote call made while the
 //! step holds its transaction or a read connection fails the step (debug and
 //! test builds), naming the prog and label. The remote calls here are the

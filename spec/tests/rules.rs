@@ -1,4 +1,4 @@
-//! The engine contract (`../shared/design/strand-engine.md`), rule by rule,
+//! The engine's contract (`docs/engine.md`), rules R01-R18, rule by rule,
 //! against a real Postgres. Each test name starts with the rule's id.
 
 use std::collections::HashSet;

@@ -263,3 +263,43 @@ fn sshd_pids_with_config(config: &Path) -> Vec<u32> {
     }
     pids
 }
+
+/// From inside host `from`'s namespace, open TCP to `addr` port 9 (nothing
+/// listens there): "refused" means the packet got there and back.
+fn tcp_answer(from: &TestHost, addr: std::net::Ipv4Addr) -> String {
+    let out = Command::new("ip")
+        .args(["netns", "exec", from.netns(), "timeout", "3", "bash", "-c"])
+        .arg(format!("exec 3<>/dev/tcp/{addr}/9"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn hosts_of_a_process_share_an_underlay_others_do_not_and_it_can_be_captured() {
+    let (_, public) = generate_keypair();
+    let a = TestHost::start(&public);
+    let b = TestHost::start(&public);
+    assert!(std::sync::Arc::ptr_eq(a.underlay(), b.underlay()), "one process, one underlay");
+    assert_ne!(a.underlay_addr(), b.underlay_addr());
+    let wire = a.underlay().netns().to_string();
+
+    let capture = a.underlay().capture();
+    assert!(tcp_answer(&a, b.underlay_addr()).contains("refused"), "a reaches b over the underlay");
+    let pcap = capture.stop();
+    assert!(pcap.windows(4).any(|w| w == b.underlay_addr().octets()), "the capture saw it ({} bytes)", pcap.len());
+
+    // A host on an underlay of its own cannot reach them, nor they it.
+    let alone = TestHost::start_on(&public, skein_spec::hosts::Underlay::new());
+    assert_ne!(alone.underlay().netns(), wire);
+    assert!(!tcp_answer(&alone, a.underlay_addr()).contains("refused"), "another underlay is another wire");
+    assert!(!tcp_answer(&a, alone.underlay_addr()).contains("refused"));
+    let alone_wire = alone.underlay().netns().to_string();
+    drop(alone);
+    assert!(!Path::new("/run/netns").join(&alone_wire).exists(), "its underlay went with its last host");
+
+    drop(a);
+    assert!(Path::new("/run/netns").join(&wire).exists(), "b still uses the shared underlay");
+    drop(b);
+    assert!(!Path::new("/run/netns").join(&wire).exists(), "the last host takes the underlay with it");
+}

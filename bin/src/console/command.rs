@@ -5,6 +5,9 @@
 
 use skein_models::inspect::{StrandSort, StrandState};
 
+pub use crate::cmd::host::HostCmd;
+pub use crate::cmd::vm::VmCmd;
+
 #[derive(clap::Subcommand, Debug)]
 pub enum Ops {
     /// Strands: list, count, show, steer.
@@ -21,7 +24,7 @@ pub enum Ops {
     Vm(VmCmd),
     /// Private subnets: show one (its VMs, hosts, tunnels, last rekey), rekey its tunnels.
     #[command(subcommand)]
-    Subnet(crate::subnet_cmd::SubnetCmd),
+    Subnet(crate::cmd::subnet::SubnetCmd),
     /// Decode a UBID (its type and time) and look up what it names.
     Ubid {
         /// A UBID (26 characters) or a uuid.
@@ -132,37 +135,6 @@ pub enum PageCmd {
         #[arg(long)]
         clear: bool,
     },
-}
-
-#[derive(clap::Subcommand, Debug)]
-pub enum HostCmd {
-    /// Register a host reachable over SSH; a strand takes it over and prepares it.
-    Add(crate::host_cmd::AddArgs),
-    /// Hosts with their state, capacity and strand (not destroyed ones, unless --all).
-    List {
-        /// Include destroyed hosts.
-        #[arg(long)]
-        all: bool,
-    },
-    /// One host: facts, capacity, its strand, its VMs and recent events.
-    Show { id: String },
-}
-
-#[derive(clap::Subcommand, Debug)]
-pub enum VmCmd {
-    /// Create a VM for a project; its strand places and starts it.
-    Create(crate::vm_cmd::CreateArgs),
-    /// VMs with their state and host.
-    List {
-        /// Only this project's (by name).
-        #[arg(long)]
-        project: Option<String>,
-        /// Include destroyed VMs.
-        #[arg(long)]
-        all: bool,
-    },
-    /// One VM: size, host, its strand and recent events.
-    Show { id: String },
 }
 
 /// A time in the past: `2h` (that long ago) or an RFC 3339 time.

@@ -13,8 +13,8 @@ use skein_models::{archive, audit, event, page, vm, vm_host, Ubid, UbidType};
 use uuid::Uuid;
 
 use super::command::{HostCmd, PageCmd, VmCmd};
-use super::render;
-use super::session::{confirm, OpsOptions, Reply, Session};
+use crate::cmd::session::{confirm, OpsOptions, Reply, Session};
+use crate::render;
 
 fn parse_as(id: &str, ty: UbidType) -> anyhow::Result<Uuid> {
     Ok(Ubid::parse_as(id, ty).map_err(|e| anyhow!("{e}"))?.uuid())
@@ -136,7 +136,7 @@ fn events_text(events: &[event::Event]) -> String {
 
 pub async fn hosts(s: &Session, cmd: HostCmd, opts: &OpsOptions) -> anyhow::Result<Reply> {
     match cmd {
-        HostCmd::Add(args) => crate::host_cmd::add(s, args, opts).await,
+        HostCmd::Add(args) => crate::cmd::host::add(s, args, opts).await,
         HostCmd::List { all } => {
             let mut conn = s.pool.acquire().await?;
             let hosts: Vec<vm_host::VmHost> =
@@ -181,7 +181,7 @@ pub async fn hosts(s: &Session, cmd: HostCmd, opts: &OpsOptions) -> anyhow::Resu
 
 pub async fn vms(s: &Session, cmd: VmCmd, opts: &OpsOptions) -> anyhow::Result<Reply> {
     match cmd {
-        VmCmd::Create(args) => crate::vm_cmd::create(s, args, opts).await,
+        VmCmd::Create(args) => crate::cmd::vm::create(s, args, opts).await,
         VmCmd::List { project, all } => {
             let mut conn = s.pool.acquire().await?;
             let project_id = match &project {

@@ -6,18 +6,21 @@
 //! subcommands (`skein strand list --state failing`). Every command answers
 //! as text or, with `--json`, as one JSON document; every change asks first
 //! (unless `--yes`) and lands in the `operator_audit` table.
+//!
+//! The console sits above `cmd`: it runs `host add` and `vm create` from
+//! `cmd::host` and `cmd::vm`, on `cmd::session`. Nothing in `cmd` reaches
+//! back up here; `main.rs` hands `skein host list` and the like to the
+//! console itself.
 
 pub mod command;
 mod fleet;
-pub(crate) mod render;
 mod repl;
-mod session;
 mod strands;
 
 use clap::Parser;
 
 pub use command::Ops;
-pub use session::{confirm, OpsOptions, Reply, Session};
+use crate::cmd::session::{OpsOptions, Reply, Session};
 
 #[derive(clap::Args, Debug)]
 pub struct ConsoleArgs {
@@ -53,7 +56,7 @@ pub async fn execute(s: &Session, ops: Ops, opts: &OpsOptions) -> anyhow::Result
         Ops::Page(cmd) => fleet::pages(s, cmd, opts.yes).await,
         Ops::Host(cmd) => fleet::hosts(s, cmd, opts).await,
         Ops::Vm(cmd) => fleet::vms(s, cmd, opts).await,
-        Ops::Subnet(cmd) => crate::subnet_cmd::execute(s, cmd, opts).await,
+        Ops::Subnet(cmd) => crate::cmd::subnet::execute(s, cmd, opts).await,
         Ops::Ubid { id } => fleet::ubid(s, &id).await,
         Ops::Audit { target, limit } => fleet::audit_list(s, target, limit).await,
         Ops::Workers => fleet::workers(s).await,

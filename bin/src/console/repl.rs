@@ -19,8 +19,9 @@ use skein_engine::Registry;
 use skein_models::inspect::{self, StrandSort, StrandState};
 use skein_models::Ubid;
 
-use super::session::{OpsOptions, Session};
-use super::{execute, parse_line, render, split_commands, Line, Parsed};
+use crate::cmd::session::{OpsOptions, Session};
+use super::{execute, parse_line, split_commands, Line, Parsed};
+use crate::render;
 
 /// What completion draws ids from; read from the database before each prompt.
 #[derive(Default)]

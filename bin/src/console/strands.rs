@@ -11,8 +11,8 @@ use skein_models::{archive, audit, semaphore, strand, Ubid};
 use uuid::Uuid;
 
 use super::command::{parse_duration, ListArgs, StrandCmd};
-use super::render;
-use super::session::{confirm, Reply, Session};
+use crate::cmd::session::{confirm, Reply, Session};
+use crate::render;
 
 pub async fn run(s: &Session, cmd: StrandCmd, yes: bool) -> anyhow::Result<Reply> {
     match cmd {

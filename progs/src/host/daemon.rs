@@ -14,7 +14,7 @@ pub enum Progress {
     Running,
     /// Finished well; the run is forgotten (cleaned) so it can run again later.
     Done,
-    /// The last attempt failed; it has been started again. `attempts` counts failures seen.
+    /// The last attempt failed; it has been started again.
     Retrying,
 }
 

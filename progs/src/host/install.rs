@@ -22,10 +22,12 @@ labels! {
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Frame {}
 
-/// What an install returns: the agent version and the tunnel program's digest now on the host.
+/// What an install returns: the agent version now on the host, and the
+/// SHA-256 of the tunnel program beside it.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Output {
     pub agent_version: String,
+    /// The digest of the `skein-tunnel` binary now on the host.
     #[serde(default)]
     pub tunnel_sha256: String,
 }

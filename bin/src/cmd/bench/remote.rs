@@ -13,12 +13,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use skein_engine::{enqueue, DispatchConfig, Dispatcher, Outcome, Runner};
-use skein_progs::bench::{RemoteFrame, RemoteLabel, StepFrame, StepLabel};
+use skein_engine::{enqueue, DispatchConfig, Dispatcher, Outcome, Prog, Runner};
+use skein_models::bench as db;
+use skein_progs::bench::{Remote, RemoteFrame, RemoteLabel, StepFrame, StepLabel, Stepper};
 use sqlx::PgPool;
 use tokio::sync::Notify;
 
-use crate::bench::{percentile, round1, round3, BenchArgs};
+use super::{percentile, round1, round3, BenchArgs};
 
 /// A peer that accepts and never answers (a host hung before its banner).
 struct SlowPeer {
@@ -54,15 +55,11 @@ enum Slow {
 
 /// Steps the slow strands have committed (each counts itself).
 async fn slow_steps(pool: &PgPool) -> anyhow::Result<i64> {
-    Ok(sqlx::query_scalar(
-        "SELECT coalesce(sum(c.steps), 0)::int8 FROM bench_count c JOIN strand s ON s.id = c.strand_id WHERE s.prog = 'Bench::Remote'",
-    )
-    .fetch_one(pool)
-    .await?)
+    Ok(db::steps_counted_by(&mut *pool.acquire().await?, Remote::NAME).await?)
 }
 
 async fn clean(pool: &PgPool) -> anyhow::Result<()> {
-    crate::bench::forget_runs(pool, &["Bench::Step", "Bench::Remote"]).await
+    Ok(db::forget_runs(&mut *pool.acquire().await?, &[Stepper::NAME, Remote::NAME]).await?)
 }
 
 /// The engine pool's connections in use, sampled until `stop`: (max, mean).
@@ -105,7 +102,7 @@ async fn run(pool: &PgPool, args: &BenchArgs, peer: &SlowPeer, slow: Slow) -> an
             if matches!(r.outcome, Outcome::Failed { .. }) {
                 failed.fetch_add(1, Ordering::Relaxed);
             }
-            if r.prog == "Bench::Remote" {
+            if r.prog == Remote::NAME {
                 return;
             }
             step_ms.lock().unwrap_or_else(|p| p.into_inner()).push(r.micros as f64 / 1000.0);
@@ -146,7 +143,7 @@ async fn run(pool: &PgPool, args: &BenchArgs, peer: &SlowPeer, slow: Slow) -> an
     let (conns_max, conns_mean) = sampler.await?;
     // Told to stop, the slow strands exit after their current wait, so the
     // dispatcher stops without waiting out their continue budget.
-    let slow_ids: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM strand WHERE prog = 'Bench::Remote'").fetch_all(pool).await?;
+    let slow_ids = db::ids_of(&mut *pool.acquire().await?, Remote::NAME).await?;
     for id in slow_ids {
         enqueue::incr(&mut *pool.acquire().await?, skein_engine::Ubid::from_uuid(id), skein_progs::bench::RemoteSem::Stop).await?;
     }

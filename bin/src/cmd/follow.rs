@@ -68,7 +68,7 @@ pub async fn follow(pool: &PgPool, id: Ubid, subject: Subject, args: &WaitArgs, 
     let say = |line: String| {
         if !quiet {
             // An error from a host can hold anything: one line, escaped.
-            println!("  {:>6.1}s  {}", began.elapsed().as_secs_f64(), crate::console::render::clean(&line));
+            println!("  {:>6.1}s  {}", began.elapsed().as_secs_f64(), crate::render::clean(&line));
         }
     };
     let (goal, never) = subject.goal();

@@ -9,9 +9,9 @@ use skein_models::{Ubid, UbidType};
 use skein_progs::host::{self, nexus, NewHost};
 use skein_progs::rules;
 
-use crate::cli::{self, Change};
-use crate::console::{command::HostCmd, OpsOptions, Reply, Session};
-use crate::follow::Subject;
+use crate::cmd::change::{self, Change};
+use crate::cmd::follow::Subject;
+use crate::cmd::session::{OpsOptions, Reply, Session};
 use crate::signals::{self, HostAction};
 
 /// `skein host ...`: the console's host commands and the ones that retire a host.
@@ -19,6 +19,28 @@ use crate::signals::{self, HostAction};
 pub enum HostCli {
     #[command(flatten)]
     Ops(HostCmd),
+    #[command(flatten)]
+    Retire(Retire),
+}
+
+/// The host commands the console has too (it runs them: `console::fleet`).
+#[derive(clap::Subcommand, Debug)]
+pub enum HostCmd {
+    /// Register a host reachable over SSH; a strand takes it over and prepares it.
+    Add(AddArgs),
+    /// Hosts with their state, capacity and strand (not destroyed ones, unless --all).
+    List {
+        /// Include destroyed hosts.
+        #[arg(long)]
+        all: bool,
+    },
+    /// One host: facts, capacity, its strand, its VMs and recent events.
+    Show { id: String },
+}
+
+/// The commands that retire a host, the CLI's alone.
+#[derive(clap::Subcommand, Debug)]
+pub enum Retire {
     /// Take a host out of placement: no new VMs; those on it keep running.
     Drain {
         /// The host's id (vh...).
@@ -57,15 +79,14 @@ pub struct AddArgs {
     #[arg(long)]
     pub underlay: Option<String>,
     #[command(flatten)]
-    pub wait: crate::follow::WaitArgs,
+    pub wait: crate::cmd::follow::WaitArgs,
 }
 
-/// `skein host ...`, printed.
-pub async fn run(cmd: HostCli, opts: OpsOptions) -> anyhow::Result<()> {
+/// `skein host drain|destroy`, printed.
+pub async fn run(cmd: Retire, opts: OpsOptions) -> anyhow::Result<()> {
     let (id, action) = match cmd {
-        HostCli::Ops(cmd) => return crate::console::run_one(crate::console::Ops::Host(cmd), opts).await,
-        HostCli::Drain { id } => (id, HostAction::Drain),
-        HostCli::Destroy { id } => (id, HostAction::Destroy),
+        Retire::Drain { id } => (id, HostAction::Drain),
+        Retire::Destroy { id } => (id, HostAction::Destroy),
     };
     let s = Session::open(&opts).await?;
     signal(&s, &id, action, &opts).await?.print(opts.json);
@@ -101,8 +122,8 @@ pub async fn add(s: &Session, args: AddArgs, opts: &OpsOptions) -> anyhow::Resul
     if let Some(u) = &args.underlay {
         rules::underlay(u).map_err(cli_error)?;
     }
-    let key = cli::read_small_file(&args.key_file, cli::KEY_FILE_MAX, "--key-file")?;
-    let secret = crate::worker::secret_key()?;
+    let key = change::read_small_file(&args.key_file, change::KEY_FILE_MAX, "--key-file")?;
+    let secret = crate::process::secret_key()?;
     let new = NewHost {
         name: &args.name,
         address: &args.address,
@@ -128,6 +149,6 @@ pub async fn add(s: &Session, args: AddArgs, opts: &OpsOptions) -> anyhow::Resul
     if !opts.json {
         println!("{added}; following its strand until it accepts VMs");
     }
-    let end = crate::follow::follow(&s.pool, id, Subject::Host, &args.wait, opts.json).await?;
+    let end = crate::cmd::follow::follow(&s.pool, id, Subject::Host, &args.wait, opts.json).await?;
     Ok(Reply::new(end.summary(), json!({"id": id, "name": args.name, "state": end.state})))
 }

@@ -2,6 +2,8 @@
 //! database, runs a worker pool in this process, and (unless told not to)
 //! runs a demo census whose every step is printed as it happens.
 
+pub mod vm_demo;
+
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -10,8 +12,8 @@ use skein_engine::{enqueue, StepReport, Ubid};
 use skein_progs::demo::census;
 use sqlx::PgPool;
 
-use crate::embedded::Embedded;
-use crate::worker::{self, WorkerArgs};
+use crate::embedded;
+use crate::process::{self, WorkerArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct UpArgs {
@@ -37,26 +39,14 @@ pub struct UpArgs {
     pub no_api: bool,
 }
 
-/// The database URL given, or the embedded cluster's (started if need be).
-/// Says which on stderr: stdout is for what a command answers (`--json`).
-pub async fn database_url(given: Option<String>) -> anyhow::Result<String> {
-    if let Some(url) = given {
-        return Ok(url);
-    }
-    let embedded = Embedded::from_env()?;
-    let url = tokio::task::spawn_blocking(move || embedded.ensure_running()).await??;
-    eprintln!("database: embedded Postgres at {url}");
-    Ok(url)
-}
-
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
-    let url = database_url(args.database_url.clone()).await?;
-    let pool = worker::connect(&url, args.worker.pool_size()).await?;
+    let url = embedded::database_url(args.database_url.clone()).await?;
+    let pool = process::connect(&url, args.worker.pool_size()).await?;
     println!("control plane: {} concurrent steps; Ctrl-C stops it", args.worker.concurrency);
     if !args.no_api {
         let listener = crate::api::bind(&args.api_addr).await.context("pass another --api-addr, or --no-api")?;
         println!("api: listening on http://{} (tokens: `skein token create`)", listener.local_addr()?);
-        let (pool, secret) = (pool.clone(), worker::secret_key()?);
+        let (pool, secret) = (pool.clone(), process::secret_key()?);
         tokio::spawn(async move {
             if let Err(e) = crate::api::serve(listener, pool, secret, std::future::pending()).await {
                 eprintln!("api: stopped: {e:#}");
@@ -80,12 +70,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 let _ = interrupt_rx.wait_for(|asked| *asked).await;
             };
             let result = match census {
-                Ok(v) if with_vm => match crate::vm_demo::unavailable() {
+                Ok(v) if with_vm => match vm_demo::unavailable() {
                     Some(why) => {
                         println!("\nvm demo: skipped: {why}\n");
                         Ok(v)
                     }
-                    None => crate::vm_demo::run(&pool, interrupted).await.map(|()| v),
+                    None => vm_demo::run(&pool, interrupted).await.map(|()| v),
                 },
                 other => other,
             };
@@ -119,20 +109,20 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             }
         };
         tokio::select! {
-            _ = worker::shutdown_signal() => {
+            _ = process::shutdown_signal() => {
                 if !*finished_rx.borrow() {
                     println!("\nstopping: the demo first removes what it made (a second Ctrl-C stops at once)\n");
                     let _ = interrupt_tx.send(true);
                     tokio::select! {
                         _ = finished_rx.wait_for(|done| *done) => {}
-                        _ = worker::shutdown_signal() => {}
+                        _ = process::shutdown_signal() => {}
                     }
                 }
             }
             _ = stopped_by_demo => {}
         }
     };
-    worker::run_dispatcher(pool, skein_progs::registry(), &args.worker, |d| d.on_step(print_step), shutdown).await?;
+    process::run_dispatcher(pool, skein_progs::registry(), &args.worker, |d| d.on_step(print_step), shutdown).await?;
     if exit_after_demo {
         demo_watch.await?.context("the demo did not finish")?;
     }

@@ -1,6 +1,8 @@
-//! What every worker process needs around the engine's dispatcher: its
-//! flags, a database it can reach (waiting for one that is down), logs,
-//! metrics and a clean stop on SIGTERM or Ctrl-C.
+//! The process plumbing every command shares: logs, a database it can reach
+//! (waiting for one that is down), the key that seals secrets at rest, a
+//! clean stop on SIGTERM or Ctrl-C, and an exit code with advice; and for a
+//! worker process (`respirate`, the one inside `skein up`) its flags, its
+//! metrics endpoint and the engine's dispatcher around its progs.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -209,7 +211,7 @@ pub fn exit_with(result: anyhow::Result<()>) -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // Errors can quote what a person typed: escape control characters.
-            let clean = |t: String| crate::console::render::clean(&t);
+            let clean = |t: String| crate::render::clean(&t);
             eprintln!("error: {}", clean(e.to_string()));
             for cause in e.chain().skip(1) {
                 eprintln!("  caused by: {}", clean(cause.to_string()));

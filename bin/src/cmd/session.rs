@@ -1,4 +1,4 @@
-//! What every console command runs against: the database, the prog
+//! What every operator command (the console's and `cmd`'s) runs against: the database, the prog
 //! registry, who the operator is, and how a change gets confirmed. Also the
 //! `Reply` every command returns, printed as text or as JSON.
 
@@ -55,7 +55,7 @@ impl Session {
 
     /// A runner for inline steps, with what progs need to reach hosts.
     pub fn runner(&self) -> &Runner {
-        self.runner.get_or_init(|| Runner::new(self.pool.clone(), self.registry.clone()).with_resources(crate::worker::resources()))
+        self.runner.get_or_init(|| Runner::new(self.pool.clone(), self.registry.clone()).with_resources(crate::process::resources()))
     }
 }
 
@@ -76,7 +76,7 @@ pub fn check_operator(name: &str) -> anyhow::Result<()> {
     if name.is_empty() || name.chars().count() > 64 || !name.chars().all(plain) {
         bail!(
             "operator name {} refused: use at most 64 letters, digits, spaces and . _ @ + - (--operator or $SKEIN_OPERATOR)",
-            super::render::clean(&format!("{name:?}"))
+            crate::render::clean(&format!("{name:?}"))
         );
     }
     Ok(())
@@ -117,7 +117,7 @@ pub fn confirm(yes: bool, what: &str) -> anyhow::Result<()> {
     // terminal itself, so the question stays out of a piped stdout.
     let config = rustyline::Config::builder().behavior(rustyline::Behavior::PreferTerm).build();
     let mut editor = rustyline::DefaultEditor::with_config(config)?;
-    match editor.readline(&format!("{}? [y/N] ", super::render::clean(what))) {
+    match editor.readline(&format!("{}? [y/N] ", crate::render::clean(what))) {
         Ok(answer) if matches!(answer.trim(), "y" | "Y" | "yes") => Ok(()),
         Ok(_) | Err(ReadlineError::Interrupted | ReadlineError::Eof) => bail!("cancelled: nothing changed"),
         Err(e) => Err(e.into()),
@@ -141,7 +141,7 @@ impl Reply {
             println!("{}", serde_json::to_string_pretty(&self.json).unwrap_or_default());
         } else if !self.text.is_empty() {
             // JSON escapes control characters itself; text must too.
-            println!("{}", super::render::clean_lines(self.text.trim_end()));
+            println!("{}", crate::render::clean_lines(self.text.trim_end()));
         }
     }
 }

@@ -8,8 +8,8 @@ use serde_json::json;
 use skein_models::{project, Ubid, UbidType};
 use skein_progs::rules;
 
-use crate::cli::Change;
-use crate::console::{OpsOptions, Reply, Session};
+use crate::cmd::change::Change;
+use crate::cmd::session::{OpsOptions, Reply, Session};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum ProjectCmd {

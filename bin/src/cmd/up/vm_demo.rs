@@ -13,13 +13,24 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use skein_models::vm::VmState;
 use skein_models::vm_host::HostState;
-use skein_models::{vm, vm_host, Ubid};
+use skein_models::{project, vm, vm_host, Ubid, UbidType};
 use skein_progs::host::{self, nexus as host_nexus, NewHost};
 use skein_progs::vm::{self as vms, nexus as vm_nexus, Spec};
 use sqlx::PgPool;
-use uuid::Uuid;
 
 use crate::local_host::{generate_keypair, TestHost};
+
+/// The `demo` project its VMs are made in: made by the first demo, kept for
+/// the next (a project is cheap, and an operator may have raised its quota).
+async fn demo_project(pool: &PgPool) -> anyhow::Result<Ubid> {
+    let mut conn = pool.acquire().await?;
+    if let Some(p) = project::by_name(&mut conn, "demo").await? {
+        return Ok(Ubid::from_uuid(p.id));
+    }
+    let id = Ubid::generate(UbidType::Project);
+    project::insert(&mut conn, id.uuid(), "demo", 10).await?;
+    Ok(id)
+}
 
 /// Why the demo cannot run here, if it cannot.
 pub fn unavailable() -> Option<String> {
@@ -77,7 +88,7 @@ pub async fn run(pool: &PgPool, interrupted: impl std::future::Future<Output = (
 }
 
 async fn demo(pool: &PgPool, made: &mut Made) -> anyhow::Result<()> {
-    let secret = crate::worker::secret_key()?;
+    let secret = crate::process::secret_key()?;
     let (bootstrap_private, bootstrap_public) = generate_keypair();
     for _ in 0..2 {
         let public = bootstrap_public.clone();
@@ -129,15 +140,9 @@ async fn demo(pool: &PgPool, made: &mut Made) -> anyhow::Result<()> {
 
     let (owner_private, owner_public) = generate_keypair();
     let key_file = made.key_file.insert(key_file(&owner_private)?).clone();
-    let project: Uuid = sqlx::query_scalar(
-        "INSERT INTO project (id, name, vm_quota) VALUES ($1, 'demo', 10) \
-         ON CONFLICT (name) WHERE deleted_at IS NULL DO UPDATE SET name = excluded.name RETURNING id",
-    )
-    .bind(Ubid::generate(skein_models::UbidType::Project).uuid())
-    .fetch_one(pool)
-    .await?;
+    let project = demo_project(pool).await?;
     let net_name = format!("net-{}", suffix());
-    let subnet = skein_models::subnet::create(&mut *pool.acquire().await?, project, &net_name, "10.77.0.0/24").await?;
+    let subnet = skein_models::subnet::create(&mut *pool.acquire().await?, project.uuid(), &net_name, "10.77.0.0/24").await?;
     made.subnet = Some(subnet);
     say(format!("private subnet {net_name} ({subnet}, 10.77.0.0/24) created in project demo"));
 
@@ -152,7 +157,7 @@ async fn demo(pool: &PgPool, made: &mut Made) -> anyhow::Result<()> {
         let net = subnet.to_string();
         let spec = Spec { name: &vm_name, cores: 1, memory_mib: 256, disk_mib: 64, public_key: &owner_public, subnet: Some(&net) };
         let mut tx = pool.begin().await?;
-        let vm_id = vms::create(&mut tx, Ubid::from_uuid(project), &spec, vm_nexus::Frame::default()).await?;
+        let vm_id = vms::create(&mut tx, project, &spec, vm_nexus::Frame::default()).await?;
         tx.commit().await?;
         made.vms.push(vm_id);
         say(format!("vm {vm_name} ({vm_id}) created in {net_name} (1 vCPU, 256 MiB); its strand places it, sets it up, has its host make its NIC, boots it"));

@@ -16,7 +16,7 @@ use uuid::Uuid;
 /// The most a key file (`--key-file`, `--public-key @file`) may hold.
 pub const KEY_FILE_MAX: u64 = 64 * 1024;
 
-pub use crate::console::confirm;
+pub use crate::cmd::session::confirm;
 
 /// A change that has been confirmed: its transaction, to which the audit
 /// row is added by [`Change::commit`]. Dropped without a commit, nothing

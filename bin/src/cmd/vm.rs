@@ -11,9 +11,9 @@ use skein_models::{project, vm, Ubid, UbidType};
 use skein_progs::rules;
 use skein_progs::vm::{self as vms, console as vm_console, nexus, Spec};
 
-use crate::cli::{self, Change};
-use crate::console::{command::VmCmd, OpsOptions, Reply, Session};
-use crate::follow::{self, Subject, WaitArgs};
+use crate::cmd::change::{self, Change};
+use crate::cmd::follow::{self, Subject, WaitArgs};
+use crate::cmd::session::{OpsOptions, Reply, Session};
 use crate::signals::{self, VmAction};
 
 /// `skein vm ...`: the console's VM commands and the everyday requests.
@@ -21,6 +21,31 @@ use crate::signals::{self, VmAction};
 pub enum VmCli {
     #[command(flatten)]
     Ops(VmCmd),
+    #[command(flatten)]
+    Request(Request),
+}
+
+/// The VM commands the console has too (it runs them: `console::fleet`).
+#[derive(clap::Subcommand, Debug)]
+pub enum VmCmd {
+    /// Create a VM for a project; its strand places and starts it.
+    Create(CreateArgs),
+    /// VMs with their state and host.
+    List {
+        /// Only this project's (by name).
+        #[arg(long)]
+        project: Option<String>,
+        /// Include destroyed VMs.
+        #[arg(long)]
+        all: bool,
+    },
+    /// One VM: size, host, its strand and recent events.
+    Show { id: String },
+}
+
+/// The everyday requests to a VM, the CLI's alone.
+#[derive(clap::Subcommand, Debug)]
+pub enum Request {
     /// Stop a running VM (it keeps its disk and its place on the host).
     Stop { id: String },
     /// Start a stopped VM.
@@ -73,19 +98,18 @@ pub struct CreateArgs {
     pub wait: WaitArgs,
 }
 
-/// `skein vm ...`, printed.
-pub async fn run(cmd: VmCli, opts: OpsOptions) -> anyhow::Result<()> {
+/// `skein vm stop|start|restart|destroy|ssh|console`, printed.
+pub async fn run(cmd: Request, opts: OpsOptions) -> anyhow::Result<()> {
     let (id, action) = match cmd {
-        VmCli::Ops(cmd) => return crate::console::run_one(crate::console::Ops::Vm(cmd), opts).await,
-        VmCli::Stop { id } => (id, VmAction::Stop),
-        VmCli::Start { id } => (id, VmAction::Start),
-        VmCli::Restart { id } => (id, VmAction::Restart),
-        VmCli::Destroy { id } => (id, VmAction::Destroy),
-        VmCli::Ssh { id, identity, args } => {
+        Request::Stop { id } => (id, VmAction::Stop),
+        Request::Start { id } => (id, VmAction::Start),
+        Request::Restart { id } => (id, VmAction::Restart),
+        Request::Destroy { id } => (id, VmAction::Destroy),
+        Request::Ssh { id, identity, args } => {
             let s = Session::open(&opts).await?;
             return ssh(&s, &id, identity.as_deref(), &args).await;
         }
-        VmCli::Console { id, bytes } => {
+        Request::Console { id, bytes } => {
             let s = Session::open(&opts).await?;
             console(&s, &id, bytes).await?.print(opts.json);
             return Ok(());
@@ -133,7 +157,7 @@ async fn ssh(s: &Session, id: &str, identity: Option<&std::path::Path>, extra: &
 async fn console(s: &Session, id: &str, bytes: u64) -> anyhow::Result<Reply> {
     let vm_id = Ubid::parse_as(id, UbidType::Vm).map_err(|e| anyhow!("{e}"))?;
     let row = vm::get(&mut *s.pool.acquire().await?, vm_id.uuid()).await?.ok_or_else(|| anyhow!("no vm {id}"))?;
-    let at = vm_console::locate(&mut *s.pool.acquire().await?, &crate::worker::secret_key()?, &row).await?;
+    let at = vm_console::locate(&mut *s.pool.acquire().await?, &crate::process::secret_key()?, &row).await?;
     let tail = vm_console::read(&skein_progs::ssh::SshPool::new(), &at, bytes, std::time::Duration::from_secs(15)).await?;
     // A serial console ends its lines with \r\n; the rest of what it holds
     // (terminal escapes included) is shown escaped by `Reply::print`.
@@ -149,7 +173,7 @@ async fn console(s: &Session, id: &str, bytes: u64) -> anyhow::Result<Reply> {
 
 pub async fn create(s: &Session, args: CreateArgs, opts: &OpsOptions) -> anyhow::Result<Reply> {
     let key = match args.public_key.strip_prefix('@') {
-        Some(path) => cli::read_small_file(path.as_ref(), cli::KEY_FILE_MAX, "--public-key")?,
+        Some(path) => change::read_small_file(path.as_ref(), change::KEY_FILE_MAX, "--public-key")?,
         None => args.public_key.clone(),
     };
     let spec = Spec {

@@ -9,8 +9,8 @@ use skein_models::{api_token, project, Ubid, UbidType};
 use skein_progs::rules;
 
 use crate::api::auth;
-use crate::cli::Change;
-use crate::console::{OpsOptions, Reply, Session};
+use crate::cmd::change::Change;
+use crate::cmd::session::{OpsOptions, Reply, Session};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum TokenCmd {

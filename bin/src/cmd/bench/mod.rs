@@ -10,18 +10,23 @@
 //! started `respirate` processes: enqueue, let them run, then check that
 //! every strand finished and every step committed exactly once.
 
+pub mod api;
+pub mod remote;
+pub mod takeover;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
-use skein_engine::{enqueue, DispatchConfig, Dispatcher, Outcome, Runner};
-use skein_progs::bench::{FanoutFrame, FanoutLabel, FanoutOutput, StepFrame, StepLabel, StepOutput};
+use skein_engine::{enqueue, DispatchConfig, Dispatcher, Label, Outcome, Prog, Runner};
+use skein_models::bench as db;
+use skein_progs::bench::{Fanout, FanoutFrame, FanoutLabel, FanoutOutput, Sleeper, SleeperLabel, StepFrame, StepLabel, StepOutput, Stepper};
 use sqlx::PgPool;
 use tokio::sync::Notify;
 
-use crate::worker;
+use crate::process;
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
 pub enum Scenario {
@@ -138,15 +143,15 @@ impl BenchArgs {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
-    let url = crate::up::database_url(args.database_url.clone()).await?;
-    let pool = worker::connect(&url, args.connections as u32).await?;
-    prepare_tables(&pool).await?;
+    let url = crate::embedded::database_url(args.database_url.clone()).await?;
+    let pool = process::connect(&url, args.connections as u32).await?;
+    db::prepare_tables(&mut *pool.acquire().await?).await?;
     if matches!(args.scenario, Scenario::ApiCreate | Scenario::Takeover | Scenario::Remote) && (args.verify || args.enqueue_only) {
         bail!("{} has no --enqueue-only or --verify", scenario_name(args.scenario));
     }
     if args.scenario == Scenario::Takeover {
         clean(&pool, &args).await?;
-        let line = crate::bench_takeover::measure(&pool, &url, args.rounds.max(1), args.strands(), |m| args.say(m)).await?;
+        let line = self::takeover::measure(&pool, &url, args.rounds.max(1), args.strands(), |m| args.say(m)).await?;
         println!("{line}");
         return Ok(());
     }
@@ -181,38 +186,17 @@ fn scenario_name(s: Scenario) -> &'static str {
     }
 }
 
-/// The bench's own tables: the step counter and the baseline's rows.
-async fn prepare_tables(pool: &PgPool) -> anyhow::Result<()> {
-    sqlx::raw_sql(
-        "CREATE TABLE IF NOT EXISTS bench_count (strand_id uuid PRIMARY KEY, steps integer NOT NULL); \
-         CREATE TABLE IF NOT EXISTS bench_baseline (id integer PRIMARY KEY, n bigint NOT NULL); \
-         INSERT INTO bench_baseline SELECT g, 0 FROM generate_series(1, 10000) g ON CONFLICT DO NOTHING;",
-    )
-    .execute(pool)
-    .await?;
-    Ok(())
-}
+/// The progs of the workload `--enqueue-only` and `--verify` share.
+const WORKLOAD: [&str; 2] = [Stepper::NAME, Fanout::NAME];
 
 /// Remove what an earlier run left (but keep sleepers: they are slow to make).
 async fn clean(pool: &PgPool, args: &BenchArgs) -> anyhow::Result<()> {
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM strand WHERE prog IN ('Bench::Step', 'Bench::Fanout')")
-        .fetch_one(pool)
-        .await?;
+    let mut conn = pool.acquire().await?;
+    let n = db::live(&mut conn, &WORKLOAD).await?;
     if n > 0 {
         args.say(format!("removing {n} strands left by an earlier run"));
     }
-    forget_runs(pool, &["Bench::Step", "Bench::Fanout"]).await
-}
-
-/// Remove what earlier runs of `progs` left: their strands, live and
-/// archived, and the step counts.
-pub(crate) async fn forget_runs(pool: &PgPool, progs: &[&str]) -> anyhow::Result<()> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("DELETE FROM strand WHERE prog = ANY($1)").bind(progs).execute(&mut *tx).await?;
-    sqlx::query("DELETE FROM strand_archive WHERE prog = ANY($1)").bind(progs).execute(&mut *tx).await?;
-    sqlx::query("TRUNCATE bench_count").execute(&mut *tx).await?;
-    tx.commit().await?;
-    Ok(())
+    Ok(db::forget_runs(&mut conn, &WORKLOAD).await?)
 }
 
 async fn enqueue_workload(pool: &PgPool, args: &BenchArgs, count: bool) -> anyhow::Result<u64> {
@@ -243,11 +227,11 @@ async fn baseline(pool: &PgPool, clients: usize, secs: f64) -> anyhow::Result<f6
         let (pool, done) = (pool.clone(), done.clone());
         tasks.push(tokio::spawn(async move {
             let mut conn = pool.acquire().await?;
-            let mut id = (c * 397) % 10_000 + 1;
+            let mut id = (c as i32 * 397) % db::BASELINE_ROWS + 1;
             while Instant::now() < stop_at {
-                sqlx::query("UPDATE bench_baseline SET n = n + 1 WHERE id = $1").bind(id as i32).execute(&mut *conn).await?;
+                db::baseline_update(&mut conn, id).await?;
                 done.fetch_add(1, Ordering::Relaxed);
-                id = id % 10_000 + 1;
+                id = id % db::BASELINE_ROWS + 1;
             }
             Ok::<_, sqlx::Error>(())
         }));
@@ -260,32 +244,20 @@ async fn baseline(pool: &PgPool, clients: usize, secs: f64) -> anyhow::Result<f6
 }
 
 async fn ensure_sleepers(pool: &PgPool, args: &BenchArgs) -> anyhow::Result<()> {
-    let have: i64 = sqlx::query_scalar("SELECT count(*) FROM strand WHERE prog = 'Bench::Sleeper'").fetch_one(pool).await?;
+    let mut conn = pool.acquire().await?;
+    let have = db::live(&mut conn, &[Sleeper::NAME]).await?;
     let want = args.sleepers as i64;
     if have < want {
         args.say(format!("adding {} napping strands (kept for later runs)", want - have));
-        sqlx::query(
-            "INSERT INTO strand (id, prog, label, stack, schedule) \
-             SELECT gen_random_uuid(), 'Bench::Sleeper', 'Sleep', '[{}]', now() + interval '1 day' \
-             FROM generate_series(1, $1)",
-        )
-        .bind(want - have)
-        .execute(pool)
-        .await?;
-        sqlx::query("ANALYZE strand").execute(pool).await?;
+        db::add_sleepers(&mut conn, Sleeper::NAME, SleeperLabel::Sleep.name(), want - have).await?;
     }
     Ok(())
 }
 
-/// Whether the dispatcher's claim walks the partial index on schedule.
+/// Whether the engine's claim statement walks the partial index on schedule
+/// (planned for a batch as large as the dispatcher's).
 async fn claim_uses_partial_index(pool: &PgPool) -> anyhow::Result<bool> {
-    let plan: Value = sqlx::query_scalar(
-        "EXPLAIN (FORMAT JSON) SELECT id FROM strand \
-         WHERE exitval IS NULL AND lease < now() AND schedule <= now() \
-         ORDER BY schedule LIMIT 64 FOR UPDATE SKIP LOCKED",
-    )
-    .fetch_one(pool)
-    .await?;
+    let plan = db::claim_plan(&mut *pool.acquire().await?, DispatchConfig::default().batch).await?;
     Ok(plan.to_string().contains("strand_due"))
 }
 
@@ -306,10 +278,10 @@ async fn measure(pool: &PgPool, args: &BenchArgs) -> anyhow::Result<Value> {
     let baseline_tx_per_s = baseline(pool, args.connections, args.baseline_secs).await?;
     args.say(format!("baseline: {baseline_tx_per_s:.0} tx/s"));
     if args.scenario == Scenario::ApiCreate {
-        return crate::bench_api::measure(pool, args.strands(), args.connections, args.projects, baseline_tx_per_s, |m| args.say(m)).await;
+        return self::api::measure(pool, args.strands(), args.connections, args.projects, baseline_tx_per_s, |m| args.say(m)).await;
     }
     if args.scenario == Scenario::Remote {
-        return crate::bench_remote::measure(pool, args, baseline_tx_per_s).await;
+        return self::remote::measure(pool, args, baseline_tx_per_s).await;
     }
 
     let n = args.strands();
@@ -330,7 +302,7 @@ async fn measure(pool: &PgPool, args: &BenchArgs) -> anyhow::Result<Value> {
     let dispatcher = {
         let (exits, steps, all_done, step_ms, exit_vals) =
             (exits.clone(), steps.clone(), all_done.clone(), step_ms.clone(), exit_vals.clone());
-        let top_prog = if args.scenario == Scenario::Fanout { "Bench::Fanout" } else { "Bench::Step" };
+        let top_prog = if args.scenario == Scenario::Fanout { Fanout::NAME } else { Stepper::NAME };
         Dispatcher::new(runner, DispatchConfig { concurrency: args.concurrency, lanes: args.lanes, ..Default::default() }).on_step(move |r| {
             steps.fetch_add(1, Ordering::Relaxed);
             step_ms.lock().unwrap().push(r.micros as f64 / 1000.0);
@@ -427,35 +399,25 @@ async fn verify(pool: &PgPool, args: &BenchArgs) -> anyhow::Result<Value> {
     let n = args.strands() as i64;
     let per = args.steps_per_strand() as i32;
     let mut problems: Vec<String> = Vec::new();
-    let live: i64 = sqlx::query_scalar("SELECT count(*) FROM strand WHERE prog IN ('Bench::Step', 'Bench::Fanout')")
-        .fetch_one(pool)
-        .await?;
+    let mut conn = pool.acquire().await?;
+    let live = db::live(&mut conn, &WORKLOAD).await?;
     if live > 0 {
         problems.push(format!("{live} strands have not finished"));
     }
-    let (counted, wrong): (i64, i64) = sqlx::query_as(
-        "SELECT count(*), count(*) FILTER (WHERE steps <> $1) FROM bench_count c \
-         WHERE NOT EXISTS (SELECT 1 FROM strand_archive a WHERE a.id = c.strand_id AND a.prog = 'Bench::Fanout')",
-    )
-    .bind(per)
-    .fetch_one(pool)
-    .await?;
+    let (counted, wrong) = db::step_counts(&mut conn, per, Fanout::NAME).await?;
     if counted != n {
         problems.push(format!("{counted} strands counted steps, expected {n}"));
     }
     if wrong > 0 {
-        let sample: Vec<(uuid::Uuid, i32)> =
-            sqlx::query_as("SELECT strand_id, steps FROM bench_count WHERE steps <> $1 LIMIT 5").bind(per).fetch_all(pool).await?;
+        let sample = db::wrong_counts(&mut conn, per).await?;
         problems.push(format!("{wrong} strands committed a step count other than {per}: e.g. {sample:?}"));
     }
-    let archived: i64 = sqlx::query_scalar("SELECT count(*) FROM strand_archive WHERE prog IN ('Bench::Step', 'Bench::Fanout')")
-        .fetch_one(pool)
-        .await?;
+    let archived = db::archived(&mut conn, &WORKLOAD).await?;
     let want_archived = if args.scenario == Scenario::Fanout { 1 } else { n };
     if archived != want_archived {
         problems.push(format!("{archived} archive records, expected {want_archived}"));
     }
-    let total: i64 = sqlx::query_scalar("SELECT coalesce(sum(steps), 0) FROM bench_count").fetch_one(pool).await?;
+    let total = db::steps_counted(&mut conn).await?;
     Ok(json!({
         "scenario": scenario_name(args.scenario),
         "ok": problems.is_empty(),

@@ -14,12 +14,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
-use skein_engine::enqueue;
-use skein_progs::bench::{StepFrame, StepLabel};
+use skein_engine::{enqueue, Prog};
+use skein_models::bench as db;
+use skein_progs::bench::{StepFrame, StepLabel, Stepper};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::bench::percentile;
+use super::percentile;
 
 /// A respirate process of ours, killed when dropped.
 struct Worker(Child);
@@ -51,17 +52,14 @@ impl Drop for Worker {
 
 /// The strands a worker process holds claims on right now.
 async fn held_by(pool: &PgPool, pid: u32) -> anyhow::Result<Vec<Uuid>> {
-    Ok(sqlx::query_scalar("SELECT id FROM strand WHERE lease > now() AND lease_holder LIKE '%:' || $1 || '#%'")
-        .bind(pid.to_string())
-        .fetch_all(pool)
-        .await?)
+    Ok(db::held_by_process(&mut *pool.acquire().await?, pid).await?)
 }
 
 /// Rounds of kill-and-watch; `strands` per round, each step working `work_ms`.
 pub async fn measure(pool: &PgPool, url: &str, rounds: u32, strands: u64, say: impl Fn(String)) -> anyhow::Result<Value> {
     let mut delays_ms: Vec<f64> = Vec::new();
     for round in 1..=rounds {
-        sqlx::query("DELETE FROM strand WHERE prog = 'Bench::Step'").execute(pool).await?;
+        db::forget_runs(&mut *pool.acquire().await?, &[Stepper::NAME]).await?;
         let frames = (0..strands).map(|_| StepFrame { hops: 3, work_ms: 400, ..Default::default() });
         enqueue::start_many(&mut *pool.acquire().await?, frames, StepLabel::Run).await?;
         let victim = Worker::start(url)?;
@@ -80,14 +78,7 @@ pub async fn measure(pool: &PgPool, url: &str, rounds: u32, strands: u64, say: i
         sigkill(victim.pid());
         let mut moved: HashMap<Uuid, f64> = HashMap::new();
         while moved.len() < held.len() && killed.elapsed() < Duration::from_secs(150) {
-            let rows: Vec<(Uuid, bool)> = sqlx::query_as(
-                "SELECT h.id, s.id IS NULL OR coalesce(s.lease_holder LIKE '%:' || $2 || '#%', false) \
-                 FROM unnest($1::uuid[]) AS h(id) LEFT JOIN strand s ON s.id = h.id",
-            )
-            .bind(&held)
-            .bind(survivor.pid().to_string())
-            .fetch_all(pool)
-            .await?;
+            let rows = db::moved_to_process(&mut *pool.acquire().await?, &held, survivor.pid()).await?;
             let now_ms = killed.elapsed().as_secs_f64() * 1000.0;
             for (id, on) in rows {
                 if on {
@@ -111,7 +102,7 @@ pub async fn measure(pool: &PgPool, url: &str, rounds: u32, strands: u64, say: i
         drop(victim);
         drop(survivor);
     }
-    sqlx::query("DELETE FROM strand WHERE prog = 'Bench::Step'").execute(pool).await?;
+    db::forget_runs(&mut *pool.acquire().await?, &[Stepper::NAME]).await?;
     delays_ms.sort_by(f64::total_cmp);
     let round = |x: f64| (x * 10.0).round() / 10.0;
     Ok(json!({

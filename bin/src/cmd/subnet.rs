@@ -12,8 +12,8 @@ use skein_models::{project, Ubid, UbidType};
 use skein_progs::rules;
 use skein_progs::vnet::{rekey, view};
 
-use crate::cli::Change;
-use crate::console::{OpsOptions, Reply, Session};
+use crate::cmd::change::Change;
+use crate::cmd::session::{OpsOptions, Reply, Session};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum SubnetCmd {

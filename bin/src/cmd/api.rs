@@ -19,13 +19,13 @@ pub struct ApiArgs {
 }
 
 pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
-    let url = crate::up::database_url(args.database_url.clone()).await?;
-    let pool = crate::worker::connect(&url, args.pool_size).await?;
-    let secret = crate::worker::secret_key()?;
+    let url = crate::embedded::database_url(args.database_url.clone()).await?;
+    let pool = crate::process::connect(&url, args.pool_size).await?;
+    let secret = crate::process::secret_key()?;
     if let Some(addr) = args.metrics_addr {
-        crate::worker::serve_metrics(addr, pool.clone())?;
+        crate::process::serve_metrics(addr, pool.clone())?;
     }
     let listener = crate::api::bind(&args.listen).await?;
     println!("api: listening on http://{}", listener.local_addr()?);
-    crate::api::serve_with(listener, pool, secret, args.limits, crate::worker::shutdown_signal()).await
+    crate::api::serve_with(listener, pool, secret, args.limits, crate::process::shutdown_signal()).await
 }

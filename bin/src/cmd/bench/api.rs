@@ -22,7 +22,7 @@ use sqlx::PgPool;
 use tower::ServiceExt;
 
 use crate::api::{self, auth, ApiState};
-use crate::bench::{percentile, round1, round3};
+use super::{percentile, round1, round3};
 
 const PUBLIC_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl bench";
 
@@ -72,19 +72,8 @@ async fn tenant(pool: &PgPool, n: u64) -> anyhow::Result<(Ubid, String)> {
 
 /// Remove a bench project and all it made (its VMs never ran).
 async fn remove(pool: &PgPool, project: Ubid) -> anyhow::Result<()> {
-    let mut tx = pool.begin().await?;
-    for q in [
-        "DELETE FROM strand WHERE id IN (SELECT id FROM vm WHERE project_id = $1)",
-        "DELETE FROM event WHERE subject_id IN (SELECT id FROM vm WHERE project_id = $1)",
-        "DELETE FROM vm WHERE project_id = $1",
-        "DELETE FROM idempotency_key WHERE scope = $1",
-        "DELETE FROM api_token WHERE project_id = $1",
-        "DELETE FROM project WHERE id = $1",
-    ] {
-        sqlx::query(q).bind(project.uuid()).execute(&mut *tx).await.with_context(|| q.to_string())?;
-    }
-    tx.commit().await?;
-    Ok(())
+    let mut conn = pool.acquire().await?;
+    skein_models::bench::remove_project(&mut conn, project.uuid()).await.with_context(|| format!("removing bench project {project}"))
 }
 
 /// `projects` tenants, each with room for `n` VMs and a token.
