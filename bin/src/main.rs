@@ -88,7 +88,7 @@ enum Command {
         #[command(flatten)]
         opts: OpsOptions,
     },
-    /// Private subnets of a project: create, list, show (its VMs and addresses), delete.
+    /// Private subnets of a project: create, list, show (its VMs, hosts and tunnels), delete, rekey.
     Subnet {
         #[command(subcommand)]
         cmd: cmd::subnet::SubnetCmd,

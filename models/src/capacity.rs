@@ -31,39 +31,17 @@ pub async fn return_quota(conn: &mut PgConnection, project: Uuid) -> Result<(), 
 }
 
 /// Reserve `size` on an accepting host with room, preferring the emptiest.
-/// Returns the host, or None if no host has room now.
+/// Returns the host, or None if no host has room now. A VM of a private
+/// subnet goes anywhere too: its subnet spans hosts (`network`).
 pub async fn reserve(conn: &mut PgConnection, size: Size) -> Result<Option<Uuid>, sqlx::Error> {
-    reserve_for_subnet(conn, size, None).await
-}
-
-/// [`reserve`] for a VM of `subnet`. Until a subnet spans hosts, its VMs
-/// reach each other only on one host (their segment is multicast on that
-/// host's loopback), so once one of its VMs is placed, the others go to
-/// the same host or wait for room there. The subnet row is locked for the
-/// rest of the caller's transaction, so two of its VMs placed at once
-/// cannot pick two hosts.
-pub async fn reserve_for_subnet(conn: &mut PgConnection, size: Size, subnet: Option<Uuid>) -> Result<Option<Uuid>, sqlx::Error> {
-    let mut only: Option<Uuid> = None;
-    if let Some(subnet) = subnet {
-        sqlx::query("SELECT 1 FROM private_subnet WHERE id = $1 FOR UPDATE").bind(subnet).execute(&mut *conn).await?;
-        // Where most of its VMs that are still on a host are.
-        only = sqlx::query_scalar(
-            "SELECT host_id FROM vm WHERE subnet_id = $1 AND host_id IS NOT NULL AND state <> 'destroyed' \
-             GROUP BY host_id ORDER BY count(*) DESC, host_id LIMIT 1",
-        )
-        .bind(subnet)
-        .fetch_optional(&mut *conn)
-        .await?;
-    }
     let candidates: Vec<(Uuid,)> = sqlx::query_as(
-        "SELECT id FROM vm_host WHERE state = 'accepting' AND ($4::uuid IS NULL OR id = $4) \
+        "SELECT id FROM vm_host WHERE state = 'accepting' \
              AND cpus - used_cores >= $1 AND memory_mib - used_memory_mib >= $2 AND storage_free_mib - used_disk_mib >= $3 \
          ORDER BY cpus - used_cores DESC, memory_mib - used_memory_mib DESC, id LIMIT 8",
     )
     .bind(size.cores)
     .bind(size.memory_mib)
     .bind(size.disk_mib)
-    .bind(only)
     .fetch_all(&mut *conn)
     .await?;
     for (host,) in candidates {

@@ -14,6 +14,7 @@ pub mod db;
 pub mod event;
 pub mod idempotency;
 pub mod inspect;
+pub mod network;
 pub mod page;
 pub mod project;
 pub mod semaphore;

@@ -9,18 +9,16 @@ use uuid::Uuid;
 
 use crate::{Ubid, UbidType};
 
-/// Create a subnet of `project` on `cidr` (e.g. "10.9.0.0/24"). Its
-/// multicast group is derived from its id (unique; a clash is refused).
+/// Create a subnet of `project` on `cidr` (e.g. "10.9.0.0/24"). Its VNI
+/// (the id of its segment between hosts) comes from a sequence: unique,
+/// never reused.
 pub async fn create(conn: &mut PgConnection, project: Uuid, name: &str, cidr: &str) -> Result<Ubid, sqlx::Error> {
     let id = Ubid::generate(UbidType::Subnet);
-    let b = id.uuid().as_bytes().to_owned();
-    let mcast = format!("239.192.{}.{}:{}", b[14], b[15], 7000 + (u16::from(b[13]) % 2000));
-    sqlx::query("INSERT INTO private_subnet (id, project_id, name, cidr, mcast) VALUES ($1, $2, $3, $4::cidr, $5)")
+    sqlx::query("INSERT INTO private_subnet (id, project_id, name, cidr) VALUES ($1, $2, $3, $4::cidr)")
         .bind(id.uuid())
         .bind(project)
         .bind(name)
         .bind(cidr)
-        .bind(mcast)
         .execute(conn)
         .await?;
     Ok(id)
@@ -34,6 +32,8 @@ pub struct Subnet {
     pub name: String,
     /// "a.b.c.d/len".
     pub cidr: String,
+    /// Its segment's VXLAN id between hosts.
+    pub vni: i32,
     pub created_at: DateTime<Utc>,
 }
 
@@ -43,11 +43,12 @@ pub struct Member {
     pub id: Uuid,
     pub name: String,
     pub state: String,
+    pub host_id: Option<Uuid>,
     /// "a.b.c.d/len".
     pub private_ip: String,
 }
 
-const COLUMNS: &str = "id, project_id, name, cidr::text AS cidr, created_at";
+const COLUMNS: &str = "id, project_id, name, cidr::text AS cidr, vni, created_at";
 
 /// The live subnet `id` of `project`.
 pub async fn get(conn: &mut PgConnection, project: Uuid, id: Uuid) -> Result<Option<Subnet>, sqlx::Error> {
@@ -103,7 +104,7 @@ pub async fn page(conn: &mut PgConnection, project: Uuid, after: Option<Uuid>, l
 /// The subnet's VMs that are not destroyed, with their addresses, by address.
 pub async fn members(conn: &mut PgConnection, subnet: Uuid) -> Result<Vec<Member>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT id, name, state, private_ip::text AS private_ip FROM vm \
+        "SELECT id, name, state, host_id, private_ip::text AS private_ip FROM vm \
          WHERE subnet_id = $1 AND state <> 'destroyed' ORDER BY private_ip",
     )
     .bind(subnet)
@@ -121,15 +122,6 @@ pub async fn live_vms(conn: &mut PgConnection, subnet: Uuid) -> Result<i64, sqlx
 pub async fn delete(conn: &mut PgConnection, subnet: Uuid) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE private_subnet SET deleted_at = now() WHERE id = $1 AND deleted_at IS NULL").bind(subnet).execute(conn).await?;
     Ok(())
-}
-
-/// The subnet's multicast group, if it belongs to `project`.
-pub async fn mcast_of(conn: &mut PgConnection, subnet: Uuid, project: Uuid) -> Result<Option<String>, sqlx::Error> {
-    sqlx::query_scalar("SELECT mcast FROM private_subnet WHERE id = $1 AND project_id = $2")
-        .bind(subnet)
-        .bind(project)
-        .fetch_optional(conn)
-        .await
 }
 
 /// The lowest free address of the subnet (".1" is left for a gateway; a

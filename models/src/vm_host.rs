@@ -33,6 +33,8 @@ pub struct VmHost {
     pub agent_version: Option<String>,
     pub image_version: Option<String>,
     pub boot_id: Option<String>,
+    /// Where its tunnels listen for other hosts (None: its SSH address).
+    pub underlay: Option<String>,
     pub missed_checks: i32,
     pub used_cores: i32,
     pub used_memory_mib: i64,
@@ -66,6 +68,13 @@ pub async fn get_for_update(conn: &mut PgConnection, id: Uuid) -> Result<Option<
 
 pub async fn set_state(conn: &mut PgConnection, id: Uuid, state: HostState) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE vm_host SET state = $2 WHERE id = $1").bind(id).bind(state).execute(conn).await?;
+    Ok(())
+}
+
+/// Where the host's tunnels listen for other hosts ("a.b.c.d"; None: its
+/// SSH address). Refused by the database unless a dotted IPv4 address.
+pub async fn set_underlay(conn: &mut PgConnection, id: Uuid, underlay: Option<&str>) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE vm_host SET underlay = $2 WHERE id = $1").bind(id).bind(underlay).execute(conn).await?;
     Ok(())
 }
 

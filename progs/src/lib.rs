@@ -17,10 +17,11 @@ pub mod pages;
 pub mod rules;
 pub mod ssh;
 pub mod vm;
+pub mod vnet;
 
 use skein_engine::Registry;
 
 /// Every prog in this crate.
 pub fn registry() -> Registry {
-    Registry::new().merge(&demo::registry()).merge(&bench::registry()).merge(&host::registry()).merge(&vm::registry()).merge(&pages::registry())
+    Registry::new().merge(&demo::registry()).merge(&bench::registry()).merge(&host::registry()).merge(&vm::registry()).merge(&pages::registry()).merge(&vnet::registry())
 }

@@ -159,6 +159,15 @@ pub fn host_address(a: &str) -> Result<(), Invalid> {
 /// The directory on a host under which skein keeps everything. It is put
 /// into host-side commands (quoted) and removed when the host is
 /// destroyed, so it must be a plain path and never the root itself.
+/// A host's underlay address: where its private-network tunnels listen
+/// for the other hosts (a dotted IPv4 address, as the database keeps it).
+pub fn underlay(u: &str) -> Result<(), Invalid> {
+    match u.parse::<std::net::Ipv4Addr>() {
+        Ok(a) if a.to_string() == u && !a.is_unspecified() && !a.is_broadcast() && !a.is_multicast() => Ok(()),
+        _ => Err(Invalid::new("underlay", "must be the host's IPv4 address that other hosts reach it at, e.g. 10.0.0.7")),
+    }
+}
+
 pub fn root_dir(r: &str) -> Result<(), Invalid> {
     let bad = |rule: &str| Err(Invalid::new("root_dir", rule));
     if !r.starts_with('/') {

@@ -36,6 +36,10 @@ pub struct AddHost {
     pub root_dir: String,
     #[serde(default = "default_checkup_secs")]
     pub checkup_secs: i64,
+    /// Where its private-network tunnels listen for other hosts (IPv4);
+    /// its SSH address if not given.
+    #[serde(default)]
+    pub underlay: Option<String>,
 }
 
 fn default_port() -> i64 {
@@ -60,6 +64,8 @@ pub struct HostView {
     pub port: Option<i32>,
     pub user: Option<String>,
     pub root_dir: String,
+    /// Where its private-network tunnels listen (null: its SSH address).
+    pub underlay: Option<String>,
     pub cpus: Option<i32>,
     pub memory_mib: Option<i64>,
     pub storage_free_mib: Option<i64>,
@@ -86,6 +92,7 @@ async fn view(conn: &mut PgConnection, h: VmHost) -> Result<HostView, ApiError> 
         port: ssh.as_ref().map(|s| s.port),
         user: ssh.map(|s| s.unix_user),
         root_dir: h.root_dir,
+        underlay: h.underlay,
         cpus: h.facts.cpus,
         memory_mib: h.facts.memory_mib,
         storage_free_mib: h.facts.storage_free_mib,
@@ -114,6 +121,9 @@ pub async fn add(State(st): State<ApiState>, auth: Auth, headers: HeaderMap, bod
     let req = &body.value;
     rules::in_range("port", req.port, rules::HOST_PORT)?;
     rules::host_checkup_secs(req.checkup_secs)?;
+    if let Some(u) = &req.underlay {
+        rules::underlay(u)?;
+    }
     let new = NewHost {
         name: &req.name,
         address: &req.address,
@@ -130,6 +140,7 @@ pub async fn add(State(st): State<ApiState>, auth: Auth, headers: HeaderMap, bod
     }
     let frame = nexus::Frame { checkup_secs: req.checkup_secs as u64, ..Default::default() };
     let id = host::add(&mut tx, &st.secret, &new, frame).await.map_err(ApiError::from_anyhow)?;
+    vm_host::set_underlay(&mut tx, id.uuid(), req.underlay.as_deref()).await?;
     event::record(&mut tx, id.uuid(), "added", auth.actor(), &auth.by()).await?;
     let row = vm_host::get(&mut tx, id.uuid()).await?.ok_or_else(|| ApiError::internal("the host just added is not there"))?;
     let response = serde_json::to_value(view(&mut tx, row).await?).map_err(ApiError::internal)?;

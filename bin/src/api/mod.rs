@@ -78,6 +78,7 @@ routes! {
     POST "/v1/subnets" => subnets::create,
     GET "/v1/subnets/{id}" => subnets::get,
     DELETE "/v1/subnets/{id}" => subnets::delete,
+    POST "/v1/subnets/{id}/rekey" => subnets::rekey,
     GET "/v1/hosts" => hosts::list,
     POST "/v1/hosts" => hosts::add,
     GET "/v1/hosts/{id}" => hosts::get,

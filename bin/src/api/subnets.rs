@@ -1,5 +1,6 @@
 //! Private subnets, a project's own IPv4 ranges: create, list, get (with its
-//! VMs and their addresses), delete. Project tokens only; another project's
+//! VMs and their addresses, and the hosts, tunnels and rekeys that carry
+//! it across hosts), delete, rekey on demand. Project tokens only; another project's
 //! subnet is answered exactly like one that does not exist (404). A deleted
 //! subnet frees its name; deleting one that still has live VMs is a 409.
 
@@ -12,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use skein_models::subnet::{self, Member, Subnet};
 use skein_models::{Ubid, UbidType};
 use skein_progs::rules;
+use skein_progs::vnet::{rekey, view};
 use sqlx::PgConnection;
 
 use super::auth::Auth;
@@ -37,6 +39,9 @@ pub struct SubnetView {
     pub created_at: DateTime<Utc>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vms: Option<Vec<MemberView>>,
+    /// The hosts its VMs run on and the tunnels between them (GET by id only).
+    #[serde(skip_serializing_if = "Option::is_none", flatten)]
+    pub mesh: Option<view::MeshView>,
 }
 
 #[derive(Debug, Serialize)]
@@ -45,9 +50,11 @@ pub struct MemberView {
     pub name: String,
     pub state: String,
     pub private_ip: String,
+    /// The host it runs on (null until placed).
+    pub host: Option<Ubid>,
 }
 
-fn view(s: Subnet, vms: Option<Vec<Member>>) -> SubnetView {
+fn view(s: Subnet, vms: Option<Vec<Member>>, mesh: Option<view::MeshView>) -> SubnetView {
     SubnetView {
         id: Ubid::from_uuid(s.id),
         project: Ubid::from_uuid(s.project_id),
@@ -55,8 +62,17 @@ fn view(s: Subnet, vms: Option<Vec<Member>>) -> SubnetView {
         cidr: s.cidr,
         created_at: s.created_at,
         vms: vms.map(|m| {
-            m.into_iter().map(|m| MemberView { id: Ubid::from_uuid(m.id), name: m.name, state: m.state, private_ip: m.private_ip }).collect()
+            m.into_iter()
+                .map(|m| MemberView {
+                    id: Ubid::from_uuid(m.id),
+                    name: m.name,
+                    state: m.state,
+                    private_ip: m.private_ip,
+                    host: m.host_id.map(Ubid::from_uuid),
+                })
+                .collect()
         }),
+        mesh,
     }
 }
 
@@ -82,7 +98,7 @@ pub async fn create(State(st): State<ApiState>, auth: Auth, headers: HeaderMap, 
     }
     let id = subnet::create(&mut tx, project.uuid(), &req.name, &req.cidr).await?;
     let row = subnet::get(&mut tx, project.uuid(), id.uuid()).await?.ok_or_else(|| ApiError::internal("the subnet just created is not there"))?;
-    let response = serde_json::to_value(view(row, None)).map_err(ApiError::internal)?;
+    let response = serde_json::to_value(view(row, None, None)).map_err(ApiError::internal)?;
     idempotency::finish(&mut tx, key.as_ref(), id.uuid(), StatusCode::CREATED, &response).await?;
     tx.commit().await?;
     Ok((StatusCode::CREATED, Json(response)).into_response())
@@ -100,15 +116,37 @@ pub async fn list(State(st): State<ApiState>, auth: Auth, ApiQuery(q): ApiQuery<
     let project = auth.project()?;
     let req = PageReq::new(q.limit, q.after.as_deref(), UbidType::Subnet)?;
     let rows = subnet::page(&mut *st.pool.acquire().await?, project.uuid(), req.after, req.fetch()).await?;
-    Ok(Json(Page::of(rows, req, |s| s.id, |s| view(s, None))))
+    Ok(Json(Page::of(rows, req, |s| s.id, |s| view(s, None, None))))
 }
 
-/// `GET /v1/subnets/{id}`: the subnet, its VMs that are not destroyed and their addresses.
+/// `GET /v1/subnets/{id}`: the subnet, its VMs that are not destroyed and
+/// their addresses, its hosts (keys, last rekey) and the tunnels between them.
 pub async fn get(State(st): State<ApiState>, auth: Auth, id: PathId) -> Result<Json<SubnetView>, ApiError> {
     let mut conn = st.pool.acquire().await?;
     let row = visible(&mut conn, &auth, &id).await?;
     let members = subnet::members(&mut conn, row.id).await?;
-    Ok(Json(view(row, Some(members))))
+    let mesh = view::mesh(&mut conn, row.id).await?;
+    Ok(Json(view(row, Some(members), Some(mesh))))
+}
+
+/// What `POST /v1/subnets/{id}/rekey` started.
+#[derive(Debug, Serialize)]
+pub struct Rekeys {
+    pub subnet: Ubid,
+    /// One per host of the subnet: the rekey strand (`GET /v1/strands/{id}`),
+    /// one that was running there already.
+    pub rekeys: Vec<rekey::Started>,
+}
+
+/// `POST /v1/subnets/{id}/rekey`: 202; replace the tunnel keys of every
+/// host the subnet spans now, make-before-break (traffic keeps flowing).
+/// A host already rekeying is not rekeyed twice: its running rekey is named.
+pub async fn rekey(State(st): State<ApiState>, auth: Auth, id: PathId) -> Result<(StatusCode, Json<Rekeys>), ApiError> {
+    let mut tx = st.pool.begin().await?;
+    let row = visible(&mut tx, &auth, &id).await?;
+    let rekeys = rekey::start_for_subnet(&mut tx, row.id, "user").await.map_err(ApiError::internal)?;
+    tx.commit().await?;
+    Ok((StatusCode::ACCEPTED, Json(Rekeys { subnet: Ubid::from_uuid(row.id), rekeys })))
 }
 
 /// `DELETE /v1/subnets/{id}`: 200 with the subnet as it was; 409
@@ -124,5 +162,5 @@ pub async fn delete(State(st): State<ApiState>, auth: Auth, id: PathId) -> Resul
     }
     subnet::delete(&mut tx, row.id).await?;
     tx.commit().await?;
-    Ok(Json(view(row, None)))
+    Ok(Json(view(row, None, None)))
 }

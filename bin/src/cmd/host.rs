@@ -75,6 +75,9 @@ pub struct AddArgs {
     /// Seconds between health checkups.
     #[arg(long, default_value_t = 60, allow_negative_numbers = true)]
     pub checkup_secs: i64,
+    /// Where its private-network tunnels listen for other hosts (IPv4) [default: --address].
+    #[arg(long)]
+    pub underlay: Option<String>,
     #[command(flatten)]
     pub wait: crate::cmd::follow::WaitArgs,
 }
@@ -116,6 +119,9 @@ pub async fn add(s: &Session, args: AddArgs, opts: &OpsOptions) -> anyhow::Resul
     rules::root_dir(&args.root_dir).map_err(cli_error)?;
     rules::in_range("port", args.port, rules::HOST_PORT).map_err(cli_error)?;
     rules::host_checkup_secs(args.checkup_secs).map_err(cli_error)?;
+    if let Some(u) = &args.underlay {
+        rules::underlay(u).map_err(cli_error)?;
+    }
     let key = change::read_small_file(&args.key_file, change::KEY_FILE_MAX, "--key-file")?;
     let secret = crate::process::secret_key()?;
     let new = NewHost {
@@ -131,8 +137,9 @@ pub async fn add(s: &Session, args: AddArgs, opts: &OpsOptions) -> anyhow::Resul
     let mut change = Change::begin(&s.pool, &s.operator, opts.yes, &what).await?;
     let frame = nexus::Frame { checkup_secs: args.checkup_secs as u64, ..Default::default() };
     let id = host::add(change.conn(), &secret, &new, frame).await.map_err(rules::explain)?;
+    skein_models::vm_host::set_underlay(change.conn(), id.uuid(), args.underlay.as_deref()).await?;
     skein_models::event::record(change.conn(), id.uuid(), "added", "operator", &json!({"operator": s.operator})).await?;
-    let detail = json!({"name": args.name, "address": args.address, "port": args.port, "user": args.user, "root_dir": args.root_dir});
+    let detail = json!({"name": args.name, "address": args.address, "port": args.port, "user": args.user, "root_dir": args.root_dir, "underlay": args.underlay});
     change.commit("host-add", Some(id.uuid()), &detail).await?;
     let added = format!("host {} added as {id}", args.name);
     if !args.wait.wait {

@@ -22,6 +22,9 @@ pub enum Ops {
     /// VMs.
     #[command(subcommand)]
     Vm(VmCmd),
+    /// Private subnets: show one (its VMs, hosts, tunnels, last rekey), rekey its tunnels.
+    #[command(subcommand)]
+    Subnet(crate::cmd::subnet::SubnetCmd),
     /// Decode a UBID (its type and time) and look up what it names.
     Ubid {
         /// A UBID (26 characters) or a uuid.

@@ -56,6 +56,7 @@ pub async fn execute(s: &Session, ops: Ops, opts: &OpsOptions) -> anyhow::Result
         Ops::Page(cmd) => fleet::pages(s, cmd, opts.yes).await,
         Ops::Host(cmd) => fleet::hosts(s, cmd, opts).await,
         Ops::Vm(cmd) => fleet::vms(s, cmd, opts).await,
+        Ops::Subnet(cmd) => crate::cmd::subnet::execute(s, cmd, opts).await,
         Ops::Ubid { id } => fleet::ubid(s, &id).await,
         Ops::Audit { target, limit } => fleet::audit_list(s, target, limit).await,
         Ops::Workers => fleet::workers(s).await,

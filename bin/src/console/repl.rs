@@ -262,7 +262,7 @@ mod tests {
         assert!(complete(&c, "strand ").contains(&"reschedule".to_string()));
         assert!(complete(&c, "strand list --").contains(&"--older-than".to_string()));
         assert!(complete(&c, "strand list --prog Vm").contains(&"Vm::HostNexus".to_string()));
-        assert_eq!(complete(&c, "strand list --prog Vm::Nexus --label Wa"), ["WaitBoot"]);
+        assert_eq!(complete(&c, "strand list --prog Vm::Nexus --label Wa"), ["WaitBoot", "WaitNic", "WaitNicGone"]);
         assert_eq!(complete(&c, "strand list --state fa"), ["failing"]);
         assert_eq!(complete(&c, "strand show vm0"), ["vm0000000000000000000000ab"]);
         assert_eq!(complete(&c, "strand incr vm0000000000000000000000ab re"), ["restart"]);

@@ -338,6 +338,8 @@ async fn wait(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
         Answer::Answered(Checkup { boot, version }) => {
             if host.row.boot_id.as_deref().is_some_and(|b| b != boot) {
                 tracing::info!(host = %host.id(), "host rebooted since the last checkup");
+                // Its taps, segments and tunnels went with the boot.
+                crate::vnet::host_rebooted(cx, host.row.id).await?;
             }
             vm_host::checkup_ok(cx.tx.conn().await?, host.row.id, &boot).await?;
             if version != agent::version() {
@@ -395,6 +397,7 @@ async fn unreachable(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
             return nap(cx.frame.checkup_secs as f64);
         }
     };
+    let rebooted = host.row.boot_id.as_deref().is_some_and(|b| b != boot);
     let open = open_state(cx);
     let conn = cx.tx.conn().await?;
     vm_host::checkup_ok(conn, host.row.id, &boot).await?;
@@ -408,6 +411,10 @@ async fn unreachable(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
     let vms = vm::on_host(conn, host.row.id).await?;
     for vm in &vms {
         cx.incr(Ubid::from_uuid(*vm), crate::vm::nexus::Sem::Checkup).await?;
+    }
+    if rebooted {
+        // It was down, not just unreachable: its taps, segments and tunnels went with the boot.
+        crate::vnet::host_rebooted(cx, host.row.id).await?;
     }
     cx.resolve_page(&unreachable_page(&host)).await?;
     report_unknown_vms(cx, &host, &vms, &listed).await?;
@@ -475,18 +482,26 @@ async fn wait_reboot(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
     vm_host::checkup_ok(conn, host.row.id, &boot).await?;
     event::record(conn, host.row.id, "rebooted", "system", &json!({})).await?;
     cx.frame.boot_id_before_reboot = None;
+    // Its taps, segments and tunnels went with the boot.
+    crate::vnet::host_rebooted(cx, host.row.id).await?;
     hop(Label::Wait)
 }
 
 /// Retire the host: remove the agent (if the host answers) and mark it destroyed.
 async fn destroy(cx: &mut Ctx<'_, HostNexus>) -> Step<HostNexus> {
     let host = Host::load(cx).await?;
+    // Its private networking first, while its agent is there to remove it.
+    if let Err(e) = crate::vnet::teardown(cx, &host).await {
+        tracing::warn!(host = %host.id(), error = %e, "could not tear down the host's private networks while destroying it");
+    }
     let removed = host.exec(&crate::cmd!("rm -rf {root}/agent {root}/ssh", root = host.root())?).await;
     if let Err(e) = &removed {
         tracing::warn!(host = %host.id(), error = %e, "could not clean the host while destroying it");
     }
     let conn = cx.tx.conn().await?;
     vm_host::set_state(conn, host.row.id, HostState::Destroyed).await?;
+    crate::vnet::host_destroyed(cx, host.row.id).await?;
+    let conn = cx.tx.conn().await?;
     event::record(conn, host.row.id, "destroyed", "system", &json!({"cleaned": removed.is_ok()})).await?;
     cx.resolve_page(&unreachable_page(&host)).await?;
     pop(Destroyed { msg: "host destroyed".into(), cleaned: removed.is_ok() })

@@ -140,12 +140,13 @@ impl Host {
         self.json(&self.agent_cmd(AgentProgram::NetStatus, &[])?).await
     }
 
-    /// Make a VM's user, directory and disk (idempotent). `private` is its
-    /// address and its segment's multicast group, when it is in a subnet.
-    pub async fn vm_setup(&self, name: &str, cores: i32, memory_mib: i32, key_b64: &str, private: Option<(&str, &str)>) -> Result<(), SshError> {
+    /// Make a VM's user, directory and disk (idempotent). `private_ip` is its
+    /// address on its subnet, when it is in one; its NIC (a tap owned by that
+    /// user) is made by `net-apply` before qemu starts.
+    pub async fn vm_setup(&self, name: &str, cores: i32, memory_mib: i32, key_b64: &str, private_ip: Option<&str>) -> Result<(), SshError> {
         let cmd = self.agent_cmd(AgentProgram::VmSetup, &[&name, &cores, &memory_mib, &key_b64])?;
-        let cmd = match private {
-            Some((ip, mcast)) => cmd.arg(&ip)?.arg(&mcast)?,
+        let cmd = match private_ip {
+            Some(ip) => cmd.arg(&ip)?,
             None => cmd,
         };
         self.exec(&cmd).await.map(drop)

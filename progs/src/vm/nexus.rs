@@ -4,12 +4,16 @@
 //! with no room it waits, visibly, woken when capacity appears, and one page
 //! for all waiting VMs is raised after `wait_page_secs`: `super::waiting`) ->
 //! Setup makes its unix user, directory and overlay disk on the host ->
-//! Launch starts qemu through the daemonizer -> WaitBoot waits until the
+//! Launch starts qemu through the daemonizer (a VM of a private subnet
+//! first has its host's network strand apply a state with its NIC, its tap
+//! owned by its user: WaitNic, before every qemu start, so a restart or a
+//! host reboot finds the NIC there too) -> WaitBoot waits until the
 //! guest's SSH answers -> Running watches it every `checkup_secs`, and
 //! starts it again if its qemu died while it should run; it answers `stop`
 //! (-> Stopped, which answers `start`) and `restart`. `destroy` marks it
 //! destroying, then Remove stops qemu, removes user, disk and directory, and
-//! returns capacity and quota. Every change is recorded as an event of the VM.
+//! returns capacity and quota (its NIC goes with the next state its host
+//! applies: WaitNicGone). Every change is recorded as an event of the VM.
 //!
 //! Each label reads (on a connection given back at once), asks the host
 //! holding no database, then writes at the end, with the strand's update.
@@ -36,7 +40,7 @@ use super::waiting;
 pub struct Nexus;
 
 labels! {
-    pub enum Label for Nexus { Start, Setup, Launch, WaitBoot, Running, Stopped, Destroy, Remove }
+    pub enum Label for Nexus { Start, Setup, Launch, WaitNic, WaitBoot, Running, Stopped, Destroy, Remove, WaitNicGone }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -53,6 +57,12 @@ pub struct Frame {
     /// Launches that failed in a row (a page is raised at three).
     #[serde(default)]
     pub launch_failures: u32,
+    /// The seq its host's network must reach: its NIC is there (WaitNic) or gone (WaitNicGone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nic_seq: Option<i64>,
+    /// Its host applied a state with its NIC since qemu last started.
+    #[serde(default)]
+    pub nic_ready: bool,
 }
 
 fn default_wait_page_secs() -> u64 {
@@ -65,7 +75,14 @@ fn default_checkup_secs() -> u64 {
 
 impl Default for Frame {
     fn default() -> Self {
-        Frame { wait_page_secs: default_wait_page_secs(), checkup_secs: default_checkup_secs(), restarts: 0, launch_failures: 0 }
+        Frame {
+            wait_page_secs: default_wait_page_secs(),
+            checkup_secs: default_checkup_secs(),
+            restarts: 0,
+            launch_failures: 0,
+            nic_seq: None,
+            nic_ready: false,
+        }
     }
 }
 
@@ -88,11 +105,13 @@ impl Prog for Nexus {
             Label::Start => start(cx).await,
             Label::Setup => setup(cx).await,
             Label::Launch => launch(cx).await,
+            Label::WaitNic => wait_nic(cx).await,
             Label::WaitBoot => wait_boot(cx).await,
             Label::Running => running(cx).await,
             Label::Stopped => stopped(cx).await,
             Label::Destroy => destroy(cx).await,
             Label::Remove => remove(cx).await,
+            Label::WaitNicGone => wait_nic_gone(cx).await,
         }
     }
 }
@@ -131,7 +150,7 @@ async fn start(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
     }
     let wait_page_secs = cx.frame.wait_page_secs;
     let conn = cx.tx.conn().await?;
-    match capacity::reserve_for_subnet(conn, vm.size(), vm.subnet_id).await? {
+    match capacity::reserve(conn, vm.size()).await? {
         Some(host) => {
             vm::place(conn, vm.id, host).await?;
             waiting::update(conn, wait_page_secs).await?;
@@ -156,15 +175,9 @@ async fn setup(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
     let vm = load(cx).await?;
     let host = host_of(cx, &vm).await?;
     let key = base64_encode(vm.public_key.as_bytes());
-    let subnet = match (vm.subnet_id, &vm.private_ip) {
-        (Some(subnet), Some(ip)) => {
-            let mcast = skein_models::subnet::mcast_of(&mut *cx.read().await?, subnet, vm.project_id).await?;
-            Some((ip.clone(), mcast.ok_or_else(|| anyhow::anyhow!("the subnet of vm {} is gone", vm.name))?))
-        }
-        _ => None,
-    };
-    let private = subnet.as_ref().map(|(ip, mcast)| (ip.as_str(), mcast.as_str()));
-    host.vm_setup(&unix_name(&vm), vm.cores, vm.memory_mib, &key, private).await?;
+    // Its address on its subnet; its NIC (a tap owned by the user made here)
+    // is made by its host's network strand before qemu starts.
+    host.vm_setup(&unix_name(&vm), vm.cores, vm.memory_mib, &key, vm.private_ip.as_deref()).await?;
     hop(Label::Launch)
 }
 
@@ -182,6 +195,11 @@ async fn launch(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
     if before == RunState::InProgress {
         return hop(Label::WaitBoot);
     }
+    if vm.subnet_id.is_some() && !cx.frame.nic_ready {
+        // Its NIC first: a state with it, applied by its host's network strand.
+        cx.frame.nic_seq = Some(crate::vnet::want_nic(cx, &vm).await?);
+        return hop(Label::WaitNic);
+    }
     // A failed launch: fetch why, to say it where operators look.
     let failed_log = match before {
         RunState::Failed => {
@@ -195,6 +213,7 @@ async fn launch(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
         host.clean_run(&run).await?;
     }
     host.start_run(&run, AgentProgram::VmRun, &[&name]).await?;
+    cx.frame.nic_ready = false;
 
     if let Some(tail) = failed_log {
         cx.frame.launch_failures += 1;
@@ -207,6 +226,18 @@ async fn launch(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
     vm::set_state(cx.tx.conn().await?, vm.id, VmState::Starting).await?;
     happened(cx, &vm, "launched", json!({"after": format!("{before:?}")})).await?;
     nap(1)
+}
+
+/// Until its host's network strand applied a state with its NIC.
+async fn wait_nic(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
+    let vm = load(cx).await?;
+    let (Some(host), Some(seq)) = (vm.host_id, cx.frame.nic_seq) else { return hop(Label::Launch) };
+    if !crate::vnet::applied(&mut *cx.read().await?, host, seq).await? {
+        return nap(1);
+    }
+    cx.frame.nic_ready = true;
+    cx.frame.nic_seq = None;
+    hop(Label::Launch)
 }
 
 /// Wait until the guest's SSH answers through the host.
@@ -360,5 +391,23 @@ async fn remove(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
         waiting::update(conn, cx.frame.wait_page_secs).await?;
     }
     happened(cx, &vm, "destroyed", json!({})).await?;
+    // Its NIC goes with the next state its host applies; its subnet's other hosts forget it too.
+    cx.frame.nic_seq = crate::vnet::nic_gone(cx, &vm).await?;
+    if cx.frame.nic_seq.is_some() {
+        return hop(Label::WaitNicGone);
+    }
+    pop("vm destroyed")
+}
+
+/// Until its host applied a state without its NIC (or has no network any more).
+async fn wait_nic_gone(cx: &mut Ctx<'_, Nexus>) -> Step<Nexus> {
+    let vm = load(cx).await?;
+    let done = match (vm.host_id, cx.frame.nic_seq) {
+        (Some(host), Some(seq)) => crate::vnet::applied(&mut *cx.read().await?, host, seq).await?,
+        _ => true,
+    };
+    if !done {
+        return nap(1);
+    }
     pop("vm destroyed")
 }

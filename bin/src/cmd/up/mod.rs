@@ -25,7 +25,7 @@ pub struct UpArgs {
     /// Do not run the demo.
     #[arg(long)]
     pub no_demo: bool,
-    /// Run the census demo only, not the VM demo (a local host and a VM on it).
+    /// Run the census demo only, not the VM demo (two local hosts, a VM of one subnet on each).
     #[arg(long)]
     pub no_vm_demo: bool,
     /// Stop once the demo has finished (for scripts and CI); exit non-zero if it failed.

@@ -1,7 +1,10 @@
-//! The VM part of `skein up`'s demo: a local host (a real sshd in a network
-//! namespace on this machine) is added like any host, its strand prepares
-//! it, a VM is created on it and reaches running, a command runs inside the
-//! guest over SSH, and then the VM is destroyed and the host removed.
+//! The VM part of `skein up`'s demo: two local hosts (each a real sshd in a
+//! network namespace on this machine, joined by an underlay of their own)
+//! are added like any host, their strands prepare them, two VMs of one
+//! private subnet are created, one on each, reach running, and talk over
+//! their subnet (a ping, and SSH from one into the other by its private
+//! address) through the encrypted tunnel between the hosts; then the VMs
+//! are destroyed, the subnet deleted and the hosts removed.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -53,9 +56,10 @@ fn say(msg: impl AsRef<str>) {
 /// the demo got through or failed half-way.
 #[derive(Default)]
 struct Made {
-    local: Option<TestHost>,
-    host: Option<Ubid>,
-    vm: Option<Ubid>,
+    locals: Vec<TestHost>,
+    hosts: Vec<Ubid>,
+    vms: Vec<Ubid>,
+    subnet: Option<Ubid>,
     key_file: Option<PathBuf>,
 }
 
@@ -71,7 +75,7 @@ pub async fn run(pool: &PgPool, interrupted: impl std::future::Future<Output = (
     if let Err(e) = &result {
         say(format!("failed: {e:#}; removing what it made"));
     } else {
-        say("destroying the vm, then the host");
+        say("destroying the vms and their subnet, then the hosts");
     }
     let cleaned = teardown(pool, made).await;
     if let (Err(_), Err(e)) = (&result, &cleaned) {
@@ -79,89 +83,146 @@ pub async fn run(pool: &PgPool, interrupted: impl std::future::Future<Output = (
     }
     result?;
     cleaned?;
-    say("done: nothing of the vm or the local host is left on this machine");
+    say("done: nothing of the vms, their subnet or the local hosts is left on this machine");
     Ok(())
 }
 
 async fn demo(pool: &PgPool, made: &mut Made) -> anyhow::Result<()> {
+    let secret = crate::process::secret_key()?;
     let (bootstrap_private, bootstrap_public) = generate_keypair();
-    let local = made.local.insert(tokio::task::spawn_blocking(move || TestHost::start(&bootstrap_public)).await?);
-    say(format!(
-        "a local host: sshd in network namespace {} at {} (its files under {})",
-        local.netns(),
-        local.addr(),
-        local.root_dir().display()
-    ));
+    for _ in 0..2 {
+        let public = bootstrap_public.clone();
+        let local = tokio::task::spawn_blocking(move || TestHost::start(&public)).await?;
+        made.locals.push(local);
+    }
+    for local in &made.locals {
+        say(format!(
+            "a local host: sshd in network namespace {} at {}, tunnels on {} (its files under {})",
+            local.netns(),
+            local.addr(),
+            local.underlay_addr(),
+            local.root_dir().display()
+        ));
+    }
     // A local host has no network of its own (it reaches only this machine),
     // so it cannot download Debian's packages: its guest image is built here,
     // by the same builder, and placed where the host's own build finds it.
-    let image = seed_image(local).await?;
-    say(format!("guest image {image} placed in the local host's root (built once, cached)"));
-    let secret = crate::process::secret_key()?;
-    let name = format!("local-{}", suffix());
-    let (addr, root, port) = (local.addr().to_string(), local.root_dir().display().to_string(), local.port());
-    let new = NewHost { name: &name, address: &addr, port, user: "root", bootstrap_private_key: &bootstrap_private, root_dir: &root };
-    let mut tx = pool.begin().await?;
-    let host_id = host::add(&mut tx, &secret, &new, host_nexus::Frame::default()).await?;
-    tx.commit().await?;
-    made.host = Some(host_id);
-    say(format!(
-        "host {name} ({host_id}) added: its strand pins the host key, takes it over with its own key, installs the agent, \
-         learns the machine, checks the guest image and probes KVM by booting it"
-    ));
-    let host = wait(Duration::from_secs(600), || async {
-        let h = vm_host::get(&mut *pool.acquire().await?, host_id.uuid()).await?.context("host row gone")?;
-        Ok((h.state == HostState::Accepting).then_some(h))
-    })
-    .await
-    .context("the local host did not become ready")?;
-    let kvm = if host.facts.kvm_usable == Some(true) { "yes".to_string() } else { format!("no: {}", host.facts.kvm_reason.unwrap_or_default()) };
-    say(format!("host accepting VMs: {} cpus, {} MiB, KVM {kvm}", host.facts.cpus.unwrap_or(0), host.facts.memory_mib.unwrap_or(0)));
+    let mut image = String::new();
+    for local in &made.locals {
+        image = seed_image(local).await?;
+    }
+    say(format!("guest image {image} placed in the local hosts' roots (built once, cached)"));
+    for local in &made.locals {
+        let name = format!("local-{}", suffix());
+        let (addr, root, port, underlay) =
+            (local.addr().to_string(), local.root_dir().display().to_string(), local.port(), local.underlay_addr().to_string());
+        let new = NewHost { name: &name, address: &addr, port, user: "root", bootstrap_private_key: &bootstrap_private, root_dir: &root };
+        let mut tx = pool.begin().await?;
+        let host_id = host::add(&mut tx, &secret, &new, host_nexus::Frame::default()).await?;
+        vm_host::set_underlay(&mut tx, host_id.uuid(), Some(&underlay)).await?;
+        tx.commit().await?;
+        made.hosts.push(host_id);
+        say(format!(
+            "host {name} ({host_id}) added: its strand pins the host key, takes it over with its own key, installs the agent \
+             and the tunnel program, learns the machine, checks the guest image and probes KVM by booting it"
+        ));
+    }
+    for host_id in made.hosts.clone() {
+        let host = wait(Duration::from_secs(600), || async {
+            let h = vm_host::get(&mut *pool.acquire().await?, host_id.uuid()).await?.context("host row gone")?;
+            Ok((h.state == HostState::Accepting).then_some(h))
+        })
+        .await
+        .context("a local host did not become ready")?;
+        let kvm = if host.facts.kvm_usable == Some(true) { "yes".to_string() } else { format!("no: {}", host.facts.kvm_reason.unwrap_or_default()) };
+        say(format!("host {} accepting VMs: {} cpus, {} MiB, KVM {kvm}", host.name, host.facts.cpus.unwrap_or(0), host.facts.memory_mib.unwrap_or(0)));
+    }
 
     let (owner_private, owner_public) = generate_keypair();
     let key_file = made.key_file.insert(key_file(&owner_private)?).clone();
     let project = demo_project(pool).await?;
-    let vm_name = format!("hello-{}", suffix());
-    let spec = Spec { name: &vm_name, cores: 1, memory_mib: 256, disk_mib: 64, public_key: &owner_public, subnet: None };
+    let net_name = format!("net-{}", suffix());
+    let subnet = skein_models::subnet::create(&mut *pool.acquire().await?, project.uuid(), &net_name, "10.77.0.0/24").await?;
+    made.subnet = Some(subnet);
+    say(format!("private subnet {net_name} ({subnet}, 10.77.0.0/24) created in project demo"));
+
+    // One VM on each host: once the first is placed, its host is drained
+    // (as is each demo host once it has its VM), so the second goes to the
+    // other one, and no other waiting VM lands on a host that lives only as
+    // long as this demo.
     let began = Instant::now();
-    let mut tx = pool.begin().await?;
-    let vm_id = vms::create(&mut tx, project, &spec, vm_nexus::Frame::default()).await?;
-    tx.commit().await?;
-    made.vm = Some(vm_id);
-    say(format!("vm {vm_name} ({vm_id}) created (1 vCPU, 256 MiB); its strand places it, sets it up, boots it, waits for its SSH"));
-    // The local host lives only as long as this demo: once its VM is
-    // placed, it is drained, so no other waiting VM lands on it meanwhile.
-    let placed = wait(Duration::from_secs(600), || async {
-        let v = vm::get(&mut *pool.acquire().await?, vm_id.uuid()).await?.context("vm row gone")?;
-        Ok(v.host_id)
-    })
-    .await
-    .context("the vm was not placed")?;
-    if placed != host_id.uuid() {
-        bail!("the vm was placed on another host ({}), not the demo's local host", Ubid::from_uuid(placed));
+    let mut placed_on = Vec::new();
+    for _ in 0..2 {
+        let vm_name = format!("hello-{}", suffix());
+        let net = subnet.to_string();
+        let spec = Spec { name: &vm_name, cores: 1, memory_mib: 256, disk_mib: 64, public_key: &owner_public, subnet: Some(&net) };
+        let mut tx = pool.begin().await?;
+        let vm_id = vms::create(&mut tx, project, &spec, vm_nexus::Frame::default()).await?;
+        tx.commit().await?;
+        made.vms.push(vm_id);
+        say(format!("vm {vm_name} ({vm_id}) created in {net_name} (1 vCPU, 256 MiB); its strand places it, sets it up, has its host make its NIC, boots it"));
+        let placed = wait(Duration::from_secs(600), || async {
+            let v = vm::get(&mut *pool.acquire().await?, vm_id.uuid()).await?.context("vm row gone")?;
+            Ok(v.host_id)
+        })
+        .await
+        .context("the vm was not placed")?;
+        let Some(host_id) = made.hosts.iter().find(|h| h.uuid() == placed).copied() else {
+            bail!("the vm was placed on another host ({}), not one of the demo's local hosts", Ubid::from_uuid(placed));
+        };
+        skein_engine::enqueue::incr(&mut *pool.acquire().await?, host_id, host_nexus::Sem::Drain).await?;
+        placed_on.push(host_id);
     }
-    skein_engine::enqueue::incr(&mut *pool.acquire().await?, host_id, skein_progs::host::nexus::Sem::Drain).await?;
-    // Where to reach it: what the VM says (as the API and `vm show` do).
-    let at = wait(Duration::from_secs(600), || async {
-        let v = vm::get(&mut *pool.acquire().await?, vm_id.uuid()).await?.context("vm row gone")?;
-        Ok(v.ssh().filter(|_| v.state == VmState::Running))
-    })
-    .await
-    .context("the vm did not reach running")?;
-    let (port, target) = (at.port.to_string(), format!("{}@{}", at.user, at.host));
-    let ssh = format!("ssh -i {} -p {port} {target}", key_file.display());
-    say(format!("vm running after {:.1} s; reach it with: {ssh} (or: skein vm ssh {vm_id} -i {})", began.elapsed().as_secs_f64(), key_file.display()));
-    let out = Command::new("ssh")
-        .args(["-i", &key_file.display().to_string(), "-p", &port])
-        .args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR"])
-        .arg(&target)
-        .arg("uname -a")
-        .output()
-        .context("running ssh")?;
-    if !out.status.success() {
-        bail!("ssh into the guest failed: {}", String::from_utf8_lossy(&out.stderr));
+    if placed_on[0] == placed_on[1] {
+        bail!("both vms went to one host ({})", placed_on[0]);
     }
-    say(format!("inside the guest, `uname -a` says: {}", String::from_utf8_lossy(&out.stdout).trim()));
+    // Where to reach each: what the VM says (as the API and `vm show` do).
+    let mut running = Vec::new();
+    for vm_id in made.vms.clone() {
+        let v = wait(Duration::from_secs(600), || async {
+            let v = vm::get(&mut *pool.acquire().await?, vm_id.uuid()).await?.context("vm row gone")?;
+            Ok((v.state == VmState::Running && v.ssh().is_some()).then_some(v))
+        })
+        .await
+        .context("a vm did not reach running")?;
+        running.push(v);
+    }
+    let (first, second) = (&running[0], &running[1]);
+    let at = first.ssh().context("the first vm says nowhere to reach it")?;
+    let second_ip = second.private_ip.clone().unwrap_or_default().split('/').next().unwrap_or_default().to_string();
+    let ssh = format!("ssh -i {} -p {} {}@{}", key_file.display(), at.port, at.user, at.host);
+    say(format!(
+        "both vms running after {:.1} s, {} on host {} and {} on host {}; reach the first with: {ssh}",
+        began.elapsed().as_secs_f64(),
+        first.private_ip.clone().unwrap_or_default(),
+        placed_on[0],
+        second.private_ip.clone().unwrap_or_default(),
+        placed_on[1]
+    ));
+    let base = |port: String| {
+        let mut c = Command::new("ssh");
+        c.args(["-i", &key_file.display().to_string(), "-p", &port]);
+        c.args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR"]);
+        c
+    };
+    let ping = base(at.port.to_string()).arg(format!("{}@{}", at.user, at.host)).arg(format!("ping -c 3 -W 2 {second_ip}")).output().context("running ssh")?;
+    if !ping.status.success() {
+        bail!("the first vm could not ping the second over the subnet: {}{}", String::from_utf8_lossy(&ping.stdout), String::from_utf8_lossy(&ping.stderr));
+    }
+    let summary = String::from_utf8_lossy(&ping.stdout).lines().filter(|l| l.contains("transmitted") || l.contains("round-trip")).collect::<Vec<_>>().join("; ");
+    say(format!("inside the first vm, `ping {second_ip}` (the other host, through the encrypted tunnel) says: {summary}"));
+    let proxy = format!(
+        "ProxyCommand=ssh -i {} -p {} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes -o LogLevel=ERROR {}@{} nc %h %p",
+        key_file.display(),
+        at.port,
+        at.user,
+        at.host
+    );
+    let hop = base("22".into()).args(["-o", &proxy]).arg(format!("root@{second_ip}")).arg("hostname").output().context("running ssh")?;
+    if !hop.status.success() {
+        bail!("ssh from the first vm into the second over the subnet failed: {}", String::from_utf8_lossy(&hop.stderr));
+    }
+    say(format!("ssh into {second_ip} through the first vm lands in: {}", String::from_utf8_lossy(&hop.stdout).trim()));
     Ok(())
 }
 
@@ -176,27 +237,33 @@ fn suffix() -> String {
 /// the first failure is returned.
 async fn teardown(pool: &PgPool, made: Made) -> anyhow::Result<()> {
     let mut first_error = None;
-    if let Some(vm_id) = made.vm {
+    for vm_id in &made.vms {
+        let vm_id = *vm_id;
+        // Gone when its strand is: it ends once its host dropped its NIC.
         let done = destroy(pool, vm_id, Duration::from_secs(180), |c| async move {
-            Ok(vm::get(&mut *c.acquire().await?, vm_id.uuid()).await?.is_none_or(|v| v.state == VmState::Destroyed))
+            Ok(skein_models::strand::get(&mut *c.acquire().await?, vm_id.uuid()).await?.is_none_or(|s| s.exitval.is_some()))
         });
         if let Err(e) = done.await {
             first_error.get_or_insert(e.context(format!("destroying vm {vm_id}")));
         }
     }
-    if let Some(host_id) = made.host {
+    if let Some(subnet) = made.subnet {
+        skein_models::subnet::delete(&mut *pool.acquire().await?, subnet.uuid()).await?;
+    }
+    for host_id in &made.hosts {
+        let host_id = *host_id;
         // VMs of others placed on it before it was drained lose their host
         // with it: say which, loudly, rather than leave a host that is gone
         // looking as if it could run them.
         let others: Vec<Ubid> = vm::on_host(&mut *pool.acquire().await?, host_id.uuid())
             .await?
             .into_iter()
-            .filter(|v| Some(*v) != made.vm.map(|m| m.uuid()))
+            .filter(|v| !made.vms.iter().any(|m| m.uuid() == *v))
             .map(Ubid::from_uuid)
             .collect();
         if !others.is_empty() {
             let ids = others.iter().map(Ubid::to_string).collect::<Vec<_>>().join(", ");
-            say(format!("warning: other VMs were placed on the demo's local host before it was drained: {ids}; they lose their host with it"));
+            say(format!("warning: other VMs were placed on a demo host before it was drained: {ids}; they lose their host with it"));
         }
         let done = destroy(pool, host_id, Duration::from_secs(120), |c| async move {
             Ok(vm_host::get(&mut *c.acquire().await?, host_id.uuid()).await?.is_none_or(|h| h.state == HostState::Destroyed))
@@ -205,8 +272,9 @@ async fn teardown(pool: &PgPool, made: Made) -> anyhow::Result<()> {
             first_error.get_or_insert(e.context(format!("destroying host {host_id}")));
         }
     }
-    if let Some(local) = made.local {
-        tokio::task::spawn_blocking(move || drop(local)).await?;
+    if !made.locals.is_empty() {
+        let locals = made.locals;
+        tokio::task::spawn_blocking(move || drop(locals)).await?;
     }
     if let Some(path) = made.key_file {
         let _ = std::fs::remove_file(path);
