@@ -9,6 +9,7 @@ pub mod guest_image;
 pub use skein_bin::local_host as hosts;
 pub mod procs;
 pub mod rule_progs;
+pub mod ssh;
 pub mod world;
 pub mod worker_progs;
 

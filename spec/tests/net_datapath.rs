@@ -12,46 +12,19 @@
 //! host reboot, and the empty state leaving nothing behind. The figures
 //! (ping RTT, TCP throughput, rekey loss) are printed, not asserted.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use skein_progs::host::nexus as host_nexus;
 use skein_spec::hosts::{generate_keypair, TestHost};
+use skein_spec::ssh::{ssh_base, text, KeyFile};
 use skein_spec::world::World;
 
 const CIDR_LEN: u8 = 24;
 const P1_VNI: u32 = 101;
 const P2_VNI: u32 = 102;
-
-/// A private key file for ssh, removed when dropped.
-struct KeyFile(PathBuf);
-
-impl KeyFile {
-    fn new(tag: &str, private: &str) -> KeyFile {
-        let path = std::env::temp_dir().join(format!("skein-net-{tag}-{}", std::process::id()));
-        std::fs::write(&path, private).unwrap();
-        let mut perms = std::fs::metadata(&path).unwrap().permissions();
-        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
-        std::fs::set_permissions(&path, perms).unwrap();
-        KeyFile(path)
-    }
-}
-
-impl Drop for KeyFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-fn ssh_base(key: &Path, port: u16) -> Command {
-    let mut c = Command::new("ssh");
-    c.args(["-F", "/dev/null", "-i"]).arg(key).args(["-p", &port.to_string()]);
-    c.args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes"]);
-    c.args(["-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR"]);
-    c
-}
 
 fn run(mut c: Command, stdin: Option<&str>) -> Output {
     c.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -61,10 +34,6 @@ fn run(mut c: Command, stdin: Option<&str>) -> Output {
         drop(child.stdin.take());
     }
     child.wait_with_output().expect("wait for ssh")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 /// A test host as the agent sees it: root over SSH with the test's key.

@@ -14,8 +14,8 @@
 //! printed); a simulated host reboot restores the mesh; destroying every VM
 //! leaves nothing on either host and no key in the database.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -26,40 +26,8 @@ use skein_progs::host::nexus as host_nexus;
 use skein_spec::api::Api;
 use skein_spec::hosts::{generate_keypair, TestHost};
 use skein_spec::procs::Proc;
+use skein_spec::ssh::{ssh_base, text, KeyFile};
 use skein_spec::world::World;
-
-/// A private key file for ssh, removed when dropped.
-struct KeyFile(PathBuf);
-
-impl KeyFile {
-    fn new(private: &str) -> KeyFile {
-        let path = std::env::temp_dir().join(format!("skein-vnet-e2e-{}", std::process::id()));
-        std::fs::write(&path, private).unwrap();
-        let mut perms = std::fs::metadata(&path).unwrap().permissions();
-        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
-        std::fs::set_permissions(&path, perms).unwrap();
-        KeyFile(path)
-    }
-}
-
-impl Drop for KeyFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn ssh_base(key: &Path, port: u16) -> Command {
-    let mut c = Command::new("ssh");
-    c.args(["-F", "/dev/null", "-i"]).arg(key).args(["-p", &port.to_string()]);
-    c.args(["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes"]);
-    c.args(["-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR"]);
-    c.stdin(Stdio::null());
-    c
-}
 
 /// A VM as its owner reaches it: where its row says its SSH answers.
 struct Guest {
@@ -198,7 +166,7 @@ async fn subnets_span_two_hosts_through_the_control_plane() {
     // Two projects, one range each: the same range.
     let api = Api::with_secret(w.db.pool.clone(), w.secret.clone());
     let (owner_private, owner_public) = generate_keypair();
-    let key = KeyFile::new(&owner_private);
+    let key = KeyFile::new("vnet-e2e", &owner_private);
     let (_, t1) = api.project("one", 5).await;
     let (_, t2) = api.project("two", 5).await;
     let s1 = api.post("/v1/subnets", &t1, &json!({"name": "net", "cidr": "10.0.0.0/24"})).await;
