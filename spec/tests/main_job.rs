@@ -18,15 +18,21 @@ async fn skein_up_runs_the_demo_census_to_its_end() {
         "Demo::Census   Start   hop -> Tally  (budded 3)",
         "Demo::Doubler  Start   pop {\"value\":32} -> Demo::Census at Double",
         "demo: done (the census exited with {\"doubled\":32,\"total\":16})",
-        // The VM part: a local host prepared by its strand, a VM on it, a command inside the guest.
-        "vm demo: host accepting VMs",
+        // The VM part: two local hosts prepared by their strands, a private
+        // subnet, a VM on each host, traffic between them through the tunnel.
+        "vm demo: private subnet net-",
         // Reached where the VM says its SSH answers, as its owner would.
         "(or: skein vm ssh vm",
-        "vm demo: inside the guest, `uname -a` says: Linux vm",
-        "vm demo: done: nothing of the vm or the local host is left on this machine",
+        ", 0% packet loss",
+        "vm demo: ssh into 10.77.0.3 through the first vm lands in: vm",
+        "vm demo: done: nothing of the vms, their subnet or the local hosts is left on this machine",
     ] {
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
     }
+    assert_eq!(stdout.matches(" accepting VMs: ").count(), 2, "two hosts were prepared:\n{stdout}");
+    let placed = stdout.split("both vms running after ").nth(1).expect("both vms ran").lines().next().unwrap().to_string();
+    let hosts: Vec<&str> = placed.split(" on host ").skip(1).map(|rest| rest.split([' ', ';']).next().unwrap()).collect();
+    assert!(hosts.len() == 2 && hosts[0] != hosts[1], "the two vms were placed on two hosts: {placed}");
     let left: i64 = sqlx::query_scalar("SELECT count(*) FROM strand").fetch_one(&db.pool).await.unwrap();
     assert_eq!(left, 0, "every demo strand finished and left the hot table");
 }
@@ -267,11 +273,12 @@ async fn skein_up_vm_demo_runs_twice_on_one_cluster_and_a_failed_one_cleans_up()
         let out = run(&[]);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "round {round}:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-        assert!(stdout.contains("vm demo: inside the guest, `uname -a` says: Linux"), "round {round}:\n{stdout}");
+        assert!(stdout.contains("vm demo: ssh into 10.77.0.3 through the first vm lands in: vm"), "round {round}:\n{stdout}");
     }
     let vms: Vec<(String, String)> = sqlx::query_as("SELECT name, state FROM vm ORDER BY created_at").fetch_all(&db.pool).await.unwrap();
-    assert_eq!(vms.len(), 2);
-    assert_ne!(vms[0].0, vms[1].0, "each run names its VM afresh");
+    assert_eq!(vms.len(), 4, "two runs of two vms");
+    let names: std::collections::HashSet<&str> = vms.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names.len(), 4, "each run names its VMs afresh: {vms:?}");
     assert!(vms.iter().all(|(_, s)| s == "destroyed"), "{vms:?}");
 
     // Now make it fail after its host is ready: the demo project has no room.
@@ -279,15 +286,18 @@ async fn skein_up_vm_demo_runs_twice_on_one_cluster_and_a_failed_one_cleans_up()
     let out = run(&[]);
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(!out.status.success(), "a failed demo exits non-zero:\n{stdout}");
-    assert!(stdout.contains("host accepting VMs") && stdout.contains("vm demo: failed:") && stdout.contains("removing what it made"), "{stdout}");
+    assert!(stdout.contains(" accepting VMs: ") && stdout.contains("vm demo: failed:") && stdout.contains("removing what it made"), "{stdout}");
     let hosts: Vec<(String, String)> = sqlx::query_as("SELECT name, state FROM vm_host").fetch_all(&db.pool).await.unwrap();
-    assert_eq!(hosts.len(), 3);
+    assert_eq!(hosts.len(), 6, "three runs of two hosts");
     assert!(hosts.iter().all(|(_, s)| s == "destroyed"), "no host left accepting: {hosts:?}");
-    let files = stdout.split("its files under ").nth(1).and_then(|rest| rest.split(')').next()).expect("the third run's host directory").to_string();
-    assert!(!std::path::Path::new(&files).exists(), "{files} is removed");
-    let dir = std::path::Path::new(&files).parent().unwrap().display().to_string();
-    let procs = Command::new("pgrep").args(["-f", &dir]).output().unwrap();
-    assert!(procs.stdout.is_empty(), "no sshd of {dir} is left: {}", String::from_utf8_lossy(&procs.stdout));
+    let all_files: Vec<&str> = stdout.split("its files under ").skip(1).filter_map(|rest| rest.split(')').next()).collect();
+    assert_eq!(all_files.len(), 2, "the third run's two host directories: {stdout}");
+    for files in all_files {
+        assert!(!std::path::Path::new(files).exists(), "{files} is removed");
+        let dir = std::path::Path::new(files).parent().unwrap().display().to_string();
+        let procs = Command::new("pgrep").args(["-f", &dir]).output().unwrap();
+        assert!(procs.stdout.is_empty(), "no sshd of {dir} is left: {}", String::from_utf8_lossy(&procs.stdout));
+    }
     let keys: Vec<_> = std::fs::read_dir(&home).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with("demo-vm-key")).collect();
     assert!(keys.is_empty(), "no key file is left: {keys:?}");
     let _ = std::fs::remove_dir_all(&home);
@@ -302,8 +312,9 @@ async fn a_signal_during_the_vm_demo_removes_what_it_made_before_stopping() {
     let mut up = Up::start(&["--no-api", "--database-url", &db.url()], &[]);
     let text = up.wait_for_line("learns the machine", std::time::Duration::from_secs(120));
     std::thread::sleep(std::time::Duration::from_secs(2));
-    let files = text.split("its files under ").nth(1).and_then(|rest| rest.split(')').next()).expect("the host's directory").to_string();
-    assert!(std::path::Path::new(&files).exists());
+    let all_files: Vec<String> = text.split("its files under ").skip(1).filter_map(|rest| rest.split(')').next()).map(String::from).collect();
+    assert_eq!(all_files.len(), 2, "two local hosts: {text}");
+    assert!(all_files.iter().all(|f| std::path::Path::new(f).exists()));
     assert!(Command::new("kill").args(["-TERM", &up.child.id().to_string()]).status().unwrap().success());
     let until = std::time::Instant::now() + std::time::Duration::from_secs(180);
     let exit = loop {
@@ -319,6 +330,8 @@ async fn a_signal_during_the_vm_demo_removes_what_it_made_before_stopping() {
         assert!(out.contains(line), "missing {line:?} in:\n{out}");
     }
     let hosts: Vec<String> = sqlx::query_scalar("SELECT state FROM vm_host").fetch_all(&db.pool).await.unwrap();
-    assert_eq!(hosts, ["destroyed"], "no host is left looking usable");
-    assert!(!std::path::Path::new(&files).exists(), "{files} is removed");
+    assert!(!hosts.is_empty() && hosts.iter().all(|s| s == "destroyed"), "no host is left looking usable: {hosts:?}");
+    for files in &all_files {
+        assert!(!std::path::Path::new(files).exists(), "{files} is removed");
+    }
 }

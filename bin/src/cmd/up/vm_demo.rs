@@ -192,12 +192,14 @@ async fn demo(pool: &PgPool, made: &mut Made) -> anyhow::Result<()> {
     let second_ip = second.private_ip.clone().unwrap_or_default().split('/').next().unwrap_or_default().to_string();
     let ssh = format!("ssh -i {} -p {} {}@{}", key_file.display(), at.port, at.user, at.host);
     say(format!(
-        "both vms running after {:.1} s, {} on host {} and {} on host {}; reach the first with: {ssh}",
+        "both vms running after {:.1} s, {} on host {} and {} on host {}; reach the first with: {ssh} (or: skein vm ssh {} -i {})",
         began.elapsed().as_secs_f64(),
         first.private_ip.clone().unwrap_or_default(),
         placed_on[0],
         second.private_ip.clone().unwrap_or_default(),
-        placed_on[1]
+        placed_on[1],
+        Ubid::from_uuid(first.id),
+        key_file.display()
     ));
     let base = |port: String| {
         let mut c = Command::new("ssh");
