@@ -3,7 +3,7 @@
 //!
 //! skein drives remote hosts over SSH, and the only honest way to test that
 //! (host keys, authorized keys, SFTP uploads, a host vanishing mid-session,
-//! a host key changing under us) is against a real sshd. A [`TestHost`] is
+//! a host key changing under us) is against a real sshd. A [`LocalHost`] is
 //! one: a fresh network namespace joined to the root namespace by a veth
 //! pair, its own private IPv4 address, an sshd on port 22 at that address
 //! with its own host key, sshd_config and authorized_keys, and its own agent
@@ -62,7 +62,7 @@ const SIGKILL: i32 = 9;
 
 /// A real sshd in its own network namespace. Dropping it kills everything in
 /// the namespace and removes the namespace, the veth pair and its directory.
-pub struct TestHost {
+pub struct LocalHost {
     n: u32,
     netns: String,
     addr: Ipv4Addr,
@@ -75,22 +75,22 @@ pub struct TestHost {
     underlay: Arc<Underlay>,
 }
 
-impl TestHost {
+impl LocalHost {
     /// Start a host: a fresh network namespace joined to the root namespace by a veth pair,
     /// with its own IPv4 address, an sshd listening on port 22 at that address, its own
     /// host key, and a per-host agent root directory. Authorizes `authorized_key` (an OpenSSH
     /// public key line) for root.
-    pub fn start(authorized_key: &str) -> TestHost {
-        TestHost::start_on(authorized_key, Underlay::shared())
+    pub fn start(authorized_key: &str) -> LocalHost {
+        LocalHost::start_on(authorized_key, Underlay::shared())
     }
 
-    /// Like [`TestHost::start`], on a given underlay (e.g. a fresh [`Underlay::new`]
+    /// Like [`LocalHost::start`], on a given underlay (e.g. a fresh [`Underlay::new`]
     /// for hosts that must not see this process's other hosts).
-    pub fn start_on(authorized_key: &str, underlay: Arc<Underlay>) -> TestHost {
+    pub fn start_on(authorized_key: &str, underlay: Arc<Underlay>) -> LocalHost {
         assert_eq!(unsafe { geteuid() }, 0, "test hosts need root (network namespaces, sshd)");
         let (n, claim) = claim_number();
         let dir = std::env::temp_dir().join(format!("skein-host-{n}-{}", std::process::id()));
-        let mut host = TestHost {
+        let mut host = LocalHost {
             n,
             netns: format!("skein-host-{n}"),
             addr: Ipv4Addr::new(10, 251, (n / 64) as u8, (4 * (n % 64) + 2) as u8),
@@ -280,7 +280,7 @@ impl TestHost {
     }
 }
 
-impl Drop for TestHost {
+impl Drop for LocalHost {
     fn drop(&mut self) {
         // Everything in the namespace (sshd, sessions, whatever they started), then
         // the namespace, the veth pair, the directory, and last the claim.

@@ -1,5 +1,5 @@
 //! The wire between local hosts: an "underlay" network that test hosts
-//! ([`crate::local_host::TestHost`]) reach each other's tunnels over, and
+//! ([`crate::local_host::LocalHost`]) reach each other's tunnels over, and
 //! that a test can capture on, without touching this machine's own network.
 //!
 //! An [`Underlay`] is a Linux bridge `wire` inside a network namespace of its
@@ -37,7 +37,7 @@ pub struct Underlay {
 }
 
 impl Underlay {
-    /// A new underlay of its own (hosts attach with `TestHost::start_on`).
+    /// A new underlay of its own (hosts attach with `LocalHost::start_on`).
     pub fn new() -> Arc<Underlay> {
         let (m, claim) = claim_wire();
         let underlay = Underlay { m, netns: format!("skein-wire-{m}"), claim: Some(claim) };

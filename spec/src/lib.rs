@@ -6,7 +6,7 @@ pub mod api;
 pub mod cli;
 pub mod guest_image;
 /// Test hosts: real sshd in network namespaces (shared with `skein up`'s demo).
-pub use skein_bin::local_host as hosts;
+pub use skein_bin::local_host;
 pub mod procs;
 pub mod rule_progs;
 pub mod ssh;

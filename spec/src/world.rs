@@ -9,7 +9,7 @@ use skein_models::Ubid;
 use skein_progs::host::{self, nexus, NewHost};
 use skein_progs::ssh::keys::SecretKey;
 
-use crate::hosts::TestHost;
+use crate::local_host::LocalHost;
 use crate::procs::Proc;
 
 /// A test database, a sealing key, and helpers to add hosts and watch them.
@@ -28,7 +28,7 @@ impl World {
         Proc::respirate_env(&self.db.url(), &["--concurrency", "16"], &[("SKEIN_SECRET_KEY", &hex)])
     }
 
-    pub async fn add(&self, name: &str, h: &TestHost, bootstrap_private: &str, frame: nexus::Frame) -> Ubid {
+    pub async fn add(&self, name: &str, h: &LocalHost, bootstrap_private: &str, frame: nexus::Frame) -> Ubid {
         // The host's own image build then finds a complete image and returns at once.
         crate::guest_image::seed(h.root_dir());
         let mut tx = self.db.pool.begin().await.unwrap();

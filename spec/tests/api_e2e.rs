@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use skein_spec::api::{vm_body, Api, Reply};
-use skein_spec::hosts::{generate_keypair, TestHost};
+use skein_spec::local_host::{generate_keypair, LocalHost};
 use skein_spec::procs::Proc;
 use skein_spec::world::World;
 
@@ -42,7 +42,7 @@ async fn a_vm_is_created_followed_and_destroyed_through_the_api_and_the_host_dra
     let (_, beta) = api.project("beta", 3).await;
 
     let (host_private, host_public) = generate_keypair();
-    let mut h = TestHost::start(&host_public);
+    let mut h = LocalHost::start(&host_public);
     skein_spec::guest_image::seed(h.root_dir());
     let add = json!({
         "name": "api-host", "address": h.addr().to_string(), "port": h.port(), "user": "root",

@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use skein_models::{vm, Ubid, UbidType};
-use skein_spec::hosts::{generate_keypair, TestHost};
+use skein_spec::local_host::{generate_keypair, LocalHost};
 use skein_spec::world::World;
 
 fn skein(w: &World, args: &[&str]) -> Output {
@@ -51,7 +51,7 @@ async fn wait_destroyed(w: &World, id: &str) {
 async fn host_add_and_vm_create_wait_follow_their_strands_to_the_end() {
     let w = World::new().await;
     let (host_private, host_public) = generate_keypair();
-    let h = TestHost::start(&host_public);
+    let h = LocalHost::start(&host_public);
     skein_spec::guest_image::seed(h.root_dir());
     let key_file = h.root_dir().join("bootstrap.key");
     std::fs::write(&key_file, &host_private).unwrap();

@@ -7,13 +7,13 @@ use std::time::{Duration, Instant};
 use skein_progs::cmd;
 use skein_progs::host::agent;
 use skein_progs::ssh::{SshError, SshPool, Target};
-use skein_spec::hosts::{generate_keypair, TestHost};
+use skein_spec::local_host::{generate_keypair, LocalHost};
 
 const T: Duration = Duration::from_secs(20);
 
-fn setup() -> (TestHost, Target) {
+fn setup() -> (LocalHost, Target) {
     let (private, public) = generate_keypair();
-    let host = TestHost::start(&public);
+    let host = LocalHost::start(&public);
     let target = Target {
         host: host.addr().to_string(),
         port: host.port(),
@@ -104,7 +104,7 @@ async fn a_vanished_host_is_a_connect_error_naming_it() {
 }
 
 /// Install the agent bundle as InstallAgent does, and return a runner of its programs.
-async fn with_agent(host: &TestHost, t: &Target, ssh: &SshPool) -> impl Fn(&'static str, Vec<&str>) -> skein_progs::ssh::Cmd {
+async fn with_agent(host: &LocalHost, t: &Target, ssh: &SshPool) -> impl Fn(&'static str, Vec<&str>) -> skein_progs::ssh::Cmd {
     let root = host.root_dir().display().to_string();
     ssh.exec(t, &cmd!("mkdir -p {}/agent && tar -x -C {}/agent", root, root).unwrap(), Some(agent::archive()), T).await.unwrap();
     move |sub: &'static str, args: Vec<&str>| match args.as_slice() {

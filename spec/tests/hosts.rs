@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use skein_models::vm_host::HostState;
 use skein_progs::host::{agent, nexus};
-use skein_spec::hosts::{generate_keypair, TestHost};
+use skein_spec::local_host::{generate_keypair, LocalHost};
 use skein_spec::world::World;
 
 fn quick_checkups() -> nexus::Frame {
@@ -27,7 +27,7 @@ fn local_mem_mib() -> i64 {
 async fn a_fresh_host_goes_from_add_to_accepting_through_respirate() {
     let w = World::new().await;
     let (private, public) = generate_keypair();
-    let h = TestHost::start(&public);
+    let h = LocalHost::start(&public);
     let id = w.add("host-one", &h, &private, nexus::Frame::default()).await;
     let worker = w.worker();
 
@@ -56,7 +56,7 @@ async fn a_fresh_host_goes_from_add_to_accepting_through_respirate() {
 async fn sshd_killed_during_preparation_is_retried_until_it_is_back() {
     let w = World::new().await;
     let (private, public) = generate_keypair();
-    let mut h = TestHost::start(&public);
+    let mut h = LocalHost::start(&public);
     let id = w.add("host-flaky", &h, &private, nexus::Frame::default()).await;
     let worker = w.worker();
 
@@ -91,7 +91,7 @@ async fn a_wrong_key_fails_authentication_with_a_clear_error() {
     let w = World::new().await;
     let (_, public) = generate_keypair();
     let (other_private, _) = generate_keypair();
-    let h = TestHost::start(&public);
+    let h = LocalHost::start(&public);
     let id = w.add("host-wrong-key", &h, &other_private, nexus::Frame::default()).await;
     let _worker = w.worker();
     let until = Instant::now() + Duration::from_secs(30);
@@ -111,7 +111,7 @@ async fn a_wrong_key_fails_authentication_with_a_clear_error() {
 async fn a_host_becomes_unreachable_after_the_threshold_and_recovers() {
     let w = World::new().await;
     let (private, public) = generate_keypair();
-    let mut h = TestHost::start(&public);
+    let mut h = LocalHost::start(&public);
     let id = w.add("host-sick", &h, &private, quick_checkups()).await;
     let worker = w.worker();
     w.wait_for(id, "accepting", Duration::from_secs(180), &worker, |r| r.state == HostState::Accepting).await;
@@ -144,7 +144,7 @@ async fn a_host_becomes_unreachable_after_the_threshold_and_recovers() {
 async fn a_changed_host_key_is_refused_and_paged() {
     let w = World::new().await;
     let (private, public) = generate_keypair();
-    let mut h = TestHost::start(&public);
+    let mut h = LocalHost::start(&public);
     let id = w.add("host-rekeyed", &h, &private, quick_checkups()).await;
     let worker = w.worker();
     w.wait_for(id, "accepting", Duration::from_secs(180), &worker, |r| r.state == HostState::Accepting).await;
@@ -167,7 +167,7 @@ async fn a_changed_host_key_is_refused_and_paged() {
 async fn a_reboot_is_requested_and_the_host_comes_back_with_a_new_boot_id() {
     let w = World::new().await;
     let (private, public) = generate_keypair();
-    let h = TestHost::start(&public);
+    let h = LocalHost::start(&public);
     std::fs::write(h.root_dir().join("simulated-host"), "").unwrap();
     let id = w.add("host-reboot", &h, &private, quick_checkups()).await;
     let worker = w.worker();

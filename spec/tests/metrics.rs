@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use skein_engine::testing::TestDb;
 use skein_progs::host::{self, nexus, NewHost};
-use skein_spec::hosts::{generate_keypair, TestHost};
+use skein_spec::local_host::{generate_keypair, LocalHost};
 use skein_spec::procs::{free_port, skein_ok, Proc};
 use skein_spec::world::World;
 
@@ -108,7 +108,7 @@ async fn the_documented_api_series_are_served() {
 async fn the_documented_ssh_series_are_served() {
     let world = World::new().await;
     let (private, public) = generate_keypair();
-    let sshd = TestHost::start(&public);
+    let sshd = LocalHost::start(&public);
     world.add("answers", &sshd, &private, nexus::Frame::default()).await;
     let refused = free_port();
     let mut tx = world.db.pool.begin().await.unwrap();

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use skein_progs::host::nexus as host_nexus;
-use skein_spec::hosts::{generate_keypair, TestHost};
+use skein_spec::local_host::{generate_keypair, LocalHost};
 use skein_spec::ssh::{ssh_base, text, KeyFile};
 use skein_spec::world::World;
 
@@ -38,7 +38,7 @@ fn run(mut c: Command, stdin: Option<&str>) -> Output {
 
 /// A test host as the agent sees it: root over SSH with the test's key.
 struct Agent<'a> {
-    h: &'a TestHost,
+    h: &'a LocalHost,
     key: &'a Path,
 }
 
@@ -88,7 +88,7 @@ impl Agent<'_> {
 struct Guest<'a> {
     name: String,
     ip: String,
-    host: &'a TestHost,
+    host: &'a LocalHost,
     key: &'a Path,
 }
 
@@ -199,7 +199,7 @@ fn b64(s: &str) -> String {
 type Gens = Vec<(u32, String, String, bool)>;
 
 /// The whole desired state of `me` (gens `mine`), given the other host (`peer`, gens `theirs`).
-fn desired(mine: &Gens, peer: &TestHost, theirs: &Gens, nics: &[(&str, u32)]) -> Value {
+fn desired(mine: &Gens, peer: &LocalHost, theirs: &Gens, nics: &[(&str, u32)]) -> Value {
     let vnis: Vec<u32> = {
         let mut v: Vec<u32> = nics.iter().map(|(_, vni)| *vni).collect();
         v.sort();
@@ -230,8 +230,8 @@ fn leftovers(a: &Agent) -> String {
 async fn a_subnet_spans_two_hosts_encrypted_isolated_rekeyed_and_torn_down() {
     let w = World::new().await;
     let (host_private, host_public) = generate_keypair();
-    let ha = TestHost::start(&host_public);
-    let hb = TestHost::start(&host_public);
+    let ha = LocalHost::start(&host_public);
+    let hb = LocalHost::start(&host_public);
     assert!(std::sync::Arc::ptr_eq(ha.underlay(), hb.underlay()), "one process's hosts share an underlay");
     let ida = w.add("host-a", &ha, &host_private, host_nexus::Frame::default()).await;
     let idb = w.add("host-b", &hb, &host_private, host_nexus::Frame::default()).await;
@@ -417,7 +417,7 @@ async fn a_subnet_spans_two_hosts_encrypted_isolated_rekeyed_and_torn_down() {
 }
 
 /// net-apply run in a fresh host's namespace (no SSH needed for input checks).
-fn local_apply(h: &TestHost, stdin: &str) -> Output {
+fn local_apply(h: &LocalHost, stdin: &str) -> Output {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../progs/host-agent/bin/net-apply");
     let mut c = Command::new("ip");
     c.args(["netns", "exec", h.netns(), "bash"]).arg(script).env("SKEIN_ROOT", h.root_dir());
@@ -427,7 +427,7 @@ fn local_apply(h: &TestHost, stdin: &str) -> Output {
 #[test]
 fn bad_desired_states_are_refused_naming_the_field_and_never_the_key() {
     let (_, public) = generate_keypair();
-    let h = TestHost::start(&public);
+    let h = LocalHost::start(&public);
     let (private, peer) = tunnel_key();
     let tunnel = |gen: i64, send: bool| json!({"gen": gen, "private_key": private, "send": send});
     let peer_of = |keys: Value| json!({"host": "b", "endpoint": "10.252.0.9", "keys": keys});

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use skein_spec::hosts::{generate_keypair, TestHost};
+use skein_spec::local_host::{generate_keypair, LocalHost};
 
 /// A private key on disk for the `ssh` client, removed when dropped.
 struct KeyFile {
@@ -33,7 +33,7 @@ impl KeyFile {
     }
 
     /// A known_hosts file that trusts exactly `host_key` for `host`.
-    fn known_hosts(&self, host: &TestHost, host_key: &str) -> PathBuf {
+    fn known_hosts(&self, host: &LocalHost, host_key: &str) -> PathBuf {
         let path = self.dir.join("known_hosts");
         std::fs::write(&path, format!("{} {host_key}\n", host.addr())).unwrap();
         path
@@ -46,7 +46,7 @@ impl Drop for KeyFile {
     }
 }
 
-fn ssh_command(host: &TestHost, key: &Path, known_hosts: Option<&Path>, command: &str) -> Command {
+fn ssh_command(host: &LocalHost, key: &Path, known_hosts: Option<&Path>, command: &str) -> Command {
     let mut cmd = Command::new("ssh");
     cmd.arg("-i").arg(key).args(["-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "-o", "IdentitiesOnly=yes", "-p"]);
     cmd.arg(host.port().to_string());
@@ -62,11 +62,11 @@ fn ssh_command(host: &TestHost, key: &Path, known_hosts: Option<&Path>, command:
     cmd
 }
 
-fn ssh(host: &TestHost, key: &Path, known_hosts: Option<&Path>, command: &str) -> Output {
+fn ssh(host: &LocalHost, key: &Path, known_hosts: Option<&Path>, command: &str) -> Output {
     ssh_command(host, key, known_hosts, command).output().expect("run ssh")
 }
 
-fn assert_ssh_ok(host: &TestHost, key: &Path, known_hosts: Option<&Path>) -> String {
+fn assert_ssh_ok(host: &LocalHost, key: &Path, known_hosts: Option<&Path>) -> String {
     let out = ssh(host, key, known_hosts, "cat /proc/self/net/dev; echo ok");
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
@@ -81,11 +81,11 @@ fn assert_ssh_ok(host: &TestHost, key: &Path, known_hosts: Option<&Path>) -> Str
 }
 
 /// `skh{n}b`, the interface inside the host's namespace.
-fn inner_interface(host: &TestHost) -> String {
+fn inner_interface(host: &LocalHost) -> String {
     format!("skh{}b", host.netns().strip_prefix("skein-host-").unwrap())
 }
 
-fn netns_pids(host: &TestHost) -> Vec<u32> {
+fn netns_pids(host: &LocalHost) -> Vec<u32> {
     let out = Command::new("ip").args(["netns", "pids", host.netns()]).output().unwrap();
     String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect()
 }
@@ -98,7 +98,7 @@ fn alive(pid: u32) -> bool {
 }
 
 /// Wait until `ssh` has a remote `sleep` running on the host.
-fn wait_for_remote_sleep(host: &TestHost, client: &mut Child) {
+fn wait_for_remote_sleep(host: &LocalHost, client: &mut Child) {
     let until = Instant::now() + Duration::from_secs(10);
     loop {
         let sleeping = netns_pids(host).iter().any(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep"));
@@ -129,8 +129,8 @@ fn netns_list() -> String {
 #[test]
 fn test_hosts_have_their_own_addresses_and_accept_the_key() {
     let key = KeyFile::new("addresses");
-    let a = TestHost::start(&key.public);
-    let b = TestHost::start(&key.public);
+    let a = LocalHost::start(&key.public);
+    let b = LocalHost::start(&key.public);
     assert_ne!(a.addr(), b.addr());
     assert_ne!(a.netns(), b.netns());
     assert_eq!((a.port(), b.port()), (22, 22));
@@ -167,7 +167,7 @@ fn test_hosts_have_their_own_addresses_and_accept_the_key() {
 #[test]
 fn a_killed_host_refuses_connections_until_restarted() {
     let key = KeyFile::new("killed");
-    let mut host = TestHost::start(&key.public);
+    let mut host = LocalHost::start(&key.public);
     let host_key = host.host_public_key();
     let known = key.known_hosts(&host, &host_key);
     assert_ssh_ok(&host, &key.path(), Some(&known));
@@ -190,7 +190,7 @@ fn a_killed_host_refuses_connections_until_restarted() {
 #[test]
 fn rotating_the_host_key_changes_it() {
     let key = KeyFile::new("rotate");
-    let mut host = TestHost::start(&key.public);
+    let mut host = LocalHost::start(&key.public);
     let old = host.host_public_key();
     let known = key.known_hosts(&host, &old);
     assert_ssh_ok(&host, &key.path(), Some(&known));
@@ -212,7 +212,7 @@ fn rotating_the_host_key_changes_it() {
 #[test]
 fn dropping_a_host_removes_its_namespace_processes_and_files() {
     let key = KeyFile::new("drop");
-    let host = TestHost::start(&key.public);
+    let host = LocalHost::start(&key.public);
     let netns = host.netns().to_string();
     let dir = host.root_dir().parent().unwrap().to_path_buf();
     let config = dir.join("sshd_config");
@@ -266,7 +266,7 @@ fn sshd_pids_with_config(config: &Path) -> Vec<u32> {
 
 /// From inside host `from`'s namespace, open TCP to `addr` port 9 (nothing
 /// listens there): "refused" means the packet got there and back.
-fn tcp_answer(from: &TestHost, addr: std::net::Ipv4Addr) -> String {
+fn tcp_answer(from: &LocalHost, addr: std::net::Ipv4Addr) -> String {
     let out = Command::new("ip")
         .args(["netns", "exec", from.netns(), "timeout", "3", "bash", "-c"])
         .arg(format!("exec 3<>/dev/tcp/{addr}/9"))
@@ -278,8 +278,8 @@ fn tcp_answer(from: &TestHost, addr: std::net::Ipv4Addr) -> String {
 #[test]
 fn hosts_of_a_process_share_an_underlay_others_do_not_and_it_can_be_captured() {
     let (_, public) = generate_keypair();
-    let a = TestHost::start(&public);
-    let b = TestHost::start(&public);
+    let a = LocalHost::start(&public);
+    let b = LocalHost::start(&public);
     assert!(std::sync::Arc::ptr_eq(a.underlay(), b.underlay()), "one process, one underlay");
     assert_ne!(a.underlay_addr(), b.underlay_addr());
     let wire = a.underlay().netns().to_string();
@@ -290,7 +290,7 @@ fn hosts_of_a_process_share_an_underlay_others_do_not_and_it_can_be_captured() {
     assert!(pcap.windows(4).any(|w| w == b.underlay_addr().octets()), "the capture saw it ({} bytes)", pcap.len());
 
     // A host on an underlay of its own cannot reach them, nor they it.
-    let alone = TestHost::start_on(&public, skein_spec::hosts::Underlay::new());
+    let alone = LocalHost::start_on(&public, skein_spec::local_host::Underlay::new());
     assert_ne!(alone.underlay().netns(), wire);
     assert!(!tcp_answer(&alone, a.underlay_addr()).contains("refused"), "another underlay is another wire");
     assert!(!tcp_answer(&a, alone.underlay_addr()).contains("refused"));

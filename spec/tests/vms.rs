@@ -8,7 +8,7 @@ use skein_models::vm_host::HostState;
 use skein_models::{vm, Ubid, UbidType};
 use skein_progs::host::nexus as host_nexus;
 use skein_progs::vm::{self as vms, nexus, Spec};
-use skein_spec::hosts::{generate_keypair, TestHost};
+use skein_spec::local_host::{generate_keypair, LocalHost};
 use skein_spec::world::World;
 
 async fn project(w: &World, quota: i32) -> Ubid {
@@ -39,7 +39,7 @@ async fn wait_vm(w: &World, id: Ubid, want: &str, limit: Duration, worker: &skei
 async fn a_vm_is_created_answers_ssh_and_is_destroyed_leaving_nothing() {
     let w = World::new().await;
     let (host_private, host_public) = generate_keypair();
-    let h = TestHost::start(&host_public);
+    let h = LocalHost::start(&host_public);
     let host_id = w.add("vm-host", &h, &host_private, host_nexus::Frame::default()).await;
     let worker = w.worker();
     w.wait_for(host_id, "accepting", Duration::from_secs(180), &worker, |r| r.state == HostState::Accepting).await;
@@ -113,9 +113,9 @@ fn qemus_of(name: &str) -> usize {
 }
 
 /// A host accepting VMs, a project, and a worker: the start of every VM test.
-async fn ready_host(w: &World) -> (TestHost, skein_spec::procs::Proc, Ubid) {
+async fn ready_host(w: &World) -> (LocalHost, skein_spec::procs::Proc, Ubid) {
     let (host_private, host_public) = generate_keypair();
-    let h = TestHost::start(&host_public);
+    let h = LocalHost::start(&host_public);
     let host_id = w.add("vm-host", &h, &host_private, host_nexus::Frame::default()).await;
     let worker = w.worker();
     w.wait_for(host_id, "accepting", Duration::from_secs(180), &worker, |r| r.state == HostState::Accepting).await;
@@ -242,7 +242,7 @@ async fn a_vm_waits_visibly_while_no_host_has_room_and_quota_is_enforced() {
     // is resolved, as no VM waits any more.
     let began = Instant::now();
     let (host_private, host_public) = generate_keypair();
-    let h = TestHost::start(&host_public);
+    let h = LocalHost::start(&host_public);
     let host_id = w.add("vm-host", &h, &host_private, host_nexus::Frame::default()).await;
     let row = wait_vm(&w, id, "running", Duration::from_secs(300), &worker).await;
     assert!(began.elapsed() < Duration::from_secs(nexus::WAIT_NAP_SECS), "woken, not at the end of its nap");
@@ -256,7 +256,7 @@ async fn a_vm_waits_visibly_while_no_host_has_room_and_quota_is_enforced() {
 async fn a_vm_on_an_unreachable_host_is_unavailable_and_reconciled_when_it_returns() {
     let w = World::new().await;
     let (host_private, host_public) = generate_keypair();
-    let mut h = TestHost::start(&host_public);
+    let mut h = LocalHost::start(&host_public);
     let quick = host_nexus::Frame { checkup_secs: 1, unreachable_after: 2, ..Default::default() };
     let host_id = w.add("vm-host", &h, &host_private, quick).await;
     let worker = w.worker();

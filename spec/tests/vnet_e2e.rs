@@ -24,7 +24,7 @@ use skein_models::vm_host::HostState;
 use skein_models::{network, vm, vm_host, Ubid};
 use skein_progs::host::nexus as host_nexus;
 use skein_spec::api::Api;
-use skein_spec::hosts::{generate_keypair, TestHost};
+use skein_spec::local_host::{generate_keypair, LocalHost};
 use skein_spec::procs::Proc;
 use skein_spec::ssh::{ssh_base, text, KeyFile};
 use skein_spec::world::World;
@@ -116,14 +116,14 @@ where
 }
 
 /// Run `line` in the host's namespace (root, like its agent).
-fn on_host(h: &TestHost, line: &str) -> String {
+fn on_host(h: &LocalHost, line: &str) -> String {
     let out = Command::new("ip").args(["netns", "exec", h.netns(), "sh", "-c", line]).env("SKEIN_ROOT", h.root_dir()).output().unwrap();
     text(&out.stdout)
 }
 
 /// What of the private networks is left on a host: its sk* devices, its
 /// tunnel processes, its routes and firewall table, files under net/.
-fn leftovers(h: &TestHost) -> String {
+fn leftovers(h: &LocalHost) -> String {
     on_host(
         h,
         "ls /sys/class/net | grep -E '^sk(wg|br|vx|t)' || true; \
@@ -145,7 +145,7 @@ async fn networks(pool: &sqlx::PgPool) -> String {
 async fn subnets_span_two_hosts_through_the_control_plane() {
     let w = World::new().await;
     let (host_private, host_public) = generate_keypair();
-    let (ha, hb) = (TestHost::start(&host_public), TestHost::start(&host_public));
+    let (ha, hb) = (LocalHost::start(&host_public), LocalHost::start(&host_public));
     let mut hosts = vec![];
     for (name, h) in [("net-a", &ha), ("net-b", &hb)] {
         let id = w.add(name, h, &host_private, host_nexus::Frame::default()).await;

@@ -18,7 +18,7 @@ use skein_progs::host::{self, nexus as host_nexus, NewHost};
 use skein_progs::vm::{self as vms, nexus as vm_nexus, Spec};
 use sqlx::PgPool;
 
-use crate::local_host::{generate_keypair, TestHost};
+use crate::local_host::{generate_keypair, LocalHost};
 
 /// The `demo` project its VMs are made in: made by the first demo, kept for
 /// the next (a project is cheap, and an operator may have raised its quota).
@@ -56,7 +56,7 @@ fn say(msg: impl AsRef<str>) {
 /// the demo got through or failed half-way.
 #[derive(Default)]
 struct Made {
-    locals: Vec<TestHost>,
+    locals: Vec<LocalHost>,
     hosts: Vec<Ubid>,
     vms: Vec<Ubid>,
     subnet: Option<Ubid>,
@@ -92,7 +92,7 @@ async fn demo(pool: &PgPool, made: &mut Made) -> anyhow::Result<()> {
     let (bootstrap_private, bootstrap_public) = generate_keypair();
     for _ in 0..2 {
         let public = bootstrap_public.clone();
-        let local = tokio::task::spawn_blocking(move || TestHost::start(&public)).await?;
+        let local = tokio::task::spawn_blocking(move || LocalHost::start(&public)).await?;
         made.locals.push(local);
     }
     for local in &made.locals {
@@ -329,7 +329,7 @@ fn key_file(private: &str) -> anyhow::Result<PathBuf> {
 
 /// Build the guest image on this machine (once per agent version, cached in
 /// `$SKEIN_HOME`), and copy it into the local host's root. Returns its version.
-async fn seed_image(local: &TestHost) -> anyhow::Result<String> {
+async fn seed_image(local: &LocalHost) -> anyhow::Result<String> {
     let home = crate::embedded::Embedded::from_env()?.home;
     let cache = home.join("guest-image").join(skein_progs::host::agent::version());
     let image = cache.join("images/guest");
