@@ -79,6 +79,8 @@ async fn run_with_kills(strands: u32, hops: u32, kill_every: Option<Duration>) -
     let args = ["--concurrency", "16", "--pool-size", "4", "--lease-secs", "120"];
     let began = Instant::now();
     let mut workers = vec![Proc::respirate(&url, &args), Proc::respirate(&url, &args)];
+    // Every worker's log, the killed ones' too: whoever noticed a death said so.
+    let mut logs = String::new();
     let mut round = 0;
     while live_bench_strands(&db.pool).await > 0 {
         assert!(began.elapsed() < Duration::from_secs(120), "not done after 120 s");
@@ -87,6 +89,7 @@ async fn run_with_kills(strands: u32, hops: u32, kill_every: Option<Duration>) -
                 // Kill one worker in the middle of its steps and start a fresh one.
                 let victim = workers.remove(round as usize % workers.len());
                 victim.signal("KILL");
+                logs.push_str(&victim.log_text());
                 drop(victim);
                 workers.push(Proc::respirate(&url, &args));
                 round += 1;
@@ -98,7 +101,8 @@ async fn run_with_kills(strands: u32, hops: u32, kill_every: Option<Duration>) -
     let line = verify(&url, strands, hops);
     assert_eq!(line["ok"], true, "{line}");
     assert_eq!(line["steps_committed"], strands as u64 * (hops as u64 + 1));
-    (took, workers.iter().map(|w| w.log_text()).collect())
+    logs.extend(workers.iter().map(|w| w.log_text()));
+    (took, logs)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
