@@ -368,31 +368,33 @@ impl Runner {
                 .instrument(span.clone())
                 .await
                 .unwrap_or(Err(StepError::Overran(budget)));
-            let _enter = span.enter();
+            // Logged under the step's span, which is never entered across an
+            // await: a guard held there would leak the span into whatever
+            // other task the thread polls next (their logs named this strand).
             let micros = began.elapsed().as_micros() as u64;
             match result {
                 Err(StepError::GroupAborted(why)) if !private => {
                     // Another step spoiled the shared transaction: nothing of
                     // this one committed, so run it again, alone.
-                    tracing::debug!(%why, "shared transaction aborted; running the step again in its own");
+                    span.in_scope(|| tracing::debug!(%why, "shared transaction aborted; running the step again in its own"));
                     private = true;
                 }
                 Ok((mut report, again)) => {
                     private = false;
                     report.micros = micros;
-                    tracing::debug!(outcome = ?report.outcome, "step done");
+                    span.in_scope(|| tracing::debug!(outcome = ?report.outcome, "step done"));
                     reports.push(report);
                     if !again {
                         return reports;
                     }
                 }
                 Err(StepError::LeaseLost) => {
-                    tracing::warn!("lease lost mid-step; rolled back");
+                    span.in_scope(|| tracing::warn!("lease lost mid-step; rolled back"));
                     reports.push(self.report(&cur, Outcome::LeaseLost, micros));
                     return reports;
                 }
                 Err(error) => {
-                    let outcome = self.fail(&cur, &error).await;
+                    let outcome = self.fail(&cur, &error).instrument(span.clone()).await;
                     reports.push(self.report(&cur, outcome, micros));
                     return reports;
                 }
