@@ -25,8 +25,9 @@ pub struct WorkerArgs {
     /// Database connections.
     #[arg(long, default_value_t = 16)]
     pub pool_size: u32,
-    /// The most strands leased by one claim statement.
-    #[arg(long, default_value_t = 64)]
+    /// The most strands leased by one claim statement (a claim asks for
+    /// at most the free slots of its lane).
+    #[arg(long, default_value_t = 256)]
     pub batch: i64,
     /// Fallback poll interval in milliseconds (NOTIFY wakes workers at once).
     #[arg(long, default_value_t = 2000)]

@@ -47,7 +47,7 @@ impl Default for DispatchConfig {
     fn default() -> Self {
         DispatchConfig {
             concurrency: 64,
-            batch: 64,
+            batch: 256,
             poll: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(20),
             lanes: 2,

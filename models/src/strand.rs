@@ -92,23 +92,40 @@ pub struct LeaseTerms {
 // Not waiting for an fsync per claim is what lets claims keep up with steps.
 const TAKE: &str = "lease = now() + make_interval(secs => $2), lease_holder = $3, try = s.try + 1";
 const RETURNING_LEASED: &str = "s.id, s.parent_id, s.prog, s.label, s.stack, s.schedule, s.lease, s.lease_holder, \
-     s.try AS try_, s.exitval, s.retval, s.last_error, s.last_error_at, s.created_at, \
-     ARRAY(SELECT m.id FROM semaphore m WHERE m.strand_id = s.id ORDER BY m.id) AS sem_ids, \
-     ARRAY(SELECT m.name FROM semaphore m WHERE m.strand_id = s.id ORDER BY m.id) AS sem_names, \
-     due.lease_holder AS prev_holder";
+     s.try AS try_, s.exitval, s.retval, s.last_error, s.last_error_at, s.created_at, due.lease_holder AS prev_holder";
+
+/// A claim's rows with their semaphores. The semaphores are looked up once
+/// for the whole batch (one grouped semi-join), not by two subqueries per
+/// row: most strands have none, and the per-row subqueries cost a claim more
+/// than the row updates did.
+fn with_semaphores(claim: &str) -> String {
+    format!(
+        "WITH claimed AS ({claim}), \
+              sems AS (SELECT m.strand_id, array_agg(m.id ORDER BY m.id) AS sem_ids, \
+                              array_agg(m.name ORDER BY m.id) AS sem_names \
+                       FROM semaphore m WHERE m.strand_id IN (SELECT id FROM claimed) GROUP BY m.strand_id) \
+         SELECT claimed.*, coalesce(sems.sem_ids, '{{}}') AS sem_ids, coalesce(sems.sem_names, '{{}}') AS sem_names \
+         FROM claimed LEFT JOIN sems ON sems.strand_id = claimed.id"
+    )
+}
 
 /// The claim statement `claim_due` runs, with its parameters: $1 the batch
 /// size (int8), $2 the lease in seconds (float8), $3 the holder (text), $4
 /// the ids to skip (uuid[]). Public so that `skein bench` explains the very
 /// statement the engine runs (`bench::claim_plan`), not a copy that drifts.
+///
+/// The locked rows are updated by `ctid`, their physical address (stable
+/// while this statement holds their row locks), so the update is a direct
+/// fetch whatever the batch size: joined back by id, a large batch made the
+/// planner hash-join the whole table.
 pub fn claim_due_statement() -> String {
-    format!(
+    with_semaphores(&format!(
         "UPDATE strand s SET {TAKE} FROM ( \
-             SELECT id, lease_holder FROM strand \
+             SELECT ctid, lease_holder FROM strand \
              WHERE exitval IS NULL AND lease < now() AND schedule <= now() AND id <> ALL($4) \
              ORDER BY schedule LIMIT $1 FOR UPDATE SKIP LOCKED) due \
-         WHERE s.id = due.id RETURNING {RETURNING_LEASED}"
-    )
+         WHERE s.ctid = due.ctid RETURNING {RETURNING_LEASED}"
+    ))
 }
 
 /// Lease up to `limit` due strands in one statement, oldest schedule first,
@@ -143,13 +160,13 @@ pub async fn claim_one(
     holder: &str,
     due_only: bool,
 ) -> Result<Option<Leased>, sqlx::Error> {
-    let sql = format!(
+    let sql = with_semaphores(&format!(
         "UPDATE strand s SET {TAKE} FROM ( \
              SELECT id, lease_holder FROM strand \
              WHERE id = $1 AND exitval IS NULL AND lease < now() AND (NOT $4 OR schedule <= now()) \
              FOR UPDATE) due \
          WHERE s.id = due.id RETURNING {RETURNING_LEASED}"
-    );
+    ));
     let row: Option<LeasedRow> = sqlx::query_as(&sql)
         .bind(id)
         .bind(terms.lease_secs)
