@@ -94,7 +94,7 @@ async fn live(
                 backoff = Duration::from_millis(100);
                 tracing::info!(worker = %me.holder, "registered as a live worker");
                 let _ = tx.send(Some(me.holder.clone()));
-                let lost = keep_alive(&mut conn, &me, &config, &terms, &mut stop).await;
+                let lost = keep_alive(&pool, &mut conn, &me, &config, &terms, &mut stop).await;
                 let _ = tx.send(None);
                 match lost {
                     None => {
@@ -133,6 +133,7 @@ async fn register(pool: &PgPool) -> Result<(PgConnection, worker::Registered), s
 /// Beat and reap until `stop` (returns None) or until this worker is no
 /// longer alive (returns why).
 async fn keep_alive(
+    pool: &PgPool,
     conn: &mut PgConnection,
     me: &worker::Registered,
     config: &LivenessConfig,
@@ -142,6 +143,7 @@ async fn keep_alive(
     // A beat that cannot finish within this bound means the database is out
     // of reach; peers will not wait longer than hung_after either.
     let bound = config.hung_after / 2;
+    let mut swept = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(config.interval) => {}
@@ -158,8 +160,27 @@ async fn keep_alive(
             Ok(Err(e)) => return Some(format!("its liveness session failed: {e}")),
             Err(_) => return Some(format!("looking for dead workers took longer than {bound:?}")),
         }
+        if swept.elapsed() >= SWEEP_EVERY {
+            // On a pool connection, off this loop: the sweep is housekeeping,
+            // and a slow one must not delay a beat.
+            swept = tokio::time::Instant::now();
+            tokio::spawn(sweep_orphaned_semaphores(pool.clone()));
+        }
     }
 }
+
+async fn sweep_orphaned_semaphores(pool: PgPool) {
+    let swept = async { skein_models::semaphore::sweep_orphans(&mut *crate::pool::acquire(&pool).await?).await }.await;
+    match swept {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(semaphores = n, "swept semaphores whose strand had exited"),
+        Err(e) => tracing::warn!(error = %e, "could not sweep orphaned semaphores; trying again later"),
+    }
+}
+
+/// How often a worker sweeps semaphores left by an increment that raced an
+/// exit (rare: see migration 20261205000020). Any worker may; it is idempotent.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 /// Break the claims of dead peers; end a hung peer's sessions; page a strand
 /// whose step keeps taking its worker down.

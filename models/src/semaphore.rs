@@ -59,3 +59,14 @@ pub async fn decr_one(conn: &mut PgConnection, strand: Uuid, name: &str) -> Resu
     .await?;
     Ok(done.rows_affected() == 1)
 }
+
+/// Delete increments whose strand is gone. Exits and reaps delete their
+/// strands' semaphores themselves; this catches the one they cannot see: an
+/// increment committed while the exit waited on the strand's row lock.
+/// Returns how many were deleted.
+pub async fn sweep_orphans(conn: &mut PgConnection) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query("DELETE FROM semaphore m WHERE NOT EXISTS (SELECT 1 FROM strand s WHERE s.id = m.strand_id)")
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected())
+}

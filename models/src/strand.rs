@@ -251,7 +251,7 @@ pub struct ExitWrite {
 }
 
 /// Top-level strands exit: they leave the hot table for the archive, with
-/// their semaphores (cascade), in one statement. Returns the ids whose lease
+/// their semaphores, in one statement. Returns the ids whose lease
 /// still held (the others lost it and were left alone).
 pub async fn exit_top_level(conn: &mut PgConnection, exits: &[ExitWrite]) -> Result<Vec<Uuid>, sqlx::Error> {
     let mut sorted: Vec<&ExitWrite> = exits.iter().collect();
@@ -260,7 +260,8 @@ pub async fn exit_top_level(conn: &mut PgConnection, exits: &[ExitWrite]) -> Res
         "WITH v AS (SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::jsonb[], $5::jsonb[]) \
                     AS v(id, lease, label, stack, exitval)), \
               gone AS (DELETE FROM strand s USING v WHERE s.id = v.id AND s.lease = v.lease \
-                       RETURNING s.id, s.prog, s.created_at) \
+                       RETURNING s.id, s.prog, s.created_at), \
+              sems AS (DELETE FROM semaphore m WHERE m.strand_id IN (SELECT id FROM gone)) \
          INSERT INTO strand_archive (id, prog, label, stack, exitval, created_at) \
          SELECT gone.id, gone.prog, v.label, v.stack, v.exitval, gone.created_at FROM gone JOIN v USING (id) \
          RETURNING id",
@@ -447,13 +448,15 @@ pub struct Exited {
     pub exitval: Value,
 }
 
-/// Delete the exited children of `parent` and return them, with how many
+/// Delete the exited children of `parent`, with their semaphores, and return them, with how many
 /// children remain (still running, or exited but somehow still leased: those
 /// are never deleted under a worker that holds them).
 pub async fn reap(conn: &mut PgConnection, parent: Uuid) -> Result<(Vec<Exited>, i64), sqlx::Error> {
     let exited: Vec<Exited> = sqlx::query_as(
-        "DELETE FROM strand WHERE parent_id = $1 AND exitval IS NOT NULL AND lease < now() \
-         RETURNING id, prog, exitval",
+        "WITH gone AS (DELETE FROM strand WHERE parent_id = $1 AND exitval IS NOT NULL AND lease < now() \
+                       RETURNING id, prog, exitval), \
+              sems AS (DELETE FROM semaphore m WHERE m.strand_id IN (SELECT id FROM gone)) \
+         SELECT id, prog, exitval FROM gone",
     )
     .bind(parent)
     .fetch_all(&mut *conn)

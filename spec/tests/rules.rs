@@ -489,6 +489,45 @@ async fn r13_exited_top_level_strand_is_deleted_with_semaphores_and_archived() {
 }
 
 #[tokio::test]
+async fn r13_an_increment_that_races_the_exit_is_swept_and_live_strands_keep_theirs() {
+    let h = harness().await;
+    let id = h.start(counter::Frame { upto: 1, at: 0 }, counter::Label::Count).await;
+    let live = h.start(counter::Frame { upto: 1, at: 0 }, counter::Label::Count).await;
+    h.incr_name(live, "kept").await;
+    let mut conn = h.pool().acquire().await.unwrap();
+    let terms = strand::LeaseTerms { lease_secs: 60.0 };
+    let leased = strand::claim_one(&mut conn, id.uuid(), terms, "r13", false).await.unwrap().expect("claimed");
+
+    // An increment holds the strand's row lock while the exit starts...
+    let mut incr = h.pool().begin().await.unwrap();
+    assert!(skein_models::semaphore::incr(&mut incr, id.uuid(), "late").await.unwrap());
+    let exit = strand::ExitWrite {
+        id: id.uuid(),
+        lease: leased.strand.lease,
+        label: "Count".into(),
+        stack: json!([{}]),
+        exitval: json!({"count": 1}),
+    };
+    let pool = h.pool().clone();
+    let exiting = tokio::spawn(async move { strand::exit_top_level(&mut pool.acquire().await.unwrap(), &[exit]).await.unwrap() });
+    let waiting = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%strand_archive%'";
+    while count(&h, waiting).await == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // ...and commits while the exit waits: the exit's statement began before
+    // the increment existed, so it cannot delete it.
+    incr.commit().await.unwrap();
+    assert_eq!(exiting.await.unwrap(), vec![id.uuid()], "the exit still wins: the increment left the lease alone");
+    assert!(h.try_strand(id).await.is_none());
+    let of = |u: Ubid| format!("SELECT count(*) FROM semaphore WHERE strand_id = '{}'", u.uuid());
+    assert_eq!(count(&h, &of(id)).await, 1, "the racing increment outlived its strand");
+
+    assert_eq!(skein_models::semaphore::sweep_orphans(&mut conn).await.unwrap(), 1);
+    assert_eq!(count(&h, &of(id)).await, 0);
+    assert_eq!(h.sems(live).await, vec!["kept"], "a live strand's semaphores are not orphans");
+}
+
+#[tokio::test]
 async fn r13_archive_partitions_are_maintained_and_old_ones_dropped() {
     let h = harness().await;
     let mut conn = h.pool().acquire().await.unwrap();
