@@ -72,10 +72,23 @@ pub async fn ids_of(conn: &mut PgConnection, prog: &str) -> Result<Vec<Uuid>, sq
 /// archived, and all step counts, in one transaction.
 pub async fn forget_runs(conn: &mut PgConnection, progs: &[&str]) -> Result<(), sqlx::Error> {
     let mut tx = conn.begin().await?;
-    sqlx::query("DELETE FROM strand WHERE prog = ANY($1)").bind(progs).execute(&mut *tx).await?;
+    sqlx::query(
+        "WITH gone AS (DELETE FROM strand WHERE prog = ANY($1) RETURNING id) \
+         DELETE FROM semaphore WHERE strand_id IN (SELECT id FROM gone)",
+    )
+    .bind(progs)
+    .execute(&mut *tx)
+    .await?;
     sqlx::query("DELETE FROM strand_archive WHERE prog = ANY($1)").bind(progs).execute(&mut *tx).await?;
     sqlx::query("TRUNCATE bench_count").execute(&mut *tx).await?;
-    tx.commit().await
+    tx.commit().await?;
+    // Every run starts from tables without an earlier run's dead rows, as the
+    // peer's bench starts from a fresh schema. Autovacuum would do this in
+    // time where it is on; it is off on some servers (this machine's CI one),
+    // and there a table that earlier runs churned makes every claim walk
+    // their dead tuples: runs got slower one after another.
+    sqlx::query("VACUUM (ANALYZE) strand, semaphore, strand_archive").execute(conn).await?;
+    Ok(())
 }
 
 /// Add `n` strands of `prog` napping a day at label `label`, written
