@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use skein_models::strand;
@@ -56,9 +56,30 @@ impl Default for DispatchConfig {
     }
 }
 
-/// The strands this process holds leases on, with the lease values and the
-/// worker identity they were claimed under.
-type Held = Arc<Mutex<HashMap<Uuid, (DateTime<Utc>, String)>>>;
+/// The strands this process holds leases on.
+type Held = Arc<Mutex<HashMap<Uuid, HeldLease>>>;
+
+struct HeldLease {
+    /// The lease value its writes are fenced on.
+    lease: DateTime<Utc>,
+    /// The worker identity it was claimed under.
+    holder: String,
+    /// When the lease runs out, by this process's clock (conservatively early).
+    ends: Instant,
+}
+
+/// A held lease this close to its end is named in the claim's skip list. One
+/// further from it cannot be claimed anyway (the claim takes only expired
+/// leases), so in steady state the list is empty: naming every held strand
+/// made each claim compare every row it walked against a thousand ids.
+const SKIP_WHEN_ENDING_WITHIN: Duration = Duration::from_secs(10);
+
+/// The held strands whose leases are ending: a claim must skip them, so that
+/// a worker never claims a strand it already holds (R01).
+fn ending_leases(held: &Held) -> Vec<Uuid> {
+    let soon = Instant::now() + SKIP_WHEN_ENDING_WITHIN;
+    held.lock().unwrap().iter().filter(|(_, h)| h.ends <= soon).map(|(id, _)| *id).collect()
+}
 
 /// What a dispatcher did, when it stopped.
 #[derive(Clone, Debug, Default)]
@@ -129,7 +150,7 @@ impl Dispatcher {
         listener.abort();
         // Abandoned steps rolled back when their tasks were dropped; free their strands now
         // instead of making them wait out the lease.
-        let leftover: Vec<(Uuid, DateTime<Utc>)> = held.lock().unwrap().drain().map(|(id, (lease, _))| (id, lease)).collect();
+        let leftover: Vec<(Uuid, DateTime<Utc>)> = held.lock().unwrap().drain().map(|(id, h)| (id, h.lease)).collect();
         if let Ok(mut conn) = crate::pool::acquire(this.runner.pool()).await {
             for (id, lease) in leftover {
                 let _ = strand::release(&mut conn, id, lease).await;
@@ -189,7 +210,7 @@ impl Dispatcher {
             let worth_claiming = tasks.is_empty() || free >= (concurrency / 4).max(1);
             if free > 0 && worth_claiming {
                 let asked = (free as i64).min(self.config.batch);
-                let exclude: Vec<Uuid> = held.lock().unwrap().keys().copied().collect();
+                let exclude = ending_leases(&held);
                 let claim_began = std::time::Instant::now();
                 match self.runner.claim_as(asked, &exclude, &holder).await {
                     Ok(claims) => {
@@ -205,11 +226,16 @@ impl Dispatcher {
                                 tracing::warn!(strand = %skein_models::Ubid::from_uuid(id), from = %from, "took over a strand whose lease expired");
                                 metrics::counter!("skein_lease_takeovers_total").increment(1);
                             }
-                            held.lock().unwrap().insert(id, (lease, holder.clone()));
+                            held.lock().unwrap().insert(id, HeldLease { lease, holder: holder.clone(), ends: claim.lease_ends });
                             let (runner, held) = (self.runner.clone(), held.clone());
                             tasks.spawn(async move {
                                 let reports = runner.run(claim, usize::MAX).await;
-                                held.lock().unwrap().remove(&id);
+                                // Only this claim's entry: once its step released the
+                                // strand, a new claim of it may already be held.
+                                let mut held = held.lock().unwrap();
+                                if held.get(&id).is_some_and(|h| h.lease == lease) {
+                                    held.remove(&id);
+                                }
                                 reports
                             });
                         }
@@ -295,7 +321,7 @@ async fn abandon(tasks: &mut JoinSet<Vec<StepReport>>, held: &Held, identity: Op
     let dropped = tasks.len();
     tasks.shutdown().await;
     if let Some(identity) = identity {
-        held.lock().unwrap().retain(|_, (_, h)| *h != identity);
+        held.lock().unwrap().retain(|_, h| h.holder != identity);
     }
     if dropped > 0 {
         tracing::warn!(dropped, "abandoned steps claimed under a lost worker identity");
@@ -354,4 +380,32 @@ async fn listen(pool: sqlx::PgPool, wake: Arc<Notify>) {
 fn wake_all(wake: &Notify) {
     wake.notify_waiters();
     wake.notify_one();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hold(held: &Held, ends_in: Duration) -> Uuid {
+        let id = Uuid::new_v4();
+        let lease = HeldLease { lease: Utc::now(), holder: "w".into(), ends: Instant::now() + ends_in };
+        held.lock().unwrap().insert(id, lease);
+        id
+    }
+
+    #[test]
+    fn a_claim_skips_only_the_held_strands_whose_leases_are_ending() {
+        let held: Held = Default::default();
+        for _ in 0..100 {
+            hold(&held, Duration::from_secs(90));
+        }
+        assert!(ending_leases(&held).is_empty(), "unexpired leases cannot be claimed anyway");
+        let ending = hold(&held, Duration::from_secs(2));
+        let ended = hold(&held, Duration::ZERO);
+        let mut skipped = ending_leases(&held);
+        skipped.sort();
+        let mut want = vec![ending, ended];
+        want.sort();
+        assert_eq!(skipped, want);
+    }
 }
