@@ -364,7 +364,10 @@ impl Runner {
             let keep_going = reports.len() + 1 < max_steps && started.elapsed() < self.config.continue_budget;
             let span = tracing::info_span!("step", strand = %Ubid::from_uuid(cur.id), prog = %cur.prog, label = %cur.label);
             let began = Instant::now();
-            let result = tokio::time::timeout(budget, self.step(&mut cur, ends_at, keep_going, private))
+            // Boxed: the step's future is large (every phase's state), and a
+            // strand's task would otherwise carry it inline, copied whole
+            // each time the task is spawned and moved.
+            let result = tokio::time::timeout(budget, Box::pin(self.step(&mut cur, ends_at, keep_going, private)))
                 .instrument(span.clone())
                 .await
                 .unwrap_or(Err(StepError::Overran(budget)));
