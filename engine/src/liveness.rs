@@ -143,7 +143,9 @@ async fn keep_alive(
     // A beat that cannot finish within this bound means the database is out
     // of reach; peers will not wait longer than hung_after either.
     let bound = config.hung_after / 2;
-    let mut swept = tokio::time::Instant::now();
+    // The first round of housekeeping runs at once: a worker started on an
+    // old database must not wait a minute for this month's archive partition.
+    let mut housekept: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(config.interval) => {}
@@ -160,16 +162,25 @@ async fn keep_alive(
             Ok(Err(e)) => return Some(format!("its liveness session failed: {e}")),
             Err(_) => return Some(format!("looking for dead workers took longer than {bound:?}")),
         }
-        if swept.elapsed() >= SWEEP_EVERY {
-            // On a pool connection, off this loop: the sweep is housekeeping,
-            // and a slow one must not delay a beat.
-            swept = tokio::time::Instant::now();
-            tokio::spawn(sweep_orphaned_semaphores(pool.clone()));
+        if housekept.is_none_or(|at| at.elapsed() >= HOUSEKEEPING_EVERY) {
+            // On a pool connection, off this loop: a slow round of
+            // housekeeping must not delay a beat.
+            housekept = Some(tokio::time::Instant::now());
+            tokio::spawn(housekeeping(pool.clone()));
         }
     }
 }
 
-async fn sweep_orphaned_semaphores(pool: PgPool) {
+/// What any worker may do now and then; each part is idempotent, so many
+/// workers doing it at once is harmless:
+/// - make the archive's partitions ahead (`archive::make_partitions_ahead`);
+/// - sweep semaphores left by an increment that raced an exit (rare: see
+///   migration 20261205000020).
+async fn housekeeping(pool: PgPool) {
+    let made = async { skein_models::archive::make_partitions_ahead(&mut *crate::pool::acquire(&pool).await?).await }.await;
+    if let Err(e) = made {
+        tracing::warn!(error = %e, "could not make the archive's partitions ahead; trying again later");
+    }
     let swept = async { skein_models::semaphore::sweep_orphans(&mut *crate::pool::acquire(&pool).await?).await }.await;
     match swept {
         Ok(0) => {}
@@ -178,9 +189,7 @@ async fn sweep_orphaned_semaphores(pool: PgPool) {
     }
 }
 
-/// How often a worker sweeps semaphores left by an increment that raced an
-/// exit (rare: see migration 20261205000020). Any worker may; it is idempotent.
-const SWEEP_EVERY: Duration = Duration::from_secs(60);
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
 
 /// Break the claims of dead peers; end a hung peer's sessions; page a strand
 /// whose step keeps taking its worker down.

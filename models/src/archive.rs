@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::{FromRow, PgConnection, Postgres, QueryBuilder};
+use sqlx::{Connection, FromRow, PgConnection, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 #[derive(Clone, Debug, FromRow, serde::Serialize)]
@@ -99,10 +99,23 @@ pub async fn list_exited(conn: &mut PgConnection, f: &ExitedFilter) -> Result<(V
     Ok((rows, total))
 }
 
-/// Make sure this month's and the next two months' partitions exist, and drop
-/// monthly partitions that ended more than `keep_months` months ago.
+/// Make sure this month's and the next two months' partitions exist.
+/// Workers call it as housekeeping: made only when the database was created,
+/// partitions ran out after three months, and exits went to the default
+/// partition (from which a month's partition can no longer be made).
+/// Making one locks the archive briefly; a worker gives up after 2 s rather
+/// than queue every exit behind it, and tries again later.
+pub async fn make_partitions_ahead(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    sqlx::query("SET LOCAL lock_timeout = '2s'").execute(&mut *tx).await?;
+    sqlx::query("SELECT skein_archive_partitions(now()::date, 3)").execute(&mut *tx).await?;
+    tx.commit().await
+}
+
+/// Make the partitions ahead, and drop monthly partitions that ended more
+/// than `keep_months` months ago.
 pub async fn maintain(conn: &mut PgConnection, keep_months: i32) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query("SELECT skein_archive_partitions(now()::date, 3)").execute(&mut *conn).await?;
+    make_partitions_ahead(&mut *conn).await?;
     let old: Vec<(String,)> = sqlx::query_as(
         "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
          WHERE i.inhparent = 'strand_archive'::regclass AND c.relname ~ '^strand_archive_[0-9]{6}$' \

@@ -284,3 +284,33 @@ async fn metrics_endpoint_reports_steps_and_due_strands() {
     assert!(body.contains("skein_due_strands"), "{body}");
     assert!(body.contains("skein_open_pages"), "{body}");
 }
+
+#[tokio::test]
+async fn a_worker_makes_the_archive_partitions_ahead_and_sweeps_orphaned_semaphores_at_start() {
+    let db = TestDb::new().await;
+    let url = db.url();
+    // As if the database had been made months ago: next month's partition is
+    // missing, and an increment outlived its strand (it raced the exit).
+    let next: String = sqlx::query_scalar("SELECT 'strand_archive_' || to_char(date_trunc('month', now()) + interval '1 month', 'YYYYMM')")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    sqlx::query(&format!("DROP TABLE {next}")).execute(&db.pool).await.unwrap();
+    sqlx::query("INSERT INTO semaphore (id, strand_id, name) VALUES (gen_random_uuid(), gen_random_uuid(), 'destroy')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let exists = || async {
+        sqlx::query_scalar::<_, bool>("SELECT to_regclass($1) IS NOT NULL").bind(&next).fetch_one(&db.pool).await.unwrap()
+    };
+    let orphans = || async { sqlx::query_scalar::<_, i64>("SELECT count(*) FROM semaphore").fetch_one(&db.pool).await.unwrap() };
+    assert!(!exists().await);
+
+    let worker = Proc::respirate(&url, &[]);
+    let until = Instant::now() + Duration::from_secs(30);
+    while (!exists().await || orphans().await > 0) && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(exists().await, "{next} was not made; the worker's log:\n{}", worker.log_text());
+    assert_eq!(orphans().await, 0, "the orphaned increment was not swept; the worker's log:\n{}", worker.log_text());
+}
