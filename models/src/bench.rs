@@ -12,7 +12,7 @@ use serde_json::Value;
 use sqlx::{Connection, PgConnection};
 use uuid::Uuid;
 
-use crate::strand;
+use crate::strand::{self, delete_their_semaphores};
 
 /// Rows in `bench_baseline`: the baseline's clients update them in turn.
 pub const BASELINE_ROWS: i32 = 10_000;
@@ -69,13 +69,10 @@ pub async fn ids_of(conn: &mut PgConnection, prog: &str) -> Result<Vec<Uuid>, sq
 }
 
 /// Remove what earlier runs of `progs` left: their strands, live and
-/// archived, and all step counts, in one transaction.
+/// archived, and all step counts, in one transaction; then vacuum their tables.
 pub async fn forget_runs(conn: &mut PgConnection, progs: &[&str]) -> Result<(), sqlx::Error> {
     let mut tx = conn.begin().await?;
-    sqlx::query(
-        "WITH gone AS (DELETE FROM strand WHERE prog = ANY($1) RETURNING id) \
-         DELETE FROM semaphore WHERE strand_id IN (SELECT id FROM gone)",
-    )
+    sqlx::query(concat!("WITH gone AS (DELETE FROM strand WHERE prog = ANY($1) RETURNING id), ", delete_their_semaphores!(), " SELECT 1"))
     .bind(progs)
     .execute(&mut *tx)
     .await?;
@@ -185,7 +182,7 @@ pub async fn moved_to_process(conn: &mut PgConnection, ids: &[Uuid], pid: u32) -
 pub async fn remove_project(conn: &mut PgConnection, project: Uuid) -> Result<(), sqlx::Error> {
     let mut tx = conn.begin().await?;
     for q in [
-        "DELETE FROM strand WHERE id IN (SELECT id FROM vm WHERE project_id = $1)",
+        concat!("WITH gone AS (DELETE FROM strand WHERE id IN (SELECT id FROM vm WHERE project_id = $1) RETURNING id), ", delete_their_semaphores!(), " SELECT 1"),
         "DELETE FROM event WHERE subject_id IN (SELECT id FROM vm WHERE project_id = $1)",
         "DELETE FROM vm WHERE project_id = $1",
         "DELETE FROM idempotency_key WHERE scope = $1",

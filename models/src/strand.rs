@@ -250,22 +250,34 @@ pub struct ExitWrite {
     pub exitval: Value,
 }
 
+/// `delete_their_semaphores!()`: the CTE that deletes the semaphores of the strands a statement deletes
+/// (its `gone` CTE, which must return their `id`). Every statement that
+/// deletes strands includes it: no foreign key cascades for them (migration
+/// 20261205000020), and `semaphore::sweep_orphans` catches only the race.
+/// A macro, not a const, so that statements stay `&'static str` (`concat!`).
+macro_rules! delete_their_semaphores {
+    () => {
+        "their_sems AS (DELETE FROM semaphore m WHERE m.strand_id IN (SELECT id FROM gone))"
+    };
+}
+pub(crate) use delete_their_semaphores;
+
 /// Top-level strands exit: they leave the hot table for the archive, with
 /// their semaphores, in one statement. Returns the ids whose lease
 /// still held (the others lost it and were left alone).
 pub async fn exit_top_level(conn: &mut PgConnection, exits: &[ExitWrite]) -> Result<Vec<Uuid>, sqlx::Error> {
     let mut sorted: Vec<&ExitWrite> = exits.iter().collect();
     sorted.sort_by_key(|e| e.id);
-    sqlx::query_scalar(
+    sqlx::query_scalar(concat!(
         "WITH v AS (SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::jsonb[], $5::jsonb[]) \
                     AS v(id, lease, label, stack, exitval)), \
               gone AS (DELETE FROM strand s USING v WHERE s.id = v.id AND s.lease = v.lease \
-                       RETURNING s.id, s.prog, s.created_at), \
-              sems AS (DELETE FROM semaphore m WHERE m.strand_id IN (SELECT id FROM gone)) \
-         INSERT INTO strand_archive (id, prog, label, stack, exitval, created_at) \
+                       RETURNING s.id, s.prog, s.created_at), ",
+        delete_their_semaphores!(),
+        " INSERT INTO strand_archive (id, prog, label, stack, exitval, created_at) \
          SELECT gone.id, gone.prog, v.label, v.stack, v.exitval, gone.created_at FROM gone JOIN v USING (id) \
          RETURNING id",
-    )
+    ))
     .bind(sorted.iter().map(|e| e.id).collect::<Vec<_>>())
     .bind(sorted.iter().map(|e| e.lease).collect::<Vec<_>>())
     .bind(sorted.iter().map(|e| e.label.as_str()).collect::<Vec<_>>())
@@ -453,10 +465,12 @@ pub struct Exited {
 /// are never deleted under a worker that holds them).
 pub async fn reap(conn: &mut PgConnection, parent: Uuid) -> Result<(Vec<Exited>, i64), sqlx::Error> {
     let exited: Vec<Exited> = sqlx::query_as(
-        "WITH gone AS (DELETE FROM strand WHERE parent_id = $1 AND exitval IS NOT NULL AND lease < now() \
-                       RETURNING id, prog, exitval), \
-              sems AS (DELETE FROM semaphore m WHERE m.strand_id IN (SELECT id FROM gone)) \
-         SELECT id, prog, exitval FROM gone",
+        concat!(
+            "WITH gone AS (DELETE FROM strand WHERE parent_id = $1 AND exitval IS NOT NULL AND lease < now() \
+                           RETURNING id, prog, exitval), ",
+            delete_their_semaphores!(),
+            " SELECT id, prog, exitval FROM gone"
+        ),
     )
     .bind(parent)
     .fetch_all(&mut *conn)
