@@ -272,10 +272,10 @@ pub async fn exit_top_level(conn: &mut PgConnection, exits: &[ExitWrite]) -> Res
         "WITH v AS (SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::jsonb[], $5::jsonb[]) \
                     AS v(id, lease, label, stack, exitval)), \
               gone AS (DELETE FROM strand s USING v WHERE s.id = v.id AND s.lease = v.lease \
-                       RETURNING s.id, s.prog, s.created_at), ",
+                       RETURNING s.id, s.prog, v.label, v.stack, v.exitval, s.created_at), ",
         delete_their_semaphores!(),
         " INSERT INTO strand_archive (id, prog, label, stack, exitval, created_at) \
-         SELECT gone.id, gone.prog, v.label, v.stack, v.exitval, gone.created_at FROM gone JOIN v USING (id) \
+         SELECT id, prog, label, stack, exitval, created_at FROM gone \
          RETURNING id",
     ))
     .bind(sorted.iter().map(|e| e.id).collect::<Vec<_>>())
