@@ -83,7 +83,8 @@ pub struct LeaseTerms {
 // worker.rs, or the lease running out) makes it wait a backoff that grows
 // with it. The claim leaves `schedule` alone on purpose: it then changes no
 // indexed column, so it is a HOT update (no index entry written, none left
-// dead for the next claim to walk), on pages kept part-empty for it.
+// dead for the next claim to walk), on pages kept half empty for it (a batch
+// updates whole pages at once: migration 20261206000010).
 //
 // A claim commits without waiting for its WAL flush (synchronous_commit off):
 // a claim lost in a database crash only means the lease was never taken, and

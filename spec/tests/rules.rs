@@ -108,6 +108,33 @@ async fn r01_claim_excludes_ids_the_worker_already_holds() {
     assert_eq!(got, vec![b.uuid()]);
 }
 
+/// Where each strand's row lies: its heap page.
+async fn pages(h: &Harness, ids: &[uuid::Uuid]) -> Vec<(uuid::Uuid, String)> {
+    sqlx::query_as("SELECT id, split_part(ctid::text, ',', 1) FROM strand WHERE id = ANY($1) ORDER BY id")
+        .bind(ids)
+        .fetch_all(h.pool())
+        .await
+        .unwrap()
+}
+
+/// A claim takes whole pages at once (schedule order is insertion order), and
+/// must still update every row in place (HOT): a row that moved to another
+/// page was a new entry in every index of the hot table, for the next claim
+/// to walk past (migration 20261206000010 leaves each page room for it).
+#[tokio::test]
+async fn a_batch_claim_updates_every_row_on_its_own_page() {
+    let h = harness().await;
+    let mut ids = Vec::new();
+    for _ in 0..400 {
+        ids.push(h.start(NapperFrame { naps: vec![] }, NapperLabel::Next).await.uuid());
+    }
+    let before = pages(&h, &ids).await;
+    assert!(before.iter().map(|(_, page)| page).collect::<HashSet<_>>().len() > 4, "the strands span many pages");
+    assert_eq!(h.runner.claim(400, &[]).await.unwrap().len(), 400);
+    let moved: Vec<_> = pages(&h, &ids).await.into_iter().zip(&before).filter(|(after, before)| after.1 != before.1).collect();
+    assert!(moved.is_empty(), "{} of 400 claimed rows left their page (not a HOT update)", moved.len());
+}
+
 // R02 ---------------------------------------------------------------------
 
 #[tokio::test]
