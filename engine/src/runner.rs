@@ -190,7 +190,7 @@ impl Current {
             lease: self.lease,
             prog: self.prog.clone(),
             label: self.label.clone(),
-            stack: self.stack.clone(),
+            stack: Some(self.stack.clone()),
             retval: self.retval.clone(),
             leased_schedule: self.leased_schedule,
             release_after: None,
@@ -455,9 +455,11 @@ impl Runner {
         self.consume_semaphores(cur, &ran.decrs, ubid, &mut open).await?;
 
         let stack_value = at.stack.to_value();
+        // Sent only if it differs from the row's: most steps leave it alone.
+        let stack_write = (cur.dirty || stack_value != cur.stack).then(|| stack_value.clone());
         let (again, next) = match applied.exitval {
             Some(exitval) => {
-                self.write_exit(cur, &at.label, &stack_value, exitval, open).await?;
+                self.write_exit(cur, &at.label, stack_write, exitval, open).await?;
                 (false, None)
             }
             None => {
@@ -467,7 +469,7 @@ impl Runner {
                     lease: cur.lease,
                     prog: at.prog.clone(),
                     label: at.label.clone(),
-                    stack: stack_value.clone(),
+                    stack: stack_write,
                     retval: at.retval.clone(),
                     leased_schedule: cur.leased_schedule,
                     release_after: if again { None } else { Some(nap_secs) },
@@ -686,8 +688,8 @@ impl Runner {
 
     /// Write an exit: in the step's transaction if it has one, else
     /// group-committed. A child's exit may wake its parent.
-    async fn write_exit(&self, cur: &Current, label: &str, stack: &Value, exitval: Value, open: StepTx) -> Result<(), StepError> {
-        let exit = ExitWrite { id: cur.id, lease: cur.lease, label: label.to_string(), stack: stack.clone(), exitval };
+    async fn write_exit(&self, cur: &Current, label: &str, stack: Option<Value>, exitval: Value, open: StepTx) -> Result<(), StepError> {
+        let exit = ExitWrite { id: cur.id, lease: cur.lease, label: label.to_string(), stack, exitval };
         let exits = std::slice::from_ref(&exit);
         let (written, recheck) = match (cur.parent_id, open) {
             (Some(_), StepTx::None(_)) => (self.committer().exit_child(exit).await?, vec![]),

@@ -352,7 +352,7 @@ mod tests {
             lease: leased.strand.lease,
             prog: "Test::P".into(),
             label: "B".into(),
-            stack: json!([{}]),
+            stack: Some(json!([{}])),
             retval: None,
             leased_schedule: leased.strand.schedule,
             release_after: Some(60.0),

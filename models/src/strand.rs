@@ -185,7 +185,9 @@ pub struct StepWrite {
     pub lease: DateTime<Utc>,
     pub prog: String,
     pub label: String,
-    pub stack: Value,
+    /// None: the stack is as the row holds it, so it is not sent again (a
+    /// strand polling a host naps with the same frame step after step).
+    pub stack: Option<Value>,
     pub retval: Option<Value>,
     /// The schedule the strand was leased with: a nap only moves the schedule
     /// if it still holds this value, so a wake-up during the step wins.
@@ -212,7 +214,7 @@ pub async fn write_steps(conn: &mut PgConnection, writes: &[StepWrite]) -> Resul
     let mut sorted: Vec<&StepWrite> = writes.iter().collect();
     sorted.sort_by_key(|w| w.id);
     sqlx::query_as(
-        "UPDATE strand s SET prog = v.prog, label = v.label, stack = v.stack, retval = v.retval, try = 0, \
+        "UPDATE strand s SET prog = v.prog, label = v.label, stack = coalesce(v.stack, s.stack), retval = v.retval, try = 0, \
              last_error = NULL, last_error_at = NULL, \
              schedule = CASE WHEN v.release_after IS NULL OR s.schedule <> v.leased_schedule THEN s.schedule \
                              ELSE clock_timestamp() + make_interval(secs => v.release_after) END, \
@@ -232,7 +234,7 @@ pub async fn write_steps(conn: &mut PgConnection, writes: &[StepWrite]) -> Resul
     .bind(sorted.iter().map(|w| w.lease).collect::<Vec<_>>())
     .bind(sorted.iter().map(|w| w.prog.as_str()).collect::<Vec<_>>())
     .bind(sorted.iter().map(|w| w.label.as_str()).collect::<Vec<_>>())
-    .bind(sorted.iter().map(|w| &w.stack).collect::<Vec<_>>())
+    .bind(sorted.iter().map(|w| w.stack.as_ref()).collect::<Vec<_>>())
     .bind(sorted.iter().map(|w| w.retval.as_ref()).collect::<Vec<_>>())
     .bind(sorted.iter().map(|w| w.leased_schedule).collect::<Vec<_>>())
     .bind(sorted.iter().map(|w| w.release_after).collect::<Vec<_>>())
@@ -247,7 +249,8 @@ pub struct ExitWrite {
     pub id: Uuid,
     pub lease: DateTime<Utc>,
     pub label: String,
-    pub stack: Value,
+    /// None: the stack is as the row holds it (see [`StepWrite::stack`]).
+    pub stack: Option<Value>,
     pub exitval: Value,
 }
 
@@ -273,7 +276,7 @@ pub async fn exit_top_level(conn: &mut PgConnection, exits: &[ExitWrite]) -> Res
         "WITH v AS (SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::jsonb[], $5::jsonb[]) \
                     AS v(id, lease, label, stack, exitval)), \
               gone AS (DELETE FROM strand s USING v WHERE s.id = v.id AND s.lease = v.lease \
-                       RETURNING s.id, s.prog, v.label, v.stack, v.exitval, s.created_at), ",
+                       RETURNING s.id, s.prog, v.label, coalesce(v.stack, s.stack) AS stack, v.exitval, s.created_at), ",
         delete_their_semaphores!(),
         " INSERT INTO strand_archive (id, prog, label, stack, exitval, created_at) \
          SELECT id, prog, label, stack, exitval, created_at FROM gone \
@@ -282,7 +285,7 @@ pub async fn exit_top_level(conn: &mut PgConnection, exits: &[ExitWrite]) -> Res
     .bind(sorted.iter().map(|e| e.id).collect::<Vec<_>>())
     .bind(sorted.iter().map(|e| e.lease).collect::<Vec<_>>())
     .bind(sorted.iter().map(|e| e.label.as_str()).collect::<Vec<_>>())
-    .bind(sorted.iter().map(|e| &e.stack).collect::<Vec<_>>())
+    .bind(sorted.iter().map(|e| e.stack.as_ref()).collect::<Vec<_>>())
     .bind(sorted.iter().map(|e| &e.exitval).collect::<Vec<_>>())
     .fetch_all(conn)
     .await
@@ -305,7 +308,7 @@ pub async fn exit_children(conn: &mut PgConnection, exits: &[ExitWrite]) -> Resu
     let mut sorted: Vec<&ExitWrite> = exits.iter().collect();
     sorted.sort_by_key(|e| e.id);
     let rows: Vec<(Uuid, Uuid)> = sqlx::query_as(
-        "UPDATE strand s SET label = v.label, stack = v.stack, exitval = v.exitval, retval = NULL, try = 0, \
+        "UPDATE strand s SET label = v.label, stack = coalesce(v.stack, s.stack), exitval = v.exitval, retval = NULL, try = 0, \
              last_error = NULL, last_error_at = NULL, lease = $6::timestamptz, lease_holder = NULL \
          FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::jsonb[], $5::jsonb[]) \
               AS v(id, lease, label, stack, exitval) \
@@ -315,7 +318,7 @@ pub async fn exit_children(conn: &mut PgConnection, exits: &[ExitWrite]) -> Resu
     .bind(sorted.iter().map(|e| e.id).collect::<Vec<_>>())
     .bind(sorted.iter().map(|e| e.lease).collect::<Vec<_>>())
     .bind(sorted.iter().map(|e| e.label.as_str()).collect::<Vec<_>>())
-    .bind(sorted.iter().map(|e| &e.stack).collect::<Vec<_>>())
+    .bind(sorted.iter().map(|e| e.stack.as_ref()).collect::<Vec<_>>())
     .bind(sorted.iter().map(|e| &e.exitval).collect::<Vec<_>>())
     .bind(FREE)
     .fetch_all(&mut *conn)
@@ -379,7 +382,7 @@ pub async fn record_failure(
     .bind(FREE)
     .bind(progress.map(|p| p.prog.as_str()))
     .bind(progress.map(|p| p.label.as_str()))
-    .bind(progress.map(|p| &p.stack))
+    .bind(progress.and_then(|p| p.stack.as_ref()))
     .bind(progress.and_then(|p| p.retval.as_ref()))
     .fetch_optional(conn)
     .await?;

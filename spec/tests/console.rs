@@ -447,7 +447,7 @@ async fn exited_strands_are_listed_from_the_archive_with_filters() {
     let mut tx = c.h.pool().begin().await.unwrap();
     let began: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()").fetch_one(&mut *tx).await.unwrap();
     sqlx::query("SELECT pg_sleep(1.5)").execute(&mut *tx).await.unwrap();
-    let exit = skein_models::strand::ExitWrite { id: late.uuid(), lease, label: "Count".into(), stack: serde_json::json!([{}]), exitval: serde_json::json!({"done": true}) };
+    let exit = skein_models::strand::ExitWrite { id: late.uuid(), lease, label: "Count".into(), stack: Some(serde_json::json!([{}])), exitval: serde_json::json!({"done": true}) };
     skein_models::strand::exit_top_level(&mut tx, &[exit]).await.unwrap();
     tx.commit().await.unwrap();
     let shown = c.json(&["strand", "show", &late.to_string()]);

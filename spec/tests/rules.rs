@@ -532,7 +532,7 @@ async fn r13_an_increment_that_races_the_exit_is_swept_and_live_strands_keep_the
         id: id.uuid(),
         lease: leased.strand.lease,
         label: "Count".into(),
-        stack: json!([{}]),
+        stack: None, // unchanged by the step: the archive takes the row's
         exitval: json!({"count": 1}),
     };
     let pool = h.pool().clone();
@@ -546,6 +546,8 @@ async fn r13_an_increment_that_races_the_exit_is_swept_and_live_strands_keep_the
     incr.commit().await.unwrap();
     assert_eq!(exiting.await.unwrap(), vec![id.uuid()], "the exit still wins: the increment left the lease alone");
     assert!(h.try_strand(id).await.is_none());
+    let archived = archive::get(&mut conn, id.uuid()).await.unwrap().expect("archived");
+    assert_eq!(archived.stack, leased.strand.stack, "an exit that sends no stack archives the row's");
     let of = |u: Ubid| format!("SELECT count(*) FROM semaphore WHERE strand_id = '{}'", u.uuid());
     assert_eq!(count(&h, &of(id)).await, 1, "the racing increment outlived its strand");
 
