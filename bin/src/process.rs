@@ -46,6 +46,10 @@ pub struct WorkerArgs {
     /// Cap of the retry backoff after failures, in seconds.
     #[arg(long, default_value_t = 600)]
     pub backoff_cap_secs: u64,
+    /// Keep exited strands in the archive for this many months (whole
+    /// months: older monthly partitions are dropped). 0 keeps them all.
+    #[arg(long, default_value_t = 12)]
+    pub archive_keep_months: u32,
     /// Serve Prometheus metrics at this address (e.g. 127.0.0.1:9187).
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,
@@ -76,6 +80,7 @@ impl WorkerArgs {
             lanes: self.lanes.max(1),
             liveness: Some(LivenessConfig {
                 hung_after: Duration::from_secs_f64(self.hung_after_secs.max(1.0)),
+                archive_keep_months: (self.archive_keep_months > 0).then_some(self.archive_keep_months),
                 ..LivenessConfig::default()
             }),
         }

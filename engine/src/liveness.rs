@@ -29,11 +29,14 @@ pub struct LivenessConfig {
     pub interval: Duration,
     /// A worker that has not beaten for this long is declared dead (hung).
     pub hung_after: Duration,
+    /// Housekeeping drops the archive's monthly partitions that ended more
+    /// than this many months ago; None keeps them all.
+    pub archive_keep_months: Option<u32>,
 }
 
 impl Default for LivenessConfig {
     fn default() -> Self {
-        LivenessConfig { interval: Duration::from_millis(250), hung_after: Duration::from_secs(5) }
+        LivenessConfig { interval: Duration::from_millis(250), hung_after: Duration::from_secs(5), archive_keep_months: Some(12) }
     }
 }
 
@@ -166,20 +169,29 @@ async fn keep_alive(
             // On a pool connection, off this loop: a slow round of
             // housekeeping must not delay a beat.
             housekept = Some(tokio::time::Instant::now());
-            tokio::spawn(housekeeping(pool.clone()));
+            tokio::spawn(housekeeping(pool.clone(), config.archive_keep_months));
         }
     }
 }
 
 /// What any worker may do now and then; each part is idempotent, so many
 /// workers doing it at once is harmless:
-/// - make the archive's partitions ahead (`archive::make_partitions_ahead`);
+/// - make the archive's partitions ahead, and drop those past the retention
+///   (`archive::maintain`);
 /// - sweep semaphores left by an increment that raced an exit (rare: see
 ///   migration 20261205000020).
-async fn housekeeping(pool: PgPool) {
-    let made = async { skein_models::archive::make_partitions_ahead(&mut *crate::pool::acquire(&pool).await?).await }.await;
-    if let Err(e) = made {
-        tracing::warn!(error = %e, "could not make the archive's partitions ahead; trying again later");
+async fn housekeeping(pool: PgPool, archive_keep_months: Option<u32>) {
+    let archive = async {
+        let mut conn = crate::pool::acquire(&pool).await?;
+        match archive_keep_months {
+            Some(months) => skein_models::archive::maintain(&mut conn, months as i32).await,
+            None => skein_models::archive::make_partitions_ahead(&mut conn).await.map(|()| vec![]),
+        }
+    };
+    match archive.await {
+        Ok(dropped) if dropped.is_empty() => {}
+        Ok(dropped) => tracing::info!(partitions = ?dropped, months = archive_keep_months, "dropped the archive's partitions past its retention"),
+        Err(e) => tracing::warn!(error = %e, "could not maintain the archive's partitions; trying again later"),
     }
     let swept = async { skein_models::semaphore::sweep_orphans(&mut *crate::pool::acquire(&pool).await?).await }.await;
     match swept {

@@ -113,7 +113,10 @@ pub async fn make_partitions_ahead(conn: &mut PgConnection) -> Result<(), sqlx::
 }
 
 /// Make the partitions ahead, and drop monthly partitions that ended more
-/// than `keep_months` months ago.
+/// than `keep_months` months ago: dropping one is how exited strands leave
+/// the archive, whole months at a time. Dropping locks the archive, and
+/// every exit inserts there: like making one, it gives up after 2 s (the
+/// next round of housekeeping tries again) rather than queue exits behind it.
 pub async fn maintain(conn: &mut PgConnection, keep_months: i32) -> Result<Vec<String>, sqlx::Error> {
     make_partitions_ahead(&mut *conn).await?;
     let old: Vec<(String,)> = sqlx::query_as(
@@ -126,7 +129,10 @@ pub async fn maintain(conn: &mut PgConnection, keep_months: i32) -> Result<Vec<S
     .fetch_all(&mut *conn)
     .await?;
     for (name,) in &old {
-        sqlx::query(&format!("DROP TABLE {name}")).execute(&mut *conn).await?;
+        let mut tx = conn.begin().await?;
+        sqlx::query("SET LOCAL lock_timeout = '2s'").execute(&mut *tx).await?;
+        sqlx::query(&format!("DROP TABLE {name}")).execute(&mut *tx).await?;
+        tx.commit().await?;
     }
     Ok(old.into_iter().map(|(n,)| n).collect())
 }

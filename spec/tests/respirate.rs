@@ -314,3 +314,52 @@ async fn a_worker_makes_the_archive_partitions_ahead_and_sweeps_orphaned_semapho
     assert!(exists().await, "{next} was not made; the worker's log:\n{}", worker.log_text());
     assert_eq!(orphans().await, 0, "the orphaned increment was not swept; the worker's log:\n{}", worker.log_text());
 }
+
+/// The archive keeps exited strands for `--archive-keep-months` (12 by
+/// default) whole months: workers drop older monthly partitions. 0 keeps all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_drop_the_archive_partitions_past_its_retention() {
+    let db = TestDb::new().await;
+    let url = db.url();
+    let partition = |month: &str| format!("strand_archive_{month}");
+    let make = |month: &str, from: &str, to: &str| {
+        format!("CREATE TABLE {} PARTITION OF strand_archive FOR VALUES FROM ('{from}') TO ('{to}')", partition(month))
+    };
+    // One ended long ago; one ended within the year (kept by default).
+    let recent: (String, String, String) = sqlx::query_as(
+        "SELECT to_char(m, 'YYYYMM'), m::date::text, (m + interval '1 month')::date::text \
+         FROM (SELECT date_trunc('month', now()) - interval '6 months' AS m) six_months_ago",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    for sql in [make("200001", "2000-01-01", "2000-02-01"), make(&recent.0, &recent.1, &recent.2)] {
+        sqlx::query(&sql).execute(&db.pool).await.unwrap();
+    }
+    let exists = |name: String| {
+        let pool = db.pool.clone();
+        async move { sqlx::query_scalar::<_, bool>("SELECT to_regclass($1) IS NOT NULL").bind(name).fetch_one(&pool).await.unwrap() }
+    };
+    let wait_for = |want: bool, name: String| async move {
+        let until = Instant::now() + Duration::from_secs(30);
+        while exists(name.clone()).await != want && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        exists(name).await == want
+    };
+
+    // Kept for ever: housekeeping makes the next months (it ran) and drops nothing.
+    sqlx::query(&format!("DROP TABLE {}", partition(&chrono::Utc::now().format("%Y%m").to_string())))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let keep_all = Proc::respirate(&url, &["--archive-keep-months", "0"]);
+    assert!(wait_for(true, chrono::Utc::now().format("strand_archive_%Y%m").to_string()).await, "{}", keep_all.log_text());
+    assert!(exists(partition("200001")).await, "--archive-keep-months 0 dropped a partition:\n{}", keep_all.log_text());
+    drop(keep_all);
+
+    let worker = Proc::respirate(&url, &[]);
+    assert!(wait_for(false, partition("200001")).await, "a partition 26 years old was kept:\n{}", worker.log_text());
+    assert!(exists(partition(&recent.0)).await, "a partition 6 months old was dropped:\n{}", worker.log_text());
+    assert!(worker.log_text().contains("past its retention"), "the drop was not logged:\n{}", worker.log_text());
+}
