@@ -84,8 +84,12 @@ async fn run_with_kills(strands: u32, hops: u32, kill_every: Option<Duration>) -
     let mut round = 0;
     while live_bench_strands(&db.pool).await > 0 {
         assert!(began.elapsed() < Duration::from_secs(120), "not done after 120 s");
+        // The victim must have started working: on a loaded machine a fresh
+        // worker may take longer than `kill_every` to start, and killing
+        // workers that never ran a step would test nothing and finish nothing.
+        let victim_works = || workers[round as usize % workers.len()].log_text().contains("registered as a live worker");
         match kill_every {
-            Some(every) if began.elapsed() > every * (round + 1) => {
+            Some(every) if began.elapsed() > every * (round + 1) && victim_works() => {
                 // Kill one worker in the middle of its steps and start a fresh one.
                 let victim = workers.remove(round as usize % workers.len());
                 victim.signal("KILL");
