@@ -48,7 +48,7 @@ pub struct WorkerArgs {
     pub backoff_cap_secs: u64,
     /// Keep exited strands in the archive for this many months (whole
     /// months: older monthly partitions are dropped). 0 keeps them all.
-    #[arg(long, default_value_t = 12)]
+    #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u32).range(0..=1200))]
     pub archive_keep_months: u32,
     /// Serve Prometheus metrics at this address (e.g. 127.0.0.1:9187).
     #[arg(long)]
