@@ -278,6 +278,9 @@ fn build_guest_image_is_idempotent() {
     assert!(took < Duration::from_secs(10), "a complete image is recognized at once (took {took:?})");
     assert_eq!(fs::read_to_string(image.join("VERSION")).expect("read VERSION"), version, "VERSION unchanged");
     assert_eq!(mtimes(&image), before, "no image file was rewritten");
+    // A build another test started may still be finishing: a run that finds
+    // the image complete does not wait for it. Look once no build holds the lock.
+    run_ok(Command::new("flock").arg(root.join("images/.build.lock")).arg("true"));
     let leftovers: Vec<String> = fs::read_dir(root.join("images"))
         .expect("read images/")
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
