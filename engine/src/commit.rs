@@ -8,6 +8,8 @@
 //! idle a write goes out at once (no timer, no added latency). A few flushes
 //! run at once, so one flush's wait for its WAL flush overlaps the next
 //! one's work; each strand is in exactly one flush, so they never conflict.
+//! A flush first yields once, so that it also carries what the tasks ready
+//! to run beside it write (no timer: it waits for nothing but runnable work).
 
 use skein_models::strand::{self, Continued, ExitWrite, StepWrite};
 use sqlx::PgPool;
@@ -39,7 +41,10 @@ pub(crate) struct GroupCommit {
 impl GroupCommit {
     pub fn start(pool: PgPool) -> GroupCommit {
         let (jobs, rx) = mpsc::unbounded_channel();
-        tokio::spawn(flush_loop(pool, rx));
+        tokio::spawn(flush_loop(rx, move |jobs| {
+            let pool = pool.clone();
+            async move { flush(&pool, jobs).await }
+        }));
         GroupCommit { jobs }
     }
 
@@ -67,12 +72,23 @@ impl GroupCommit {
     }
 }
 
-async fn flush_loop(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Job>) {
+/// Take queued jobs in batches and hand each batch to `flush`, at most
+/// `FLUSHES` at once.
+async fn flush_loop<F, Fut>(mut rx: mpsc::UnboundedReceiver<Job>, flush: F)
+where
+    F: Fn(Vec<Job>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(FLUSHES));
     while let Some(first) = rx.recv().await {
         // Wait for a free slot first: jobs keep queueing meanwhile, so the
         // next flush carries everything that arrived while all were busy.
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        // Let the tasks that are ready to run first (the rest of a claim's
+        // batch, finishing their steps) queue their writes: without this, a
+        // free slot flushed the first write alone, and half the flushes
+        // carried one step, each paying a whole statement and commit.
+        tokio::task::yield_now().await;
         let mut jobs = vec![first];
         while jobs.len() < MAX_FLUSH {
             match rx.try_recv() {
@@ -80,9 +96,9 @@ async fn flush_loop(pool: PgPool, mut rx: mpsc::UnboundedReceiver<Job>) {
                 Err(_) => break,
             }
         }
-        let pool = pool.clone();
+        let flushed = flush(jobs);
         tokio::spawn(async move {
-            flush(&pool, jobs).await;
+            flushed.await;
             drop(slot);
         });
     }
@@ -164,5 +180,54 @@ fn reply_exits(replies: Vec<(Uuid, Reply<bool>)>, result: Result<Vec<Uuid>, sqlx
                 let _ = reply.send(Err(e.to_string()));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+    use std::sync::{Arc, Mutex};
+
+    fn exit(n: u128) -> (Job, oneshot::Receiver<Result<bool, String>>) {
+        let (reply, answer) = oneshot::channel();
+        let e = ExitWrite { id: Uuid::from_u128(n), lease: chrono::Utc::now(), label: "L".into(), stack: None, exitval: Value::Null };
+        (Job::Exit(e, reply), answer)
+    }
+
+    // One worker thread, as under load: a task that queues a write wakes the
+    // flush loop straight after itself (tokio's LIFO slot), ahead of the
+    // other tasks of the same claim that are ready to queue theirs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_flush_carries_the_writes_of_every_task_ready_beside_it() {
+        let (jobs, rx) = mpsc::unbounded_channel();
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let seen = sizes.clone();
+        tokio::spawn(flush_loop(rx, move |batch: Vec<Job>| {
+            seen.lock().unwrap().push(batch.len());
+            async move {
+                for job in batch {
+                    if let Job::Exit(_, reply) = job {
+                        let _ = reply.send(Ok(true));
+                    }
+                }
+            }
+        }));
+        let tasks: Vec<_> = (0..50)
+            .map(|n| {
+                let jobs = jobs.clone();
+                tokio::spawn(async move {
+                    let (job, answer) = exit(n);
+                    jobs.send(job).map_err(|_| "flush loop gone").unwrap();
+                    answer.await.unwrap().unwrap()
+                })
+            })
+            .collect();
+        for t in tasks {
+            assert!(t.await.unwrap());
+        }
+        let sizes = sizes.lock().unwrap().clone();
+        assert_eq!(sizes.iter().sum::<usize>(), 50, "every write flushed once: {sizes:?}");
+        assert_eq!(sizes, vec![50], "the first flush waited for the writes of the tasks ready beside it");
     }
 }
