@@ -228,7 +228,7 @@ impl Dispatcher {
                             }
                             held.lock().unwrap().insert(id, HeldLease { lease, holder: holder.clone(), ends: claim.lease_ends });
                             let (runner, held) = (self.runner.clone(), held.clone());
-                            tasks.spawn(async move {
+                            let task = async move {
                                 let reports = runner.run(claim, usize::MAX).await;
                                 // Only this claim's entry: once its step released the
                                 // strand, a new claim of it may already be held.
@@ -237,7 +237,10 @@ impl Dispatcher {
                                     held.remove(&id);
                                 }
                                 reports
-                            });
+                            };
+                            // Boxed: the task's cell then holds a pointer, not the
+                            // future, and tokio copies its stage on every change.
+                            tasks.spawn(Box::pin(task));
                         }
                     }
                     Err(e) => {

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::ctx::{Ctx, StepState, Tx};
@@ -59,7 +60,7 @@ impl<P: Prog> AnyProg for Typed<P> {
             label: label.to_string(),
             known: self.labels().join(", "),
         })?;
-        let data: P::Frame = serde_json::from_value(Value::Object(frame.clone()))
+        let data = P::Frame::deserialize(frame)
             .map_err(|e| StepError::BadFrame { prog: P::NAME.to_string(), error: e.to_string() })?;
         let mut cx = Ctx::<P>::new(data, tx, st);
         let flow = P::run(&mut cx, label).await.map_err(StepError::Label)?;

@@ -397,7 +397,7 @@ impl Runner {
                     return reports;
                 }
                 Err(error) => {
-                    let outcome = self.fail(&cur, &error).instrument(span.clone()).await;
+                    let outcome = Box::pin(self.fail(&cur, &error)).instrument(span.clone()).await;
                     reports.push(self.report(&cur, outcome, micros));
                     return reports;
                 }
@@ -454,7 +454,8 @@ impl Runner {
         let nap_secs = self.settle_deadline(&mut open, ubid, &mut at, &applied).await?;
         self.consume_semaphores(cur, &ran.decrs, ubid, &mut open).await?;
 
-        let stack_value = at.stack.to_value();
+        // Moved out, not copied: `at` goes on without its stack (`advance` takes it from here).
+        let stack_value = std::mem::replace(&mut at.stack, Stack { frames: vec![] }).into_value();
         // Sent only if it differs from the row's: most steps leave it alone.
         let stack_write = (cur.dirty || stack_value != cur.stack).then(|| stack_value.clone());
         let (again, next) = match applied.exitval {

@@ -45,8 +45,8 @@ impl Stack {
         Ok(Stack { frames })
     }
 
-    pub fn to_value(&self) -> Value {
-        Value::Array(self.frames.iter().cloned().map(Value::Object).collect())
+    pub fn into_value(self) -> Value {
+        Value::Array(self.frames.into_iter().map(Value::Object).collect())
     }
 
     pub fn top(&self) -> &Frame {
