@@ -6,7 +6,7 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::{Connection, FromRow, PgConnection};
+use sqlx::{FromRow, PgConnection};
 use uuid::Uuid;
 
 /// The far-past lease of a free strand (the column is never null).
@@ -91,6 +91,10 @@ pub struct LeaseTerms {
 // every step write is fenced on the lease, so nothing can commit under it.
 // WAL is written in order, so a durable step write makes its claim durable too.
 // Not waiting for an fsync per claim is what lets claims keep up with steps.
+// The setting is made inside the claim statement itself, as a one-time
+// filter evaluated once (`set_config(.., true)` lasts until the end of the
+// statement's own implicit transaction, whose commit reads it), so a claim
+// is one round trip, not four (BEGIN, SET LOCAL, the claim, COMMIT).
 const TAKE: &str = "lease = now() + make_interval(secs => $2), lease_holder = $3, try = s.try + 1";
 const RETURNING_LEASED: &str = "s.id, s.parent_id, s.prog, s.label, s.stack, s.schedule, s.lease, s.lease_holder, \
      s.try AS try_, s.exitval, s.retval, s.last_error, s.last_error_at, s.created_at, due.lease_holder AS prev_holder";
@@ -124,6 +128,7 @@ pub fn claim_due_statement() -> String {
         "UPDATE strand s SET {TAKE} FROM ( \
              SELECT ctid, lease_holder FROM strand \
              WHERE exitval IS NULL AND lease < now() AND schedule <= now() AND id <> ALL($4) \
+               AND (SELECT set_config('synchronous_commit', 'off', true)) = 'off' \
              ORDER BY schedule LIMIT $1 FOR UPDATE SKIP LOCKED) due \
          WHERE s.ctid = due.ctid RETURNING {RETURNING_LEASED}"
     ))
@@ -138,17 +143,13 @@ pub async fn claim_due(
     holder: &str,
     exclude: &[Uuid],
 ) -> Result<Vec<Leased>, sqlx::Error> {
-    let sql = claim_due_statement();
-    let mut tx = conn.begin().await?;
-    sqlx::query("SET LOCAL synchronous_commit = off").execute(&mut *tx).await?;
-    let rows: Vec<LeasedRow> = sqlx::query_as(&sql)
+    let rows: Vec<LeasedRow> = sqlx::query_as(&claim_due_statement())
         .bind(limit)
         .bind(terms.lease_secs)
         .bind(holder)
         .bind(exclude)
-        .fetch_all(&mut *tx)
+        .fetch_all(conn)
         .await?;
-    tx.commit().await?;
     Ok(rows.into_iter().map(Leased::from).collect())
 }
 

@@ -135,6 +135,25 @@ async fn a_batch_claim_updates_every_row_on_its_own_page() {
     assert!(moved.is_empty(), "{} of 400 claimed rows left their page (not a HOT update)", moved.len());
 }
 
+/// A claim is one statement that does not wait for its WAL flush (see the
+/// note on TAKE in models/src/strand.rs). The setting lives only as long as
+/// that statement's own transaction: the pooled connection goes on to carry
+/// step writes, which must wait for theirs.
+#[tokio::test]
+async fn a_claim_skips_its_flush_wait_in_its_own_statement_only() {
+    let h = harness().await;
+    let id = h.start(NapperFrame { naps: vec![] }, NapperLabel::Next).await;
+    let mut conn = h.pool().acquire().await.unwrap();
+    let terms = strand::LeaseTerms { lease_secs: 60.0 };
+    let claimed = strand::claim_due(&mut conn, 10, terms, "claimer", &[]).await.unwrap();
+    assert_eq!(claimed.iter().map(|l| l.strand.id).collect::<Vec<_>>(), vec![id.uuid()]);
+    let setting: String = sqlx::query_scalar("SHOW synchronous_commit").fetch_one(&mut *conn).await.unwrap();
+    assert_eq!(setting, "on", "the claim's setting outlived its statement");
+    let open: Option<i64> = sqlx::query_scalar("SELECT txid_current_if_assigned()").fetch_one(&mut *conn).await.unwrap();
+    assert_eq!(open, None, "the claim left its transaction open");
+    assert_eq!(h.strand(id).await.lease_holder.as_deref(), Some("claimer"), "committed: seen from another connection");
+}
+
 // R02 ---------------------------------------------------------------------
 
 #[tokio::test]
