@@ -366,8 +366,11 @@ impl Runner {
             let began = Instant::now();
             // Boxed: the step's future is large (every phase's state), and a
             // strand's task would otherwise carry it inline, copied whole
-            // each time the task is spawned and moved.
-            let result = tokio::time::timeout(budget, Box::pin(self.step(&mut cur, ends_at, keep_going, private)))
+            // each time the task is spawned and moved. Boxed in a statement
+            // of its own: a temporary of the awaiting statement would keep
+            // its room in this future all the same.
+            let step = Box::pin(self.step(&mut cur, ends_at, keep_going, private));
+            let result = tokio::time::timeout(budget, step)
                 .instrument(span.clone())
                 .await
                 .unwrap_or(Err(StepError::Overran(budget)));
@@ -397,7 +400,8 @@ impl Runner {
                     return reports;
                 }
                 Err(error) => {
-                    let outcome = Box::pin(self.fail(&cur, &error)).instrument(span.clone()).await;
+                    let failing = Box::pin(self.fail(&cur, &error)); // boxed as the step is, above
+                    let outcome = failing.instrument(span.clone()).await;
                     reports.push(self.report(&cur, outcome, micros));
                     return reports;
                 }
