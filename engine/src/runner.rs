@@ -459,16 +459,21 @@ impl Runner {
         self.consume_semaphores(cur, &ran.decrs, ubid, &mut open).await?;
 
         // Moved out, not copied: `at` goes on without its stack (`advance` takes it from here).
-        let stack_value = std::mem::replace(&mut at.stack, Stack { frames: vec![] }).into_value();
-        // Sent only if it differs from the row's: most steps leave it alone.
-        let stack_write = (cur.dirty || stack_value != cur.stack).then(|| stack_value.clone());
-        let (again, next) = match applied.exitval {
+        let mut stack_value = std::mem::replace(&mut at.stack, Stack { frames: vec![] }).into_value();
+        let again = applied.exitval.is_none() && keep_going && nap_secs == 0.0;
+        // Sent only if it differs from the row's (most steps leave it alone),
+        // and copied only if the strand also carries on with it in memory.
+        let stack_write = match (cur.dirty || stack_value != cur.stack, again) {
+            (false, _) => None,
+            (true, true) => Some(stack_value.clone()),
+            (true, false) => Some(std::mem::take(&mut stack_value)),
+        };
+        let next = match applied.exitval {
             Some(exitval) => {
                 self.write_exit(cur, &at.label, stack_write, exitval, open).await?;
-                (false, None)
+                None
             }
             None => {
-                let again = keep_going && nap_secs == 0.0;
                 let write = StepWrite {
                     id: cur.id,
                     lease: cur.lease,
@@ -481,8 +486,7 @@ impl Runner {
                 };
                 // A quick pure hop that carries on is not written yet.
                 let carry_on = again && !open.is_open() && began.elapsed() < COALESCE_UNDER;
-                let next = if carry_on { None } else { Some(self.write_step(write, open).await?) };
-                (again, next)
+                if carry_on { None } else { Some(self.write_step(write, open).await?) }
             }
         };
 
