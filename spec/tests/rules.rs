@@ -142,9 +142,20 @@ async fn a_batch_claim_updates_every_row_on_its_own_page() {
 #[tokio::test]
 async fn a_claim_skips_its_flush_wait_in_its_own_statement_only() {
     let h = harness().await;
+    let terms = strand::LeaseTerms { lease_secs: 60.0 };
+    // Run inside a transaction that outlives it, the statement is seen to
+    // turn the wait off for the transaction it runs in.
+    let seen = h.start(NapperFrame { naps: vec![] }, NapperLabel::Next).await;
+    let mut tx = h.pool().begin().await.unwrap();
+    assert_eq!(strand::claim_due(&mut tx, 10, terms, "claimer", &[]).await.unwrap().len(), 1);
+    let setting: String = sqlx::query_scalar("SHOW synchronous_commit").fetch_one(&mut *tx).await.unwrap();
+    assert_eq!(setting, "off", "the claim did not turn off its transaction's flush wait");
+    tx.rollback().await.unwrap();
+    sqlx::query("DELETE FROM strand WHERE id = $1").bind(seen.uuid()).execute(h.pool()).await.unwrap();
+
+    // Run alone, as the engine runs it: its own transaction ends with it.
     let id = h.start(NapperFrame { naps: vec![] }, NapperLabel::Next).await;
     let mut conn = h.pool().acquire().await.unwrap();
-    let terms = strand::LeaseTerms { lease_secs: 60.0 };
     let claimed = strand::claim_due(&mut conn, 10, terms, "claimer", &[]).await.unwrap();
     assert_eq!(claimed.iter().map(|l| l.strand.id).collect::<Vec<_>>(), vec![id.uuid()]);
     let setting: String = sqlx::query_scalar("SHOW synchronous_commit").fetch_one(&mut *conn).await.unwrap();
