@@ -197,35 +197,40 @@ mod tests {
 
     // One worker thread, as under load: a task that queues a write wakes the
     // flush loop straight after itself (tokio's LIFO slot), ahead of the
-    // other tasks of the same claim that are ready to queue theirs.
+    // other tasks of the same claim that are ready to queue theirs. Every
+    // task is spawned from one task on that worker, as dispatch spawns a
+    // claim's steps, so all 50 are queued before the first one runs.
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
     async fn a_flush_carries_the_writes_of_every_task_ready_beside_it() {
-        let (jobs, rx) = mpsc::unbounded_channel();
         let sizes = Arc::new(Mutex::new(Vec::new()));
         let seen = sizes.clone();
-        tokio::spawn(flush_loop(rx, move |batch: Vec<Job>| {
-            seen.lock().unwrap().push(batch.len());
-            async move {
-                for job in batch {
-                    if let Job::Exit(_, reply) = job {
-                        let _ = reply.send(Ok(true));
+        let claim = async move {
+            let (jobs, rx) = mpsc::unbounded_channel();
+            tokio::spawn(flush_loop(rx, move |batch: Vec<Job>| {
+                seen.lock().unwrap().push(batch.len());
+                async move {
+                    for job in batch {
+                        if let Job::Exit(_, reply) = job {
+                            let _ = reply.send(Ok(true));
+                        }
                     }
                 }
-            }
-        }));
-        let tasks: Vec<_> = (0..50)
-            .map(|n| {
-                let jobs = jobs.clone();
-                tokio::spawn(async move {
-                    let (job, answer) = exit(n);
-                    jobs.send(job).map_err(|_| "flush loop gone").unwrap();
-                    answer.await.unwrap().unwrap()
+            }));
+            let tasks: Vec<_> = (0..50)
+                .map(|n| {
+                    let jobs = jobs.clone();
+                    tokio::spawn(async move {
+                        let (job, answer) = exit(n);
+                        jobs.send(job).map_err(|_| "flush loop gone").unwrap();
+                        answer.await.unwrap().unwrap()
+                    })
                 })
-            })
-            .collect();
-        for t in tasks {
-            assert!(t.await.unwrap());
-        }
+                .collect();
+            for t in tasks {
+                assert!(t.await.unwrap());
+            }
+        };
+        tokio::spawn(claim).await.unwrap();
         let sizes = sizes.lock().unwrap().clone();
         assert_eq!(sizes.iter().sum::<usize>(), 50, "every write flushed once: {sizes:?}");
         assert_eq!(sizes, vec![50], "the first flush waited for the writes of the tasks ready beside it");
