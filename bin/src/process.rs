@@ -32,7 +32,10 @@ pub struct WorkerArgs {
     /// Fallback poll interval in milliseconds (NOTIFY wakes workers at once).
     #[arg(long, default_value_t = 2000)]
     pub poll_ms: u64,
-    /// Lease length in seconds: how long a crashed worker's strands wait.
+    /// Lease length in seconds: the backstop. A dead or hung worker's strands
+    /// move on as soon as a peer notices (see --hung-after-secs); they wait out
+    /// the lease only when no live worker is left to notice. A step is cut
+    /// short a quarter of a lease before it ends.
     #[arg(long, default_value_t = 120)]
     pub lease_secs: u64,
     /// On SIGTERM, seconds running steps get to finish.

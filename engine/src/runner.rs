@@ -42,7 +42,9 @@ use crate::stack::{self, Deadline, Stack, DESTROYING, LINK, SUBJECT_ID};
 /// Timings and thresholds. The defaults suit production; tests shrink them.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// How long a lease lasts. A crashed worker's strands wait this long.
+    /// How long a lease lasts: the backstop. A dead worker's strands move on
+    /// when a live peer notices (liveness.rs); only with none left do they
+    /// wait this long.
     pub lease: Duration,
     /// The most one step may take; it is also cut short to end a quarter of a
     /// lease before the lease expires (apoptosis, well before a takeover).
