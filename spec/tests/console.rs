@@ -328,6 +328,11 @@ async fn the_console_answers_help_mistakes_closed_pipes_and_exit_codes_truthfull
 
     // Every printing command, its reader gone before it prints: no panic, exit 0.
     let [id] = c.counters(1).await[..] else { unreachable!() };
+
+    // Commands run in order, and the first that fails stops the rest.
+    let err = c.refused(&["console", "--yes", "-c", &format!("strand wake {id}; frobnicate; strand wake {id}")]);
+    assert!(err.contains("unrecognized subcommand 'frobnicate'"), "{err}");
+    assert_eq!(c.sql_i64("SELECT count(*) FROM operator_audit WHERE action = 'wake'").await, 1, "only the wake before the mistake ran");
     for args in [
         vec!["console", "-c", "page list; strand counts; page list"],
         vec!["strand", "list"],

@@ -25,6 +25,7 @@ use crate::cmd::session::{OpsOptions, Reply, Session};
 #[derive(clap::Args, Debug)]
 pub struct ConsoleArgs {
     /// Run this command instead of prompting (repeatable; `;` also separates commands).
+    /// They run in order; the first that fails stops the rest (exit status 1).
     #[arg(short = 'c', long = "command")]
     pub commands: Vec<String>,
     /// Where the prompt keeps its history across sessions [default: ~/.skein_history].
