@@ -71,8 +71,12 @@ pub async fn measure(pool: &PgPool, url: &str, rounds: u32, strands: u64, say: i
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let survivor = Worker::start(url)?;
-        // Let the survivor register and start claiming what is left.
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Let the survivor register and start claiming what is left. Then
+        // kill at a random moment of its beat: a fixed wait killed at the
+        // same phase every round (just before its next beat, as it was), and
+        // measured that phase, not how long a death goes unnoticed.
+        let beat = skein_engine::LivenessConfig::default().interval;
+        tokio::time::sleep(Duration::from_millis(500) + beat.mul_f64(rand::random::<f64>())).await;
         let held = held_by(pool, victim.pid()).await?;
         let killed = Instant::now();
         sigkill(victim.pid());
