@@ -97,19 +97,36 @@ pub struct LeaseTerms {
 // is one round trip, not four (BEGIN, SET LOCAL, the claim, COMMIT).
 const TAKE: &str = "lease = now() + make_interval(secs => $2), lease_holder = $3, try = s.try + 1";
 const RETURNING_LEASED: &str = "s.id, s.parent_id, s.prog, s.label, s.stack, s.schedule, s.lease, s.lease_holder, \
-     s.try AS try_, s.exitval, s.retval, s.last_error, s.last_error_at, s.created_at, due.lease_holder AS prev_holder";
+     s.try AS try_, s.exitval, s.retval, s.last_error, s.last_error_at, s.created_at";
 
-/// A claim's rows with their semaphores. The semaphores are looked up once
-/// for the whole batch (one grouped semi-join), not by two subqueries per
-/// row: most strands have none, and the per-row subqueries cost a claim more
-/// than the row updates did.
-fn with_semaphores(claim: &str) -> String {
+/// A claim: lock the strands `due` selects (`ctid, id, lease_holder`), lease
+/// them, and return each with its semaphores and the holder whose lease ran
+/// out on it, if any (a takeover).
+///
+/// The locked rows are updated by `ctid`, their physical address (stable
+/// while this statement holds their row locks), collected once into an
+/// array: the locking runs exactly once and the update is a TID scan,
+/// whatever plan the statement has. As a join (`FROM due WHERE s.ctid =
+/// due.ctid`) the plan was the planner's to choose, and a plan made while
+/// the table was empty (the generic plan a worker caches while it idles)
+/// rescanned the locking subquery once per row of the table after a burst:
+/// 720 ms a claim at 10,000 due strands. Joined back by id, a large batch
+/// made the planner hash-join the whole table.
+///
+/// The semaphores are looked up once for the whole batch (one grouped
+/// semi-join), not by two subqueries per row: most strands have none, and
+/// the per-row subqueries cost a claim more than the row updates did.
+fn claim(due: &str) -> String {
     format!(
-        "WITH claimed AS ({claim}), \
+        "WITH due AS MATERIALIZED ({due}), \
+              claimed AS (UPDATE strand s SET {TAKE} WHERE s.ctid = ANY(ARRAY(SELECT ctid FROM due)) \
+                          RETURNING {RETURNING_LEASED}), \
+              taken_over AS MATERIALIZED (SELECT id, lease_holder FROM due WHERE lease_holder IS NOT NULL), \
               sems AS (SELECT m.strand_id, array_agg(m.id ORDER BY m.id) AS sem_ids, \
                               array_agg(m.name ORDER BY m.id) AS sem_names \
                        FROM semaphore m WHERE m.strand_id IN (SELECT id FROM claimed) GROUP BY m.strand_id) \
-         SELECT claimed.*, coalesce(sems.sem_ids, '{{}}') AS sem_ids, coalesce(sems.sem_names, '{{}}') AS sem_names \
+         SELECT claimed.*, (SELECT t.lease_holder FROM taken_over t WHERE t.id = claimed.id) AS prev_holder, \
+                coalesce(sems.sem_ids, '{{}}') AS sem_ids, coalesce(sems.sem_names, '{{}}') AS sem_names \
          FROM claimed LEFT JOIN sems ON sems.strand_id = claimed.id"
     )
 }
@@ -117,21 +134,15 @@ fn with_semaphores(claim: &str) -> String {
 /// The claim statement `claim_due` runs, with its parameters: $1 the batch
 /// size (int8), $2 the lease in seconds (float8), $3 the holder (text), $4
 /// the ids to skip (uuid[]). Public so that `skein bench` explains the very
-/// statement the engine runs (`bench::claim_plan`), not a copy that drifts.
-///
-/// The locked rows are updated by `ctid`, their physical address (stable
-/// while this statement holds their row locks), so the update is a direct
-/// fetch whatever the batch size: joined back by id, a large batch made the
-/// planner hash-join the whole table.
+/// statement the engine runs (`bench::claim_plan`), and a rule test the
+/// plan a worker caches, not a copy that drifts.
 pub fn claim_due_statement() -> String {
-    with_semaphores(&format!(
-        "UPDATE strand s SET {TAKE} FROM ( \
-             SELECT ctid, lease_holder FROM strand \
-             WHERE exitval IS NULL AND lease < now() AND schedule <= now() AND id <> ALL($4) \
-               AND (SELECT set_config('synchronous_commit', 'off', true)) = 'off' \
-             ORDER BY schedule LIMIT $1 FOR UPDATE SKIP LOCKED) due \
-         WHERE s.ctid = due.ctid RETURNING {RETURNING_LEASED}"
-    ))
+    claim(
+        "SELECT ctid, id, lease_holder FROM strand \
+         WHERE exitval IS NULL AND lease < now() AND schedule <= now() AND id <> ALL($4) \
+           AND (SELECT set_config('synchronous_commit', 'off', true)) = 'off' \
+         ORDER BY schedule LIMIT $1 FOR UPDATE SKIP LOCKED",
+    )
 }
 
 /// Lease up to `limit` due strands in one statement, oldest schedule first,
@@ -162,13 +173,11 @@ pub async fn claim_one(
     holder: &str,
     due_only: bool,
 ) -> Result<Option<Leased>, sqlx::Error> {
-    let sql = with_semaphores(&format!(
-        "UPDATE strand s SET {TAKE} FROM ( \
-             SELECT id, lease_holder FROM strand \
-             WHERE id = $1 AND exitval IS NULL AND lease < now() AND (NOT $4 OR schedule <= now()) \
-             FOR UPDATE) due \
-         WHERE s.id = due.id RETURNING {RETURNING_LEASED}"
-    ));
+    let sql = claim(
+        "SELECT ctid, id, lease_holder FROM strand \
+         WHERE id = $1 AND exitval IS NULL AND lease < now() AND (NOT $4 OR schedule <= now()) \
+         FOR UPDATE",
+    );
     let row: Option<LeasedRow> = sqlx::query_as(&sql)
         .bind(id)
         .bind(terms.lease_secs)

@@ -165,6 +165,54 @@ async fn a_claim_skips_its_flush_wait_in_its_own_statement_only() {
     assert_eq!(h.strand(id).await.lease_holder.as_deref(), Some("claimer"), "committed: seen from another connection");
 }
 
+/// A worker that idles caches its claim's plan (a generic plan, after five
+/// runs) while the table is empty (its work done, vacuumed); then a burst
+/// arrives. The claim still locks its batch in one pass. As a join, such a
+/// plan rescanned the locking subquery once per row of the table: a claim
+/// took 720 ms at 10,000 strands, and every step write of its batch waited
+/// behind it.
+#[tokio::test]
+async fn a_claim_locks_its_batch_once_whatever_plan_it_cached_on_an_empty_table() {
+    let h = harness().await;
+    let mut conn = h.pool().acquire().await.unwrap();
+    // Statistics that say "empty" stay so: no autovacuum re-plans it midway.
+    sqlx::query("ALTER TABLE strand SET (autovacuum_enabled = false)").execute(&mut *conn).await.unwrap();
+    let earlier = (0..2000).map(|_| NapperFrame { naps: vec![] });
+    skein_engine::enqueue::start_many(&mut conn, earlier, NapperLabel::Next).await.unwrap();
+    sqlx::query("ANALYZE strand").execute(&mut *conn).await.unwrap();
+    sqlx::query("DELETE FROM strand").execute(&mut *conn).await.unwrap();
+    sqlx::query("VACUUM strand").execute(&mut *conn).await.unwrap();
+    sqlx::query("SET plan_cache_mode = force_generic_plan").execute(&mut *conn).await.unwrap();
+    let prepare = format!("PREPARE claim(int8, float8, text, uuid[]) AS {}", strand::claim_due_statement());
+    sqlx::query(&prepare).execute(&mut *conn).await.unwrap();
+    let idle = sqlx::query("EXECUTE claim(64, 60, 'idle', '{}')").execute(&mut *conn).await.unwrap();
+    assert_eq!(idle.rows_affected(), 0, "nothing to claim yet");
+
+    let burst = (0..2000).map(|_| NapperFrame { naps: vec![] });
+    skein_engine::enqueue::start_many(&mut conn, burst, NapperLabel::Next).await.unwrap();
+    let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
+    let plan: serde_json::Value = sqlx::query_scalar("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE claim(64, 60, 'burst', '{}')")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+
+    fn nodes<'a>(plan: &'a serde_json::Value, out: &mut Vec<&'a serde_json::Value>) {
+        out.push(plan);
+        for child in plan["Plans"].as_array().into_iter().flatten() {
+            nodes(child, out);
+        }
+    }
+    let mut all = Vec::new();
+    nodes(&plan[0]["Plan"], &mut all);
+    let locking: Vec<_> = all.iter().filter(|n| n["Node Type"] == "LockRows").collect();
+    assert_eq!(locking.len(), 1, "{plan:#}");
+    assert_eq!(locking[0]["Actual Loops"], 1, "the locking subquery ran more than once: {plan:#}");
+    assert_eq!(locking[0]["Actual Rows"], 64, "{plan:#}");
+    let updated = all.iter().find(|n| n["Node Type"] == "ModifyTable").expect("an update");
+    assert_eq!(updated["Actual Rows"], 64, "the whole batch was leased: {plan:#}");
+}
+
 // R02 ---------------------------------------------------------------------
 
 #[tokio::test]
