@@ -136,13 +136,17 @@ fn claim(due: &str) -> String {
 /// the ids to skip (uuid[]). Public so that `skein bench` explains the very
 /// statement the engine runs (`bench::claim_plan`), and a rule test the
 /// plan a worker caches, not a copy that drifts.
-pub fn claim_due_statement() -> String {
-    claim(
-        "SELECT ctid, id, lease_holder FROM strand \
-         WHERE exitval IS NULL AND lease < now() AND schedule <= now() AND id <> ALL($4) \
-           AND (SELECT set_config('synchronous_commit', 'off', true)) = 'off' \
-         ORDER BY schedule LIMIT $1 FOR UPDATE SKIP LOCKED",
-    )
+pub fn claim_due_statement() -> &'static str {
+    // Built once: the claim runs many times a second, and the text is fixed.
+    static STATEMENT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        claim(
+            "SELECT ctid, id, lease_holder FROM strand \
+             WHERE exitval IS NULL AND lease < now() AND schedule <= now() AND id <> ALL($4) \
+               AND (SELECT set_config('synchronous_commit', 'off', true)) = 'off' \
+             ORDER BY schedule LIMIT $1 FOR UPDATE SKIP LOCKED",
+        )
+    });
+    &STATEMENT
 }
 
 /// Lease up to `limit` due strands in one statement, oldest schedule first,
@@ -154,7 +158,7 @@ pub async fn claim_due(
     holder: &str,
     exclude: &[Uuid],
 ) -> Result<Vec<Leased>, sqlx::Error> {
-    let rows: Vec<LeasedRow> = sqlx::query_as(&claim_due_statement())
+    let rows: Vec<LeasedRow> = sqlx::query_as(claim_due_statement())
         .bind(limit)
         .bind(terms.lease_secs)
         .bind(holder)
