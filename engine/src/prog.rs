@@ -203,7 +203,10 @@ pub trait Prog: Send + Sync + Sized + 'static {
     type Label: Label<Prog = Self>;
     /// The prog's own data in its stack frame. Unknown keys are ignored on
     /// read, so it sits beside the engine's keys (`subject_id`, `link`, ...).
-    type Frame: Serialize + DeserializeOwned + Send + Sync;
+    /// Written back only if the label changed it (`Clone` + `PartialEq`
+    /// tell): most steps leave it alone, and serializing it back into the
+    /// stack cost more than the rest of a step's bookkeeping.
+    type Frame: Serialize + DeserializeOwned + Clone + PartialEq + Send + Sync;
     /// The semaphores this prog answers besides `destroy` ([`semaphores!`](crate::semaphores),
     /// or [`NoSems`]). Labels read only these; operators' tools complete and
     /// check names against them.

@@ -30,8 +30,8 @@ pub(crate) trait AnyProg: Send + Sync {
     fn destroy_label(&self) -> Option<&'static str>;
     fn semaphores(&self) -> Vec<&'static str>;
     /// Run `label` with the prog's data read from `frame`; returns the flow and
-    /// the frame data to write back.
-    async fn run(&self, tx: Tx<'_>, st: &mut StepState, label: &str, frame: &Frame) -> Result<(RawFlow, Value), StepError>;
+    /// the frame data to write back, if the label changed it.
+    async fn run(&self, tx: Tx<'_>, st: &mut StepState, label: &str, frame: &Frame) -> Result<(RawFlow, Option<Value>), StepError>;
 }
 
 struct Typed<P>(PhantomData<fn() -> P>);
@@ -54,7 +54,7 @@ impl<P: Prog> AnyProg for Typed<P> {
         <P::Sem as Semaphore>::ALL.iter().map(|s| s.name()).collect()
     }
 
-    async fn run(&self, tx: Tx<'_>, st: &mut StepState, label: &str, frame: &Frame) -> Result<(RawFlow, Value), StepError> {
+    async fn run(&self, tx: Tx<'_>, st: &mut StepState, label: &str, frame: &Frame) -> Result<(RawFlow, Option<Value>), StepError> {
         let label = P::Label::parse(label).ok_or_else(|| StepError::UnknownLabel {
             prog: P::NAME.to_string(),
             label: label.to_string(),
@@ -62,10 +62,15 @@ impl<P: Prog> AnyProg for Typed<P> {
         })?;
         let data = P::Frame::deserialize(frame)
             .map_err(|e| StepError::BadFrame { prog: P::NAME.to_string(), error: e.to_string() })?;
-        let mut cx = Ctx::<P>::new(data, tx, st);
+        let mut cx = Ctx::<P>::new(data.clone(), tx, st);
         let flow = P::run(&mut cx, label).await.map_err(StepError::Label)?;
-        let data = serde_json::to_value(&cx.frame)
-            .map_err(|e| StepError::BadFrame { prog: P::NAME.to_string(), error: e.to_string() })?;
+        let data = match cx.frame == data {
+            true => None,
+            false => Some(
+                serde_json::to_value(&cx.frame)
+                    .map_err(|e| StepError::BadFrame { prog: P::NAME.to_string(), error: e.to_string() })?,
+            ),
+        };
         let flow = match flow {
             Flow::Hop(l) => RawFlow::Hop(l.name()),
             Flow::Nap(s) => RawFlow::Nap(s),

@@ -575,8 +575,10 @@ impl Runner {
         if let Some(held) = held {
             return Err(StepError::Label(held.into()));
         }
-        let (flow, data) = ran?;
-        stack::replace_prog_data(at.stack.top_mut(), data).map_err(|error| StepError::BadFrame { prog: at.prog.clone(), error })?;
+        let (flow, changed) = ran?;
+        if let Some(data) = changed {
+            stack::replace_prog_data(at.stack.top_mut(), data).map_err(|error| StepError::BadFrame { prog: at.prog.clone(), error })?;
+        }
         Ok(LabelRun { flow, budded: st.budded, decrs: st.decrs, deadline: st.deadline })
     }
 

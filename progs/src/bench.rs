@@ -28,7 +28,7 @@ labels! {
     pub enum StepLabel for Stepper { Run }
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct StepFrame {
     pub hops: u32,
     #[serde(default)]
@@ -95,7 +95,7 @@ labels! {
     pub enum FanoutLabel for Fanout { Start, Reap, Done }
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct FanoutFrame {
     pub children: u32,
     #[serde(default)]
@@ -176,7 +176,7 @@ labels! {
     pub enum RemoteLabel for Remote { Ask }
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct RemoteFrame {
     pub port: u16,
     pub wait_ms: u64,

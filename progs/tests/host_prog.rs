@@ -23,7 +23,7 @@ labels! {
     pub enum Label for DiskUse { Ask }
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Frame {}
 
 /// What it learned (and returns).

@@ -25,7 +25,7 @@ labels! {
     enum NicLabel for NicChange { Go }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 struct NicFrame {
     vm: Ubid,
     gone: bool,

@@ -9,7 +9,7 @@ use crate::SideDoor;
 /// Naps each of `naps` in turn, then exits.
 pub struct Napper;
 labels! { pub enum NapperLabel for Napper { Next } }
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct NapperFrame {
     pub naps: Vec<f64>,
 }
@@ -37,7 +37,7 @@ impl Prog for Napper {
 /// It consumes `poke` when it sees it, and exits on `done`.
 pub struct Meddler;
 labels! { pub enum MeddlerLabel for Meddler { Act, Done } }
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct MeddlerFrame {
     pub mode: String,
     #[serde(default)]
@@ -92,7 +92,7 @@ impl Prog for Meddler {
 /// one of them to its exit through the side door, as another worker would.
 pub struct Racer;
 labels! { pub enum RacerLabel for Racer { Start, Reap, Done } }
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct RacerFrame {
     pub children: u32,
     #[serde(default)]
@@ -136,7 +136,7 @@ impl Prog for Racer {
 /// Pushes a sub-prog that waits forever; its destroy label counts teardowns.
 pub struct Teardown;
 labels! { pub enum TeardownLabel for Teardown { Start, Wait, Teardown, Gone } }
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct TeardownFrame {
     #[serde(default)]
     pub teardowns: u32,
@@ -165,7 +165,7 @@ impl Prog for Teardown {
 /// Waits forever; has no destroy label of its own.
 pub struct Waiter;
 labels! { pub enum WaiterLabel for Waiter { Wait } }
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct WaiterFrame {}
 #[async_trait]
 impl Prog for Waiter {
@@ -182,7 +182,7 @@ impl Prog for Waiter {
 /// Must reach `Done` within `within_ms`; gets there when `go` is set.
 pub struct Late;
 labels! { pub enum LateLabel for Late { Start, Wait, Done } }
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct LateFrame {
     pub within_ms: u64,
 }
@@ -210,7 +210,7 @@ impl Prog for Late {
 /// Hops A -> B -> C quickly (pure steps, coalesced in memory), then fails at C.
 pub struct Stumbler;
 labels! { pub enum StumblerLabel for Stumbler { A, B, C } }
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct StumblerFrame {
     #[serde(default)]
     pub visited: Vec<String>,

@@ -11,7 +11,7 @@ use skein_engine::prelude::*;
 /// database held, as a remote call would.
 pub struct Journal;
 labels! { pub enum JournalLabel for Journal { Step } }
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct JournalFrame {
     pub steps: u32,
     #[serde(default)]
@@ -52,7 +52,7 @@ impl Prog for Journal {
 /// A poison pill: its label takes its worker process down, every time.
 pub struct Poison;
 labels! { pub enum PoisonLabel for Poison { Swallow } }
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct PoisonFrame {}
 #[async_trait]
 impl Prog for Poison {

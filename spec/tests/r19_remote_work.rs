@@ -20,7 +20,7 @@ use skein_spec::{create_spec_tables, SideDoor};
 struct Caller;
 labels! { enum CallerLabel for Caller { Act, Wait, Done } }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 struct CallerFrame {
     mode: String,
     /// A listener that accepts and never answers, for the real SSH client.

@@ -16,7 +16,7 @@ labels! {
     pub enum Label for Census { Start, Tally, Double, Wait, Cancel }
 }
 
-#[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Frame {
     /// How far each district's counter counts.
     pub districts: Vec<u32>,

@@ -8,7 +8,7 @@ labels! {
     pub enum Label for Counter { Count }
 }
 
-#[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Frame {
     pub upto: u32,
     pub at: u32,

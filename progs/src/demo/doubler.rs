@@ -8,7 +8,7 @@ labels! {
     pub enum Label for Doubler { Start }
 }
 
-#[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Frame {
     pub n: u64,
 }

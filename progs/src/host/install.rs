@@ -19,7 +19,7 @@ labels! {
     pub enum Label for InstallAgent { Install }
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Frame {}
 
 /// What an install returns: the agent version now on the host, and the

@@ -16,7 +16,7 @@ labels! {
     pub enum Label for Learn { Ask }
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Frame {
     pub what: String,
 }

@@ -48,7 +48,7 @@ labels! {
     pub enum Label for HostNexus { Start, TakeOver, InstallAgent, Learn, WaitLearn, PrepImage, ProbeKvm, Wait, Unreachable, Drain, Reboot, WaitReboot, Destroy }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Frame {
     /// Seconds between checkups.
     #[serde(default = "default_checkup_secs")]

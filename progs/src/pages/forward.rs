@@ -20,7 +20,7 @@ labels! {
     pub enum Label for Forward { Deliver }
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Frame {
     /// The page as it was at the change.
     pub page: Value,

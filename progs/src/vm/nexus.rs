@@ -43,7 +43,7 @@ labels! {
     pub enum Label for Nexus { Start, Setup, Launch, WaitNic, WaitBoot, Running, Stopped, Destroy, Remove, WaitNicGone }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Frame {
     /// Page an operator when no host has had room for this long.
     #[serde(default = "default_wait_page_secs")]

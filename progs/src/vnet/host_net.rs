@@ -37,7 +37,7 @@ semaphores! {
     pub enum Sem { Apply = "apply" }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Frame {
     /// The host whose network this strand keeps.
     pub host: Ubid,

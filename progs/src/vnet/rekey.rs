@@ -69,7 +69,7 @@ impl Phase {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Frame {
     pub host: Ubid,
     /// Who asked, as an event actor: "system" (the daily schedule), "operator" or "user".
