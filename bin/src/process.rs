@@ -17,6 +17,8 @@ use sqlx::PgPool;
 pub struct WorkerArgs {
     /// Steps in flight in this process. Most hold no database connection
     /// (their writes are group-committed), so this can exceed the pool size.
+    /// A strand waiting only for its last, group-committed write frees its
+    /// slot (as many again may wait so).
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
     /// Independent claim loops sharing those slots.

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use skein_models::strand;
 use sqlx::postgres::PgListener;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 use uuid::Uuid;
 
@@ -28,7 +28,9 @@ use crate::runner::{Outcome, Runner, StepReport};
 
 #[derive(Clone, Debug)]
 pub struct DispatchConfig {
-    /// Strands stepped at once by this process.
+    /// Strands stepped at once by this process. A strand whose last write
+    /// is group-committed gives its slot back while the write waits (as
+    /// many again may wait so).
     pub concurrency: usize,
     /// The most strands one claim statement leases.
     pub batch: i64,
@@ -165,6 +167,11 @@ impl Dispatcher {
 
     /// One claim loop with `concurrency` slots. A process runs a few, so that
     /// one lane's claim statement overlaps another's steps and writes.
+    ///
+    /// A slot is a strand whose label may still run: a strand left waiting
+    /// only for its group-committed last write gives its slot back (see
+    /// `Runner::run_in_slot`), so a WAL flush does not hold a lane's claims
+    /// back. Those waiting tasks are bounded too, by as many again.
     async fn lane(
         self: Arc<Self>,
         concurrency: usize,
@@ -174,6 +181,8 @@ impl Dispatcher {
         mut stopping: watch::Receiver<bool>,
     ) -> Summary {
         let mut tasks: JoinSet<Vec<StepReport>> = JoinSet::new();
+        let slots = Arc::new(Semaphore::new(concurrency));
+        let quarter = (concurrency / 4).max(1);
         let mut summary = Summary::default();
         let mut db_backoff = Duration::from_millis(100);
         let stopped = |rx: &watch::Receiver<bool>| *rx.borrow();
@@ -202,12 +211,12 @@ impl Dispatcher {
             while let Some(done) = tasks.try_join_next() {
                 self.tally(&mut summary, done);
             }
-            let free = concurrency.saturating_sub(tasks.len());
+            let free = slots.available_permits().min((2 * concurrency).saturating_sub(tasks.len()));
             let mut more_due = false;
             // While strands run, refill in batches (a quarter of the lane at a
             // time) rather than one slot at a time: one claim statement per
             // strand would cost more than the steps themselves.
-            let worth_claiming = tasks.is_empty() || free >= (concurrency / 4).max(1);
+            let worth_claiming = tasks.is_empty() || free >= quarter;
             if free > 0 && worth_claiming {
                 let asked = (free as i64).min(self.config.batch);
                 let exclude = ending_leases(&held);
@@ -228,8 +237,10 @@ impl Dispatcher {
                             }
                             held.lock().unwrap().insert(id, HeldLease { lease, holder: holder.clone(), ends: claim.lease_ends });
                             let (runner, held) = (self.runner.clone(), held.clone());
+                            // The claim asked for at most the free slots, and only this lane takes them.
+                            let slot = slots.clone().try_acquire_owned().ok();
                             let task = async move {
-                                let reports = runner.run(claim, usize::MAX).await;
+                                let reports = runner.run_in_slot(claim, usize::MAX, slot).await;
                                 // Only this claim's entry: once its step released the
                                 // strand, a new claim of it may already be held.
                                 let mut held = held.lock().unwrap();
@@ -258,9 +269,17 @@ impl Dispatcher {
                 continue;
             }
             let idle_for = if !worth_claiming || more_due { self.config.poll } else { self.next_due_in().await };
+            // Enough slots coming free (labels done, their writes still in
+            // flight) is worth a claim too. Not awaited while they are free
+            // already (the bound on waiting tasks is what holds the claim
+            // back then: it would only spin).
+            let slots_free = async {
+                let _ = slots.acquire_many(quarter as u32).await;
+            };
             tokio::select! {
                 _ = wake.notified() => {}
                 Some(done) = tasks.join_next(), if !tasks.is_empty() => self.tally(&mut summary, done),
+                _ = slots_free, if slots.available_permits() < quarter => {}
                 _ = tokio::time::sleep(idle_for) => {}
                 _ = stopping.changed() => {}
                 _ = identity_changed(&mut live) => {}

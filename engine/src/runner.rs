@@ -28,6 +28,7 @@ use serde_json::{json, Value};
 use skein_models::strand::{self, Continued, ExitWrite, LeaseTerms, Leased, StepWrite};
 use skein_models::{page, semaphore, Ubid};
 use sqlx::PgPool;
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 use uuid::Uuid;
 
@@ -341,6 +342,15 @@ impl Runner {
     /// Run a claimed strand: step after step while it hops, at most `max_steps`,
     /// then release the lease (folded into the last step's write).
     pub async fn run(&self, claim: Claim, max_steps: usize) -> Vec<StepReport> {
+        self.run_in_slot(claim, max_steps, None).await
+    }
+
+    /// [`Runner::run`] in one of the dispatcher's slots, given back as soon as
+    /// only the strand's last write is left and that write is group-committed:
+    /// its label is done, and waiting for a WAL flush is no work to bound.
+    /// A step in a transaction of its own keeps its slot to the end (if a
+    /// shared transaction is spoiled, its label runs again).
+    pub(crate) async fn run_in_slot(&self, claim: Claim, max_steps: usize, mut slot: Option<OwnedSemaphorePermit>) -> Vec<StepReport> {
         let leased = claim.leased;
         let mut cur = Current {
             id: leased.strand.id,
@@ -371,7 +381,7 @@ impl Runner {
             // each time the task is spawned and moved. Boxed in a statement
             // of its own: a temporary of the awaiting statement would keep
             // its room in this future all the same.
-            let step = Box::pin(self.step(&mut cur, ends_at, keep_going, private));
+            let step = Box::pin(self.step(&mut cur, ends_at, keep_going, private, &mut slot));
             let result = tokio::time::timeout(budget, step)
                 .instrument(span.clone())
                 .await
@@ -430,7 +440,14 @@ impl Runner {
     /// pages; the label runs (holding nothing while it calls hosts); its
     /// deadline change and flow are applied to the strand's position; the
     /// semaphores it consumed are deleted; the position is written.
-    async fn step(&self, cur: &mut Current, ends_at: Instant, keep_going: bool, private: bool) -> Result<(StepReport, bool), StepError> {
+    async fn step(
+        &self,
+        cur: &mut Current,
+        ends_at: Instant,
+        keep_going: bool,
+        private: bool,
+        slot: &mut Option<OwnedSemaphorePermit>,
+    ) -> Result<(StepReport, bool), StepError> {
         let began = Instant::now();
         let ubid = Ubid::from_uuid(cur.id);
         let mut open = self.step_tx(private);
@@ -463,6 +480,10 @@ impl Runner {
         // Moved out, not copied: `at` goes on without its stack (`advance` takes it from here).
         let mut stack_value = std::mem::replace(&mut at.stack, Stack { frames: vec![] }).into_value();
         let again = applied.exitval.is_none() && keep_going && nap_secs == 0.0;
+        if !again && !open.is_open() {
+            // Only the group-committed last write is left: free the slot.
+            slot.take();
+        }
         // Sent only if it differs from the row's (most steps leave it alone),
         // and copied only if the strand also carries on with it in memory.
         let stack_write = match (cur.dirty || stack_value != cur.stack, again) {

@@ -375,3 +375,78 @@ async fn workers_drop_the_archive_partitions_past_its_retention() {
     assert!(exists(partition(&recent.0)).await, "a partition 6 months old was dropped:\n{}", worker.log_text());
     assert!(worker.log_text().contains("past its retention"), "the drop was not logged:\n{}", worker.log_text());
 }
+
+/// A dispatcher slot bounds labels that may still run. A strand whose last
+/// write is group-committed has no label left to run: it frees its slot
+/// while the write waits (here, behind a lock on the archive), and the lane
+/// claims the next strand. A step that writes in a transaction of its own
+/// keeps its slot until that commits (its label may have to run again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strand_waiting_only_for_its_group_commit_frees_its_slot() {
+    use skein_engine::testing::Harness;
+    use skein_engine::{DispatchConfig, Dispatcher};
+    use skein_progs::bench::{StepFrame, StepLabel};
+    use skein_spec::worker_progs::{JournalFrame, JournalLabel};
+
+    let h = Harness::new(skein_spec::registry()).await;
+    skein_spec::create_spec_tables(h.pool()).await;
+    let leased = |prog: &'static str| {
+        let pool = h.pool().clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM strand WHERE prog = $1 AND lease > now()")
+                .bind(prog)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let wait_for = |prog: &'static str, n: i64| {
+        let leased = &leased;
+        async move {
+            let until = Instant::now() + Duration::from_secs(5);
+            while leased(prog).await != n {
+                assert!(Instant::now() < until, "{prog}: {} leased, expected {n}", leased(prog).await);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    // Every top-level exit inserts into the archive: this holds them all.
+    let block_exits = || async {
+        let mut tx = h.pool().begin().await.unwrap();
+        sqlx::query("LOCK TABLE strand_archive IN EXCLUSIVE MODE").execute(&mut *tx).await.unwrap();
+        tx
+    };
+
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let dispatcher = Dispatcher::new(h.runner.clone(), DispatchConfig { concurrency: 1, lanes: 1, ..Default::default() });
+    let run = tokio::spawn(dispatcher.run(async move {
+        let _ = stopped.await;
+    }));
+
+    // Writing steps: the first holds the only slot while its exit waits.
+    let exits = block_exits().await;
+    for _ in 0..2 {
+        h.start(JournalFrame { steps: 1, ..Default::default() }, JournalLabel::Step).await;
+    }
+    wait_for("Spec::Journal", 1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(leased("Spec::Journal").await, 1, "a step writing in its transaction kept its slot");
+    exits.rollback().await.unwrap();
+    wait_for("Spec::Journal", 0).await;
+
+    // Pure steps: each frees its slot once only its exit is left.
+    let exits = block_exits().await;
+    for _ in 0..2 {
+        h.start(StepFrame { hops: 0, ..Default::default() }, StepLabel::Run).await;
+    }
+    wait_for("Bench::Step", 2).await;
+    exits.rollback().await.unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    while sqlx::query_scalar::<_, i64>("SELECT count(*) FROM strand").fetch_one(h.pool()).await.unwrap() != 0 {
+        assert!(Instant::now() < until, "every strand exited once the archive was free");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop.send(());
+    let summary = run.await.unwrap();
+    assert_eq!((summary.steps, summary.failed), (4, 0));
+}

@@ -66,7 +66,9 @@ pub struct BenchArgs {
     pub connections: usize,
     /// Steps in flight in the worker pool (most hold no connection: their
     /// writes are group-committed). 512 is graphile-worker's running jobs
-    /// plus its local queue in the peer bench (24 + 500).
+    /// plus its local queue in the peer bench (24 + 500). Like a
+    /// graphile-worker job, a step waiting only for its batched completion
+    /// frees its slot.
     #[arg(long, default_value_t = 512)]
     pub concurrency: usize,
     /// Claim loops in the worker pool.
