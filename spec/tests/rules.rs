@@ -395,6 +395,31 @@ async fn r07_pop_on_last_frame_exits_and_strings_become_msg() {
     assert_eq!(archived.exitval, json!({"msg": "rested"}));
 }
 
+/// A frame its label left alone is not written back: the stack stays as
+/// stored, keys the prog does not know included. One its label changed is
+/// written back as the prog's type has it.
+#[tokio::test]
+async fn a_frame_its_label_left_alone_is_not_written_back() {
+    let h = harness().await;
+    let note = |id: Ubid| {
+        sqlx::query("UPDATE strand SET stack = jsonb_set(stack, '{0,note}', '\"an operator wrote this\"') WHERE id = $1")
+            .bind(id.uuid())
+            .execute(h.pool())
+    };
+    let mut conn = h.pool().acquire().await.unwrap();
+
+    let left_alone = h.start(counter::Frame { upto: 0, at: 0 }, counter::Label::Count).await;
+    note(left_alone).await.unwrap();
+    h.step(left_alone).await.assert_exit(counter::Output { count: 0 });
+    let archived = archive::get(&mut conn, left_alone.uuid()).await.unwrap().unwrap();
+    assert_eq!(archived.stack, json!([{"upto": 0, "at": 0, "note": "an operator wrote this"}]));
+
+    let changed = h.start(counter::Frame { upto: 1, at: 0 }, counter::Label::Count).await;
+    note(changed).await.unwrap();
+    h.step(changed).await.assert_hop(counter::Label::Count);
+    assert_eq!(h.strand(changed).await.stack, json!([{"upto": 1, "at": 1}]));
+}
+
 // R08 ---------------------------------------------------------------------
 
 #[tokio::test]
