@@ -122,12 +122,18 @@ async fn run(pool: &PgPool, args: &BenchArgs, peer: &SlowPeer, slow: Slow) -> an
     while peer.accepted.load(Ordering::Relaxed) < asked_before + slow_n as usize && Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    // What they hold while they wait, before the fast strands come.
-    let stop_alone = Arc::new(Notify::new());
-    let alone = sample_connections(pool.clone(), stop_alone.clone());
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    stop_alone.notify_one();
-    let (slow_alone_max, slow_alone_mean) = alone.await?;
+    // What they hold while they wait, before the fast strands come (in the
+    // solo run there is nothing to measure).
+    let slow_alone = match slow_n {
+        0 => None,
+        _ => {
+            let stop_alone = Arc::new(Notify::new());
+            let alone = sample_connections(pool.clone(), stop_alone.clone());
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            stop_alone.notify_one();
+            Some(alone.await?)
+        }
+    };
 
     let stop_sampling = Arc::new(Notify::new());
     let sampler = sample_connections(pool.clone(), stop_sampling.clone());
@@ -161,11 +167,13 @@ async fn run(pool: &PgPool, args: &BenchArgs, peer: &SlowPeer, slow: Slow) -> an
         "fast_p99_ms": round3(percentile(&times, 0.99)),
         "connections_in_use_max": conns_max,
         "connections_in_use_mean": round1(conns_mean),
-        "connections_held_by_slow_alone_max": slow_alone_max,
-        "connections_held_by_slow_alone_mean": round1(slow_alone_mean),
         "slow_steps_committed": slow_steps,
         "failed_steps": failed.load(Ordering::Relaxed),
     });
+    if let Some((max, mean)) = slow_alone {
+        line["connections_held_by_slow_alone_max"] = json!(max);
+        line["connections_held_by_slow_alone_mean"] = json!(round1(mean));
+    }
     if !finished {
         line["warning"] = json!(format!("only {done} of {n} fast strands finished within {limit:?}"));
     }
