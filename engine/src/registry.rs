@@ -64,12 +64,10 @@ impl<P: Prog> AnyProg for Typed<P> {
             .map_err(|e| StepError::BadFrame { prog: P::NAME.to_string(), error: e.to_string() })?;
         let mut cx = Ctx::<P>::new(data.clone(), tx, st);
         let flow = P::run(&mut cx, label).await.map_err(StepError::Label)?;
-        let data = match cx.frame == data {
-            true => None,
-            false => Some(
-                serde_json::to_value(&cx.frame)
-                    .map_err(|e| StepError::BadFrame { prog: P::NAME.to_string(), error: e.to_string() })?,
-            ),
+        let changed = if cx.frame == data {
+            None
+        } else {
+            Some(serde_json::to_value(&cx.frame).map_err(|e| StepError::BadFrame { prog: P::NAME.to_string(), error: e.to_string() })?)
         };
         let flow = match flow {
             Flow::Hop(l) => RawFlow::Hop(l.name()),
@@ -79,7 +77,7 @@ impl<P: Prog> AnyProg for Typed<P> {
                 StepError::Label(anyhow::anyhow!("{} popped an output that does not serialize to JSON: {e}", P::NAME))
             })?),
         };
-        Ok((flow, data))
+        Ok((flow, changed))
     }
 }
 
