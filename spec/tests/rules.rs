@@ -619,6 +619,41 @@ async fn r13_exited_top_level_strand_is_deleted_with_semaphores_and_archived() {
 }
 
 #[tokio::test]
+async fn r13_a_batch_of_exits_archives_each_strand_with_its_own_exit_value() {
+    let h = harness().await;
+    let mut ids = Vec::new();
+    for upto in 0..6 {
+        ids.push(h.start(counter::Frame { upto, at: 0 }, counter::Label::Count).await.uuid());
+    }
+    let mut conn = h.pool().acquire().await.unwrap();
+    let leased = strand::claim_due(&mut conn, 10, strand::LeaseTerms { lease_secs: 60.0 }, "exiter", &[]).await.unwrap();
+    assert_eq!(leased.len(), 6);
+    // Repeated values, as a batch's exits mostly are, and ones of their own.
+    let value_of = |id: uuid::Uuid| match ids.iter().position(|i| *i == id).unwrap() {
+        0 | 2 => json!({"count": 1}),
+        1 | 4 => json!("done"),
+        3 => json!(null),
+        _ => json!({"count": 5, "of": [1, 2]}),
+    };
+    let exits: Vec<strand::ExitWrite> = leased
+        .iter()
+        .map(|l| strand::ExitWrite {
+            id: l.strand.id,
+            lease: l.strand.lease,
+            label: "count".into(),
+            stack: None,
+            exitval: value_of(l.strand.id),
+        })
+        .collect();
+    let exited = strand::exit_top_level(&mut conn, &exits).await.unwrap();
+    assert_eq!(exited.len(), 6);
+    for id in &ids {
+        let archived = archive::get(&mut conn, *id).await.unwrap().expect("archive record");
+        assert_eq!(archived.exitval, value_of(*id), "strand {} archived another's exit value", ids.iter().position(|i| i == id).unwrap());
+    }
+}
+
+#[tokio::test]
 async fn r13_an_increment_that_races_the_exit_is_swept_and_live_strands_keep_theirs() {
     let h = harness().await;
     let id = h.start(counter::Frame { upto: 1, at: 0 }, counter::Label::Count).await;
