@@ -374,7 +374,14 @@ impl Runner {
             let ends_at = (Instant::now() + self.config.step_budget).min(claim.lease_ends - lease_margin);
             let budget = ends_at.saturating_duration_since(Instant::now());
             let keep_going = reports.len() + 1 < max_steps && started.elapsed() < self.config.continue_budget;
-            let span = tracing::info_span!("step", strand = %Ubid::from_uuid(cur.id), prog = %cur.prog, label = %cur.label);
+            // A debug span, not an info one: at info, a span per step (a
+            // registry slot, its fields formatted into a string, entered and
+            // left at every poll) cost a worker 5% of its CPU on pure
+            // steps (`skein bench --scenario one-step`). The runner's own
+            // warnings name the strand, prog and label themselves, and progs'
+            // events name their subject; with RUST_LOG=debug (or
+            // skein_engine=debug) every event of a step is under its span.
+            let span = tracing::debug_span!("step", strand = %Ubid::from_uuid(cur.id), prog = %cur.prog, label = %cur.label);
             let began = Instant::now();
             // Boxed: the step's future is large (every phase's state), and a
             // strand's task would otherwise carry it inline, copied whole
@@ -407,7 +414,7 @@ impl Runner {
                     }
                 }
                 Err(StepError::LeaseLost) => {
-                    span.in_scope(|| tracing::warn!("lease lost mid-step; rolled back"));
+                    tracing::warn!(strand = %Ubid::from_uuid(cur.id), prog = %cur.prog, label = %cur.label, "lease lost mid-step; rolled back");
                     reports.push(self.report(&cur, Outcome::LeaseLost, micros));
                     return reports;
                 }
@@ -780,7 +787,7 @@ impl Runner {
     async fn fail(&self, cur: &Current, error: &StepError) -> Outcome {
         let ubid = Ubid::from_uuid(cur.id);
         let message = error.to_string();
-        tracing::warn!(error = %message, "step failed");
+        tracing::warn!(strand = %ubid, prog = %cur.prog, label = %cur.label, error = %message, "step failed");
         let recorded = async {
             let mut tx = crate::pool::begin(&self.pool).await?;
             let cap = self.config.backoff_cap.as_secs_f64();
@@ -803,7 +810,7 @@ impl Runner {
             Ok(None) => Outcome::LeaseLost,
             Err(db) => {
                 // The lease will expire and the strand be retried; nothing to undo.
-                tracing::error!(error = %db, "could not record the failure");
+                tracing::error!(strand = %ubid, error = %db, "could not record the failure");
                 Outcome::Failed { error: message, tries: -1 }
             }
         }
