@@ -300,9 +300,21 @@ impl Runner {
     /// [`Runner::claim`] under a registered worker's name, so that peers
     /// break these claims the moment that worker dies.
     pub async fn claim_as(&self, limit: i64, exclude: &[Uuid], holder: &str) -> Result<Vec<Claim>, sqlx::Error> {
+        self.claim_from(limit, exclude, holder, None).await
+    }
+
+    /// [`Runner::claim_as`], only strands scheduled at or after `from` (see
+    /// [`strand::claim_due`]).
+    pub async fn claim_from(
+        &self,
+        limit: i64,
+        exclude: &[Uuid],
+        holder: &str,
+        from: Option<DateTime<Utc>>,
+    ) -> Result<Vec<Claim>, sqlx::Error> {
         let asked = Instant::now();
         let mut conn = crate::pool::acquire(&self.pool).await?;
-        let leased = strand::claim_due(&mut conn, limit, self.terms(), holder, exclude).await?;
+        let leased = strand::claim_due(&mut conn, limit, self.terms(), holder, exclude, from).await?;
         Ok(leased.into_iter().map(|leased| Claim { leased, lease_ends: asked + self.config.lease }).collect())
     }
 

@@ -115,6 +115,7 @@ pub async fn claim_plan(conn: &mut PgConnection, limit: i64) -> Result<Value, sq
         .bind(120.0_f64)
         .bind("bench")
         .bind(Vec::<Uuid>::new())
+        .bind(None::<chrono::DateTime<chrono::Utc>>)
         .fetch_one(conn)
         .await
 }

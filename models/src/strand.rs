@@ -176,7 +176,8 @@ fn claim(due: &str) -> String {
 
 /// The claim statement `claim_due` runs, with its parameters: $1 the batch
 /// size (int8), $2 the lease in seconds (float8), $3 the holder (text), $4
-/// the ids to skip (uuid[]). Public so that `skein bench` explains the very
+/// the ids to skip (uuid[]), $5 the schedule to start from (timestamptz,
+/// null for the oldest). Public so that `skein bench` explains the very
 /// statement the engine runs (`bench::claim_plan`), and a rule test the
 /// plan a worker caches, not a copy that drifts.
 pub fn claim_due_statement() -> &'static str {
@@ -185,6 +186,7 @@ pub fn claim_due_statement() -> &'static str {
         claim(
             "SELECT ctid, id, lease_holder FROM strand \
              WHERE exitval IS NULL AND lease < now() AND schedule <= now() AND id <> ALL($4) \
+               AND schedule >= coalesce($5, '-infinity') \
                AND (SELECT set_config('synchronous_commit', 'off', true)) = 'off' \
              ORDER BY schedule LIMIT $1 FOR UPDATE SKIP LOCKED",
         )
@@ -194,18 +196,27 @@ pub fn claim_due_statement() -> &'static str {
 
 /// Lease up to `limit` due strands in one statement, oldest schedule first,
 /// skipping rows other claimers hold and the ids in `exclude`.
+///
+/// `from`: only strands scheduled at or after it (None: from the oldest). A
+/// claim changes no indexed column, so the strands a worker is running stay
+/// at the head of the index it scans, and a claim from the oldest walks
+/// every one of them, row by row, to find the free ones behind them. A
+/// worker passes the schedule of the last strand it leased instead, and
+/// starts from the oldest again now and then for those it left behind.
 pub async fn claim_due(
     conn: &mut PgConnection,
     limit: i64,
     terms: LeaseTerms,
     holder: &str,
     exclude: &[Uuid],
+    from: Option<DateTime<Utc>>,
 ) -> Result<Vec<Leased>, sqlx::Error> {
     let rows: Vec<LeasedRow> = sqlx::query_as(claim_due_statement())
         .bind(limit)
         .bind(terms.lease_secs)
         .bind(holder)
         .bind(exclude)
+        .bind(from)
         .fetch_all(conn)
         .await?;
     Ok(rows.into_iter().map(Leased::from).collect())

@@ -179,6 +179,25 @@ impl Prog for Waiter {
     }
 }
 
+/// Naps `every` seconds, forever, its frame unchanged: work that never runs dry.
+pub struct Ticker;
+labels! { pub enum TickerLabel for Ticker { Tick } }
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct TickerFrame {
+    pub every: f64,
+}
+#[async_trait]
+impl Prog for Ticker {
+    const NAME: &'static str = "Spec::Ticker";
+    type Label = TickerLabel;
+    type Frame = TickerFrame;
+    type Sem = NoSems;
+    type Output = Msg;
+    async fn run(cx: &mut Ctx<'_, Self>, _: TickerLabel) -> Step<Self> {
+        nap(cx.frame.every)
+    }
+}
+
 /// Must reach `Done` within `within_ms`; gets there when `go` is set.
 pub struct Late;
 labels! { pub enum LateLabel for Late { Start, Wait, Done } }
@@ -240,6 +259,7 @@ pub fn registry() -> skein_engine::Registry {
         .with::<Racer>()
         .with::<Teardown>()
         .with::<Waiter>()
+        .with::<Ticker>()
         .with::<Late>()
         .with::<Stumbler>()
         .with::<crate::worker_progs::Journal>()

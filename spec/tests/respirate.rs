@@ -450,3 +450,49 @@ async fn a_strand_waiting_only_for_its_group_commit_frees_its_slot() {
     let summary = run.await.unwrap();
     assert_eq!((summary.steps, summary.failed), (4, 0));
 }
+
+/// A lane claims from where its last claim ended, not from the oldest due
+/// strand (it would walk every strand it is running), and from the oldest
+/// again at least once a second: a strand left behind it (here a lease that
+/// ran out on an old schedule, its holder long gone) runs even while the
+/// work ahead of it never runs dry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_strand_left_behind_a_lanes_claims_runs_while_the_work_ahead_never_runs_dry() {
+    use skein_engine::testing::Harness;
+    use skein_engine::{enqueue, DispatchConfig, Dispatcher};
+    use skein_spec::rule_progs::{NapperFrame, NapperLabel, TickerFrame, TickerLabel};
+
+    let h = Harness::new(skein_spec::registry()).await;
+    let behind = h.start(NapperFrame { naps: vec![] }, NapperLabel::Next).await;
+    sqlx::query(
+        "UPDATE strand SET schedule = now() - interval '1 hour', lease = now() + interval '1 second', \
+         lease_holder = 'a worker long gone' WHERE id = $1",
+    )
+    .bind(behind.uuid())
+    .execute(h.pool())
+    .await
+    .unwrap();
+    let mut conn = h.pool().acquire().await.unwrap();
+    enqueue::start_many(&mut conn, (0..64).map(|_| TickerFrame { every: 0.001 }), TickerLabel::Tick).await.unwrap();
+    drop(conn);
+
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let dispatcher = Dispatcher::new(h.runner.clone(), DispatchConfig { concurrency: 8, lanes: 1, ..Default::default() });
+    let run = tokio::spawn(dispatcher.run(async move {
+        let _ = stopped.await;
+    }));
+    let until = Instant::now() + Duration::from_secs(15);
+    let archived = loop {
+        let mut conn = h.pool().acquire().await.unwrap();
+        if let Some(a) = skein_models::archive::get(&mut conn, behind.uuid()).await.unwrap() {
+            break a;
+        }
+        assert!(Instant::now() < until, "the strand left behind never ran while the tickers kept the lane busy");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let ticks: i64 = sqlx::query_scalar("SELECT count(*) FROM strand WHERE prog = 'Spec::Ticker'").fetch_one(h.pool()).await.unwrap();
+    let _ = stop.send(());
+    run.await.unwrap();
+    assert_eq!(archived.exitval, serde_json::json!({"msg": "rested"}));
+    assert_eq!(ticks, 64, "the tickers were still running when it did");
+}

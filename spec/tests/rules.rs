@@ -147,7 +147,7 @@ async fn a_claim_skips_its_flush_wait_in_its_own_statement_only() {
     // turn the wait off for the transaction it runs in.
     let seen = h.start(NapperFrame { naps: vec![] }, NapperLabel::Next).await;
     let mut tx = h.pool().begin().await.unwrap();
-    assert_eq!(strand::claim_due(&mut tx, 10, terms, "claimer", &[]).await.unwrap().len(), 1);
+    assert_eq!(strand::claim_due(&mut tx, 10, terms, "claimer", &[], None).await.unwrap().len(), 1);
     let setting: String = sqlx::query_scalar("SHOW synchronous_commit").fetch_one(&mut *tx).await.unwrap();
     assert_eq!(setting, "off", "the claim did not turn off its transaction's flush wait");
     tx.rollback().await.unwrap();
@@ -156,7 +156,7 @@ async fn a_claim_skips_its_flush_wait_in_its_own_statement_only() {
     // Run alone, as the engine runs it: its own transaction ends with it.
     let id = h.start(NapperFrame { naps: vec![] }, NapperLabel::Next).await;
     let mut conn = h.pool().acquire().await.unwrap();
-    let claimed = strand::claim_due(&mut conn, 10, terms, "claimer", &[]).await.unwrap();
+    let claimed = strand::claim_due(&mut conn, 10, terms, "claimer", &[], None).await.unwrap();
     assert_eq!(claimed.iter().map(|l| l.strand.id).collect::<Vec<_>>(), vec![id.uuid()]);
     let setting: String = sqlx::query_scalar("SHOW synchronous_commit").fetch_one(&mut *conn).await.unwrap();
     assert_eq!(setting, "on", "the claim's setting outlived its statement");
@@ -183,15 +183,15 @@ async fn a_claim_locks_its_batch_once_whatever_plan_it_cached_on_an_empty_table(
     sqlx::query("DELETE FROM strand").execute(&mut *conn).await.unwrap();
     sqlx::query("VACUUM strand").execute(&mut *conn).await.unwrap();
     sqlx::query("SET plan_cache_mode = force_generic_plan").execute(&mut *conn).await.unwrap();
-    let prepare = format!("PREPARE claim(int8, float8, text, uuid[]) AS {}", strand::claim_due_statement());
+    let prepare = format!("PREPARE claim(int8, float8, text, uuid[], timestamptz) AS {}", strand::claim_due_statement());
     sqlx::query(&prepare).execute(&mut *conn).await.unwrap();
-    let idle = sqlx::query("EXECUTE claim(64, 60, 'idle', '{}')").execute(&mut *conn).await.unwrap();
+    let idle = sqlx::query("EXECUTE claim(64, 60, 'idle', '{}', NULL)").execute(&mut *conn).await.unwrap();
     assert_eq!(idle.rows_affected(), 0, "nothing to claim yet");
 
     let burst = (0..2000).map(|_| NapperFrame { naps: vec![] });
     skein_engine::enqueue::start_many(&mut conn, burst, NapperLabel::Next).await.unwrap();
     let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
-    let plan: serde_json::Value = sqlx::query_scalar("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE claim(64, 60, 'burst', '{}')")
+    let plan: serde_json::Value = sqlx::query_scalar("EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE claim(64, 60, 'burst', '{}', NULL)")
         .fetch_one(&mut *tx)
         .await
         .unwrap();
@@ -626,7 +626,7 @@ async fn r13_a_batch_of_exits_archives_each_strand_with_its_own_exit_value() {
         ids.push(h.start(counter::Frame { upto, at: 0 }, counter::Label::Count).await.uuid());
     }
     let mut conn = h.pool().acquire().await.unwrap();
-    let leased = strand::claim_due(&mut conn, 10, strand::LeaseTerms { lease_secs: 60.0 }, "exiter", &[]).await.unwrap();
+    let leased = strand::claim_due(&mut conn, 10, strand::LeaseTerms { lease_secs: 60.0 }, "exiter", &[], None).await.unwrap();
     assert_eq!(leased.len(), 6);
     // Repeated values, as a batch's exits mostly are, and ones of their own.
     let value_of = |id: uuid::Uuid| match ids.iter().position(|i| *i == id).unwrap() {
