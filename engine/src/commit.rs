@@ -10,13 +10,17 @@
 //! one's work; each strand is in exactly one flush, so they never conflict.
 //! A flush first yields once, so that it also carries what the tasks ready
 //! to run beside it write (no timer: it waits for nothing but runnable work).
+//! Flushes run on the engine's warm connections (`pool::Warm`).
+
+use std::sync::Arc;
 
 use skein_models::strand::{self, Continued, ExitWrite, StepWrite};
-use sqlx::PgPool;
+use sqlx::Connection;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::error::StepError;
+use crate::pool::{Warm, WarmConn};
 
 /// Where a flush answers one job: its result, or the database's error.
 type Reply<T> = oneshot::Sender<Result<T, String>>;
@@ -39,12 +43,17 @@ pub(crate) struct GroupCommit {
 }
 
 impl GroupCommit {
-    pub fn start(pool: PgPool) -> GroupCommit {
+    pub fn start(warm: Arc<Warm>) -> GroupCommit {
         let (jobs, rx) = mpsc::unbounded_channel();
-        tokio::spawn(flush_loop(rx, move |jobs| {
-            let pool = pool.clone();
-            async move { flush(&pool, jobs).await }
-        }));
+        let flushing = warm.clone();
+        tokio::spawn(flush_loop(
+            rx,
+            move |idle| warm.busy(!idle),
+            move |jobs| {
+                let conn = flushing.reserve();
+                async move { flush(conn, jobs).await }
+            },
+        ));
         GroupCommit { jobs }
     }
 
@@ -73,14 +82,25 @@ impl GroupCommit {
 }
 
 /// Take queued jobs in batches and hand each batch to `flush`, at most
-/// `FLUSHES` at once.
-async fn flush_loop<F, Fut>(mut rx: mpsc::UnboundedReceiver<Job>, flush: F)
+/// `FLUSHES` at once. `idle(true)` is called before waiting for work, and
+/// `idle(false)` once some came. `flush` is called as each batch is taken.
+async fn flush_loop<I, F, Fut>(mut rx: mpsc::UnboundedReceiver<Job>, idle: I, flush: F)
 where
+    I: Fn(bool),
     F: Fn(Vec<Job>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(FLUSHES));
-    while let Some(first) = rx.recv().await {
+    loop {
+        let first = match rx.try_recv() {
+            Ok(job) => job,
+            Err(_) => {
+                idle(true);
+                let Some(job) = rx.recv().await else { return };
+                idle(false);
+                job
+            }
+        };
         // Wait for a free slot first: jobs keep queueing meanwhile, so the
         // next flush carries everything that arrived while all were busy.
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
@@ -105,7 +125,7 @@ where
 }
 
 /// Write one batch of jobs and answer each.
-async fn flush(pool: &PgPool, jobs: Vec<Job>) {
+async fn flush(mut conn: WarmConn, jobs: Vec<Job>) {
     let flush_began = std::time::Instant::now();
     let flushed = jobs.len();
     let mut writes = Vec::new();
@@ -130,22 +150,25 @@ async fn flush(pool: &PgPool, jobs: Vec<Job>) {
             }
         }
     }
+    // One connection for the whole flush, kept warm after it if nothing failed on it.
     if !child_exits.is_empty() {
         let result = async {
-            let mut tx = crate::pool::begin(pool).await?;
+            let conn = conn.get().await?;
+            let mut tx = conn.begin().await?;
             let (written, recheck) = strand::exit_children(&mut tx, &child_exits).await?;
             tx.commit().await?;
-            let mut conn = crate::pool::acquire(pool).await?;
             for parent in recheck {
-                strand::wake_parent_if_idle(&mut conn, parent).await?;
+                strand::wake_parent_if_idle(conn, parent).await?;
             }
             Ok::<_, sqlx::Error>(written)
         }
         .await;
+        let result = conn.check(result);
         reply_exits(child_replies, result);
     }
     if !writes.is_empty() {
-        let result = async { strand::write_steps(&mut *crate::pool::acquire(pool).await?, &writes).await }.await;
+        let result = async { strand::write_steps(conn.get().await?, &writes).await }.await;
+        let result = conn.check(result);
         match result {
             Ok(rows) => {
                 let mut rows: std::collections::HashMap<Uuid, Continued> = rows.into_iter().map(|r| (r.id, r)).collect();
@@ -161,7 +184,8 @@ async fn flush(pool: &PgPool, jobs: Vec<Job>) {
         }
     }
     if !exits.is_empty() {
-        let result = async { strand::exit_top_level(&mut *crate::pool::acquire(pool).await?, &exits).await }.await;
+        let result = async { strand::exit_top_level(conn.get().await?, &exits).await }.await;
+        let result = conn.check(result);
         reply_exits(exit_replies, result);
     }
     tracing::trace!(steps = flushed, micros = flush_began.elapsed().as_micros() as u64, "group commit");
@@ -206,7 +230,7 @@ mod tests {
         let seen = sizes.clone();
         let claim = async move {
             let (jobs, rx) = mpsc::unbounded_channel();
-            tokio::spawn(flush_loop(rx, move |batch: Vec<Job>| {
+            tokio::spawn(flush_loop(rx, |_| {}, move |batch: Vec<Job>| {
                 seen.lock().unwrap().push(batch.len());
                 async move {
                     for job in batch {

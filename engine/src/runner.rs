@@ -37,6 +37,7 @@ use crate::ctx::{DeadlineChange, Resources, StepState, StepTx, Tx};
 use crate::error::StepError;
 use crate::registry::{RawFlow, Registry};
 use crate::remote;
+use crate::pool::Warm;
 use crate::shared_tx::{Lanes, Left, StrandWrite};
 use crate::stack::{self, Deadline, Stack, DESTROYING, LINK, SUBJECT_ID};
 
@@ -256,7 +257,7 @@ impl Runner {
     }
 
     fn committer(&self) -> &GroupCommit {
-        self.committer.get_or_init(|| GroupCommit::start(self.pool.clone()))
+        self.committer.get_or_init(|| GroupCommit::start(Warm::new(self.pool.clone())))
     }
 
     /// Where a step's first write goes: a shared transaction, or (`private`,
