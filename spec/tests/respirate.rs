@@ -432,7 +432,14 @@ async fn a_strand_waiting_only_for_its_group_commit_frees_its_slot() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(leased("Spec::Journal").await, 1, "a step writing in its transaction kept its slot");
     exits.rollback().await.unwrap();
-    wait_for("Spec::Journal", 0).await;
+    // Both gone, not just none leased: between the first one's exit and the
+    // second one's claim neither is leased, and the second must not meet the
+    // lock the pure steps below are held by.
+    let until = Instant::now() + Duration::from_secs(5);
+    while sqlx::query_scalar::<_, i64>("SELECT count(*) FROM strand WHERE prog = 'Spec::Journal'").fetch_one(h.pool()).await.unwrap() != 0 {
+        assert!(Instant::now() < until, "the writing steps did not finish once their exits could commit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // Pure steps: each frees its slot once only its exit is left.
     let exits = block_exits().await;
