@@ -3,8 +3,8 @@
 //! database (`skein_db_pool_connections{state="waiting"}`). sqlx does not
 //! export its waiters, so the engine counts its own.
 //!
-//! Group-commit flushes run on a few connections kept warm between them
-//! ([`Warm`]).
+//! The engine's hot statements (claims, group-commit flushes) run on a few
+//! connections kept warm between them ([`Warm`]).
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -47,17 +47,19 @@ pub(crate) async fn begin(pool: &PgPool) -> Result<Transaction<'static, Postgres
     Transaction::begin(conn, None).await
 }
 
-/// Connections kept for the group commit's flushes. A pool hands out its
-/// idle connections oldest first, so flushes that each took a pooled
-/// connection went round every backend of the pool in turn, and each backend
-/// met the flush statement with cold caches. Kept warm, one-step cost
-/// Postgres 3 to 4% less CPU per step and ran 4 to 6% faster (`skein bench
-/// --scenario one-step --strands 200000`, pool of 24; ARCHITECTURE.md).
+/// Connections kept for the engine's hot statements: claims and group-commit
+/// flushes. A pool hands out its idle connections oldest first (and sqlx
+/// pings each connection it is given back), so hot statements that each took
+/// a pooled connection went round every backend of the pool in turn, and each
+/// backend met its statement with cold caches. Kept warm, one-step cost
+/// Postgres 13% less CPU per step and ran 13% faster (`skein bench --scenario
+/// one-step --strands 200000`, a pool of 24; ARCHITECTURE.md).
 ///
-/// A connection is kept only while the flushes are busy: when none is in
-/// flight and the group commit waits for work, every kept one goes back to
-/// the pool. None is kept while a task of this process waits for a pooled
-/// connection, and at most half the pool (and five) is kept at once.
+/// A connection is kept only while the hot path is busy: when no hot
+/// statement is in flight and the group commit waits for work, every kept
+/// connection goes back to the pool. None is kept while a task of this
+/// process waits for a pooled connection, and at most half the pool (and
+/// five) is kept at once.
 pub(crate) struct Warm {
     pool: PgPool,
     keep_at_most: usize,
@@ -77,13 +79,13 @@ impl Warm {
         Arc::new(Warm { pool, keep_at_most, state: Mutex::new(WarmState { kept: Vec::new(), in_flight: 0, busy: false }) })
     }
 
-    /// A flush is in flight from now until the returned handle drops; it
-    /// takes its connection (a kept one if any) when it first needs one.
+    /// A hot statement is in flight from now until the returned handle drops;
+    /// it takes its connection (a kept one if any) when it first needs one.
     /// Counted at once, not at the first poll, so that a flush just handed
     /// out keeps the connections warm for itself.
     pub fn reserve(self: &Arc<Self>) -> WarmConn {
         self.state.lock().unwrap().in_flight += 1;
-        WarmConn { warm: self.clone(), conn: None, fit: true }
+        WarmConn { warm: self.clone(), conn: None, fit: true, unchecked: false }
     }
 
     /// The group commit has work in hand (`true`), or waits for some.
@@ -111,11 +113,14 @@ impl WarmState {
     }
 }
 
-/// One flush's hold on a connection (see [`Warm::reserve`]).
+/// One hot statement's hold on a connection (see [`Warm::reserve`]).
 pub(crate) struct WarmConn {
     warm: Arc<Warm>,
     conn: Option<PoolConnection<Postgres>>,
     fit: bool,
+    /// Handed out by `get` and no result checked since: a statement may have
+    /// been cut off mid-way (its future dropped), so it is not kept.
+    unchecked: bool,
 }
 
 impl WarmConn {
@@ -128,6 +133,7 @@ impl WarmConn {
                 None => acquire(&self.warm.pool).await?,
             });
         }
+        self.unchecked = true;
         Ok(self.conn.as_mut().expect("just set"))
     }
 
@@ -135,13 +141,14 @@ impl WarmConn {
     /// keeping (it goes back to the pool, which checks it).
     pub fn check<T>(&mut self, result: Result<T, sqlx::Error>) -> Result<T, sqlx::Error> {
         self.fit &= result.is_ok();
+        self.unchecked = false;
         result
     }
 }
 
 impl Drop for WarmConn {
     fn drop(&mut self) {
-        let conn = self.conn.take().filter(|_| self.fit);
+        let conn = self.conn.take().filter(|_| self.fit && !self.unchecked);
         self.warm.end(conn);
     }
 }
@@ -187,11 +194,12 @@ mod tests {
 
     async fn backend(conn: &mut super::WarmConn) -> i32 {
         let c = conn.get().await.unwrap();
-        sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(c).await.unwrap()
+        let pid = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(c).await;
+        conn.check(pid).unwrap()
     }
 
     #[tokio::test]
-    async fn flushes_run_on_the_connection_kept_warm_until_the_group_commit_goes_quiet() {
+    async fn hot_statements_run_on_the_connection_kept_warm_until_the_hot_path_goes_quiet() {
         let db = TestDb::new().await;
         let pool = PgPoolOptions::new().max_connections(4).connect(&db.url()).await.unwrap();
         // Four idle connections: the pool hands out the oldest first.
@@ -208,9 +216,9 @@ mod tests {
         let pid = backend(&mut first).await;
         drop(first);
         let mut second = warm.reserve();
-        assert_eq!(backend(&mut second).await, pid, "the next flush ran on the kept connection");
+        assert_eq!(backend(&mut second).await, pid, "the next hot statement ran on the kept connection");
         drop(second);
-        idle(&pool, 3).await; // one connection is kept while the flushes are busy
+        idle(&pool, 3).await; // one connection is kept while the hot path is busy
 
         // A statement that failed does not leave its connection kept.
         let mut failing = warm.reserve();
@@ -219,6 +227,12 @@ mod tests {
         assert!(failing.check(failed).is_err());
         drop(failing);
         idle(&pool, 4).await; // the failed statement's connection went back to the pool
+
+        // Nor does one whose statement was cut off (its result never checked).
+        let mut cut_off = warm.reserve();
+        cut_off.get().await.unwrap();
+        drop(cut_off);
+        idle(&pool, 4).await;
 
         let mut again = warm.reserve();
         backend(&mut again).await;

@@ -242,11 +242,14 @@ pub struct Runner {
     resources: Arc<Resources>,
     committer: Arc<std::sync::OnceLock<GroupCommit>>,
     lanes: Arc<std::sync::OnceLock<Arc<Lanes>>>,
+    /// The connections claims and group-commit flushes run on.
+    warm: Arc<Warm>,
 }
 
 impl Runner {
     pub fn new(pool: PgPool, registry: Registry) -> Self {
         Runner {
+            warm: Warm::new(pool.clone()),
             pool,
             registry: Arc::new(registry),
             config: Arc::new(Config::default()),
@@ -257,7 +260,7 @@ impl Runner {
     }
 
     fn committer(&self) -> &GroupCommit {
-        self.committer.get_or_init(|| GroupCommit::start(Warm::new(self.pool.clone())))
+        self.committer.get_or_init(|| GroupCommit::start(self.warm.clone()))
     }
 
     /// Where a step's first write goes: a shared transaction, or (`private`,
@@ -314,8 +317,9 @@ impl Runner {
         from: Option<DateTime<Utc>>,
     ) -> Result<Vec<Claim>, sqlx::Error> {
         let asked = Instant::now();
-        let mut conn = crate::pool::acquire(&self.pool).await?;
-        let leased = strand::claim_due(&mut conn, limit, self.terms(), holder, exclude, from).await?;
+        let mut conn = self.warm.reserve();
+        let claimed = strand::claim_due(conn.get().await?, limit, self.terms(), holder, exclude, from).await;
+        let leased = conn.check(claimed)?;
         Ok(leased.into_iter().map(|leased| Claim { leased, lease_ends: asked + self.config.lease }).collect())
     }
 
