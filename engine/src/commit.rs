@@ -48,7 +48,7 @@ impl GroupCommit {
         let flushing = warm.clone();
         tokio::spawn(flush_loop(
             rx,
-            move |idle| warm.busy(!idle),
+            move |busy| warm.busy(busy),
             move |jobs| {
                 let conn = flushing.reserve();
                 async move { flush(conn, jobs).await }
@@ -82,11 +82,11 @@ impl GroupCommit {
 }
 
 /// Take queued jobs in batches and hand each batch to `flush`, at most
-/// `FLUSHES` at once. `idle(true)` is called before waiting for work, and
-/// `idle(false)` once some came. `flush` is called as each batch is taken.
-async fn flush_loop<I, F, Fut>(mut rx: mpsc::UnboundedReceiver<Job>, idle: I, flush: F)
+/// `FLUSHES` at once. `busy(false)` is called before waiting for work, and
+/// `busy(true)` once some came. `flush` is called as each batch is taken.
+async fn flush_loop<B, F, Fut>(mut rx: mpsc::UnboundedReceiver<Job>, busy: B, flush: F)
 where
-    I: Fn(bool),
+    B: Fn(bool),
     F: Fn(Vec<Job>) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
@@ -95,9 +95,9 @@ where
         let first = match rx.try_recv() {
             Ok(job) => job,
             Err(_) => {
-                idle(true);
+                busy(false);
                 let Some(job) = rx.recv().await else { return };
-                idle(false);
+                busy(true);
                 job
             }
         };

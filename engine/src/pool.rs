@@ -57,9 +57,9 @@ pub(crate) async fn begin(pool: &PgPool) -> Result<Transaction<'static, Postgres
 ///
 /// A connection is kept only while the hot path is busy: when no hot
 /// statement is in flight and the group commit waits for work, every kept
-/// connection goes back to the pool. None is kept while a task of this
-/// process waits for a pooled connection, and at most half the pool (and
-/// five) is kept at once.
+/// connection goes back to the pool, and all go back as soon as a hot
+/// statement ends while a task of this process waits for a pooled
+/// connection. At most half the pool (and five) is kept at once.
 pub(crate) struct Warm {
     pool: PgPool,
     keep_at_most: usize,
@@ -98,7 +98,12 @@ impl Warm {
     fn end(&self, conn: Option<PoolConnection<Postgres>>) {
         let mut state = self.state.lock().unwrap();
         state.in_flight -= 1;
-        if state.kept.len() < self.keep_at_most && waiting() == 0 {
+        if waiting() > 0 {
+            // A task waits for a pooled connection: it gets every kept one
+            // back, not only this one (one parked beside a busy hot path
+            // would otherwise stay out of its reach).
+            state.kept.clear();
+        } else if state.kept.len() < self.keep_at_most {
             state.kept.extend(conn);
         }
         state.give_back_if_quiet();
@@ -240,5 +245,39 @@ mod tests {
         idle(&pool, 3).await;
         warm.busy(false);
         idle(&pool, 4).await; // quiet: every kept connection is back in the pool
+    }
+
+    #[tokio::test]
+    async fn tasks_waiting_for_a_connection_get_every_kept_one_when_a_hot_statement_ends() {
+        let db = TestDb::new().await;
+        let pool = PgPoolOptions::new().max_connections(3).connect(&db.url()).await.unwrap();
+        let warm = super::Warm::new(pool.clone());
+        warm.busy(true);
+        // Two hot statements at once; the first ends and leaves its connection kept.
+        let (mut first, mut second) = (warm.reserve(), warm.reserve());
+        backend(&mut first).await;
+        backend(&mut second).await;
+        drop(first);
+        let _third = pool.acquire().await.unwrap();
+        // The pool is empty now: two tasks wait for a connection.
+        let waiters: Vec<_> = (0..2)
+            .map(|_| {
+                let pool = pool.clone();
+                // Each holds what it gets, as a task that waited would.
+                tokio::spawn(async move { super::acquire(&pool).await })
+            })
+            .collect();
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        while super::waiting() < 2 {
+            assert!(std::time::Instant::now() < until, "the waiters were never counted");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The hot path stays busy; the second statement ending frees both.
+        drop(second);
+        let mut got = Vec::new();
+        for waiter in waiters {
+            let conn = tokio::time::timeout(Duration::from_secs(5), waiter).await.expect("a waiter got no connection while one sat kept");
+            got.push(conn.unwrap().unwrap());
+        }
     }
 }
